@@ -1,0 +1,22 @@
+"""Shared fixtures: tiny model settings and the authors' reference implementation (`tlt`)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+# Small enough for a 2-core CI machine, big enough to exercise every path.
+TINY = {"embed_dim": 64, "depth": 2, "num_heads": 4, "num_classes": 10}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: real presets at full size (run in CI, skip with -m 'not slow')")
+    config.addinivalue_line("markers", "gpu: needs a usable CUDA device")
+    os.environ.setdefault("FLAGS_use_mkldnn", "0")
