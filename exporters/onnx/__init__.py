@@ -1,0 +1,7 @@
+"""Export LV-ViT presets to ONNX (and Paddle inference): `export_onnx` and `python -m exporters.onnx`."""
+
+from __future__ import annotations
+
+from .export import ExportResult, export_onnx, export_paddle_inference, resolve_output
+
+__all__ = ["ExportResult", "export_onnx", "export_paddle_inference", "resolve_output"]

@@ -1,0 +1,132 @@
+"""`python -m exporters.onnx --preset NAME [...]`: parse, call the library, print the result."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from lvvit.errors import LvvitError
+from lvvit.presets import get_preset, list_presets
+
+from .export import DEFAULT_ATOL, DEFAULT_OPSET, export_onnx, export_paddle_inference
+
+
+def _batch(value: str) -> int | None:
+    if value == "dynamic":
+        return None
+    try:
+        size = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'dynamic' or a positive integer, got {value!r}") from None
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"batch size must be at least 1, got {size}")
+    return size
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m exporters.onnx",
+        description="Export an LV-ViT preset to a self-describing ONNX file (or a Paddle inference artifact) "
+        "and verify it against native Paddle.",
+    )
+    parser.add_argument("--preset", metavar="NAME", help=f"model to export: {', '.join(list_presets())}")
+    parser.add_argument("--list-presets", action="store_true", help="list the presets with their settings and exit")
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help=".pdparams, .safetensors or the authors' .pth.tar; without it a deterministic random "
+        "initialisation is exported (and recorded as such)",
+    )
+    parser.add_argument(
+        "--checkpoint-key",
+        default=None,
+        help="entry of a wrapped checkpoint (default: state_dict, model, state_dict_ema)",
+    )
+    parser.add_argument(
+        "--resolution",
+        type=int,
+        default=None,
+        help="input size, a multiple of 16 (default: the preset's); resamples pos_embed",
+    )
+    parser.add_argument(
+        "--batch",
+        type=_batch,
+        default=None,
+        metavar="dynamic|N",
+        help="'dynamic' (default) for any batch size, or a fixed size N",
+    )
+    parser.add_argument(
+        "--opset",
+        type=int,
+        default=DEFAULT_OPSET,
+        help=f"ONNX opset (default {DEFAULT_OPSET}: native LayerNormalization)",
+    )
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="file, or folder for <preset>.onnx (default: ./<preset>.onnx; <preset>_<res>.onnx at another resolution)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=("onnx", "paddle"),
+        default="onnx",
+        help="onnx (default), or paddle: paddle.jit.save inference files + .lvvit.json metadata",
+    )
+    parser.add_argument(
+        "--no-verify", action="store_true", help="skip onnx.checker and the ONNX Runtime vs Paddle drift check"
+    )
+    parser.add_argument(
+        "--atol",
+        type=float,
+        default=DEFAULT_ATOL,
+        help=f"verification tolerance: max abs error vs Paddle (default {DEFAULT_ATOL:g})",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the random initialisation and the verification inputs (default 0)"
+    )
+    return parser
+
+
+def _print_presets() -> None:
+    for name in list_presets():
+        p = get_preset(name)
+        print(f"{name:<13} {p.resolution:>4}px  crop {p.preprocess.crop_pct:<4} {p.params_m:>7.2f}M  top-1 {p.top1}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("GLOG_minloglevel", "2")  # Paddle's C++ info logs drown the progress lines
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.list_presets:
+        _print_presets()
+        return 0
+    if not args.preset:
+        parser.error("--preset is required (see --list-presets)")
+    common = dict(
+        preset=args.preset,
+        weights=args.weights,
+        resolution=args.resolution,
+        output=args.output,
+        batch=args.batch,
+        checkpoint_key=args.checkpoint_key,
+        seed=args.seed,
+    )
+    try:
+        if args.format == "paddle":
+            result = export_paddle_inference(**common)
+        else:
+            result = export_onnx(**common, opset=args.opset, verify=not args.no_verify, atol=args.atol)
+    except LvvitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for path in result.files:
+        print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    print(f"done in {result.seconds:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""The export library functions: build the model, convert, verify, write atomically."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lvvit.atomic import OutputPathError, atomic_output
+from lvvit.metadata import ModelMetadata
+
+from ..errors import ExportError
+from ..provenance import tool_versions, weights_provenance
+from .verify import DriftCheck, verify_export
+
+DEFAULT_OPSET = 17  # the first opset with a native LayerNormalization
+DEFAULT_ATOL = 1e-4
+MIN_OPSET = 13
+
+Log = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    metadata: ModelMetadata
+    checks: list[DriftCheck] = field(default_factory=list)
+    seconds: float = 0.0
+    files: list[Path] = field(default_factory=list)
+
+
+def resolve_output(
+    output: str | Path | None, preset: str, resolution: int, default_preset_res: int, suffix: str
+) -> Path:
+    """A file path for `--output`: a folder (existing, or ending in '/') gets `<preset>[_<res>]<suffix>`."""
+    stem = preset if resolution == default_preset_res else f"{preset}_{resolution}"
+    if output is None:
+        return Path.cwd() / f"{stem}{suffix}"
+    out = Path(output)
+    if out.is_dir() or str(output).endswith(("/", "\\")) or not out.suffix:
+        return out / f"{stem}{suffix}"
+    return out
+
+
+def _build(preset: str, weights, resolution, checkpoint_key, seed, log: Log, arch_overrides: dict):
+    from lvvit import create_model
+
+    model = create_model(
+        preset, weights=weights, resolution=resolution, checkpoint_key=checkpoint_key, seed=seed, **arch_overrides
+    )
+    if weights is None:
+        log(
+            "WARNING: no --weights given: exporting a deterministic RANDOM initialisation "
+            f"(seed {seed}). Its predictions are meaningless; the artifact records this."
+        )
+    return model
+
+
+def _metadata(model, batch: int | None, opset: int, seed: int, graph: str = "exported") -> ModelMetadata:
+    spec = model.preset
+    return ModelMetadata(
+        preset=spec.name,
+        preprocess=spec.preprocess,
+        num_classes=spec.arch.num_classes,
+        batch=batch,
+        opset=opset,
+        weights=weights_provenance(model, seed),
+        versions=tool_versions("paddlepaddle", "paddle2onnx", "onnx", "onnxruntime"),
+        arch=spec.arch.to_kwargs(),
+        graph=graph,
+    )
+
+
+def _check_batch_and_opset(batch: int | None, opset: int) -> None:
+    if batch is not None and batch < 1:
+        raise ExportError(f"--batch must be 'dynamic' or a positive integer, got {batch}")
+    if opset < MIN_OPSET:
+        raise ExportError(f"--opset {opset} is too old; use {MIN_OPSET} or newer (default {DEFAULT_OPSET})")
+
+
+def export_onnx(
+    preset: str,
+    weights: str | Path | None = None,
+    resolution: int | None = None,
+    output: str | Path | None = None,
+    batch: int | None = None,
+    opset: int = DEFAULT_OPSET,
+    verify: bool = True,
+    atol: float = DEFAULT_ATOL,
+    checkpoint_key: str | None = None,
+    seed: int = 0,
+    log: Log = _stderr,
+    **arch_overrides,
+) -> ExportResult:
+    """Export `preset` to one ONNX file and (unless `verify=False`) prove it matches Paddle.
+
+    Args:
+        batch: None for a dynamic batch axis named "batch", or a fixed size.
+        output: a file, or a folder for `<preset>.onnx`; default `./<preset>.onnx`.
+        atol: the verification's max abs error allowed against Paddle.
+        arch_overrides: architecture fields to replace (tiny models in tests).
+
+    The file appears at the output path only when conversion and verification
+    succeeded; an older file there is otherwise left untouched.
+    """
+    import onnx
+
+    _check_batch_and_opset(batch, opset)
+    started = time.perf_counter()
+    from lvvit import resolve_preset
+
+    spec = resolve_preset(preset, resolution, **arch_overrides)
+    target = resolve_output(output, spec.name, spec.resolution, resolve_preset(preset).resolution, ".onnx")
+    with atomic_output(target) as tmp:  # fails early, before any work, when the folder is not writable
+        log(f"[1/3] building {spec.name} at {spec.resolution}px")
+        model = _build(preset, weights, resolution, checkpoint_key, seed, log, arch_overrides)
+        metadata = _metadata(model, batch, opset, seed)
+        log(f"[2/3] converting to ONNX (opset {opset}, batch {batch or 'dynamic'})")
+        from .convert import paddle_to_onnx
+
+        proto = paddle_to_onnx(model, metadata)
+        onnx.save(proto, str(tmp))
+        checks: list[DriftCheck] = []
+        if verify:
+            batches = [batch] if batch is not None else [1, 3]
+            log(f"[3/3] verifying: onnx.checker, then ONNX Runtime vs Paddle at batch {', '.join(map(str, batches))}")
+            checks = verify_export(tmp, model, batches, atol, seed)
+            for check in checks:
+                log("      " + check.line())
+        else:
+            log("[3/3] verification skipped (--no-verify)")
+    return ExportResult(target, metadata, checks, time.perf_counter() - started, [target])
+
+
+def export_paddle_inference(
+    preset: str,
+    weights: str | Path | None = None,
+    resolution: int | None = None,
+    output: str | Path | None = None,
+    batch: int | None = None,
+    checkpoint_key: str | None = None,
+    seed: int = 0,
+    log: Log = _stderr,
+    **arch_overrides,
+) -> ExportResult:
+    """Save Paddle's inference artifact: `<stem>.json` (or `.pdmodel`), `.pdiparams`, `.lvvit.json` (metadata).
+
+    Files are written in a temporary folder beside the target and moved into place only when all exist.
+    """
+    from lvvit import resolve_preset
+
+    from ..paddle_static import save_inference_model, saved_files
+
+    _check_batch_and_opset(batch, DEFAULT_OPSET)
+    started = time.perf_counter()
+    spec = resolve_preset(preset, resolution, **arch_overrides)
+    target = resolve_output(output, spec.name, spec.resolution, resolve_preset(preset).resolution, ".pdiparams")
+    stem = target.name.removesuffix(".pdiparams")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{stem}.", suffix=".part", dir=target.parent))
+    except OSError as exc:
+        raise OutputPathError(f"{target.parent}: cannot write here ({exc.strerror or exc})") from exc
+    try:
+        log(f"[1/2] building {spec.name} at {spec.resolution}px")
+        model = _build(preset, weights, resolution, checkpoint_key, seed, log, arch_overrides)
+        metadata = _metadata(model, batch, DEFAULT_OPSET, seed, graph="paddle-inference")
+        log("[2/2] saving the Paddle inference program (paddle.jit.save)")
+        save_inference_model(model, staging / stem, batch)
+        written = saved_files(staging / stem)
+        sidecar = staging / f"{stem}.lvvit.json"
+        sidecar.write_text(json.dumps(metadata.to_props(), indent=2, sort_keys=True))
+        final = []
+        for path in [*written, sidecar]:
+            dest = target.parent / path.name
+            path.replace(dest)
+            final.append(dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return ExportResult(target.parent / f"{stem}.pdiparams", metadata, [], time.perf_counter() - started, final)
