@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .presets import PreprocessConfig
 from .preprocess import preprocess
+from .presets import PreprocessConfig
 
 
 def synthetic_image(seed: int, width: int = 320, height: int = 256) -> Image.Image:
