@@ -39,7 +39,8 @@ class ModelMetadata:
     versions: dict[str, str]  # paddle, paddle2onnx, onnx, kit ...
     arch: dict[str, Any] = field(default_factory=dict)
     labels: str = "imagenet-1k"
-    graph: str = "exported"  # or "optimized", "fp16", "int8-qdq" for derived files
+    graph: str = "exported"  # "exported" (portable), "ort-fused" (ONNX Runtime contrib ops), "paddle-inference"
+    precision: str = "fp32"  # "fp32", "fp16" (weights and compute; I/O stays float32) or "int8" (QDQ)
 
     @property
     def resolution(self) -> int:
@@ -70,6 +71,7 @@ class ModelMetadata:
             "versions": self.versions,
             "arch": self.arch,
             "graph": self.graph,
+            "precision": self.precision,
         }
         return {PREFIX + k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in values.items()}
 
@@ -98,6 +100,7 @@ class ModelMetadata:
                 arch=get("arch") if PREFIX + "arch" in props else {},
                 labels=props.get(PREFIX + "labels", "imagenet-1k"),
                 graph=props.get(PREFIX + "graph", "exported"),
+                precision=props.get(PREFIX + "precision", "fp32"),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise MetadataError(f"{source}: unreadable LV-ViT kit metadata ({type(exc).__name__}: {exc})") from exc

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .export import ExportResult, export_onnx, export_paddle_inference, resolve_output
+from .export import ExportResult, FastPath, export_onnx, export_paddle_inference, resolve_output
 
-__all__ = ["ExportResult", "export_onnx", "export_paddle_inference", "resolve_output"]
+__all__ = ["ExportResult", "FastPath", "export_onnx", "export_paddle_inference", "resolve_output"]

@@ -10,7 +10,15 @@ from pathlib import Path
 from lvvit.errors import LvvitError
 from lvvit.presets import get_preset, list_presets
 
-from .export import DEFAULT_ATOL, DEFAULT_OPSET, export_onnx, export_paddle_inference
+from .export import (
+    DEFAULT_ATOL,
+    DEFAULT_OPSET,
+    INT8_MIN_AGREEMENT,
+    PRECISIONS,
+    FastPath,
+    export_onnx,
+    export_paddle_inference,
+)
 
 
 def _batch(value: str) -> int | None:
@@ -84,6 +92,36 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_ATOL,
         help=f"verification tolerance: max abs error vs Paddle (default {DEFAULT_ATOL:g})",
     )
+    fast = parser.add_argument_group("fast paths")
+    fast.add_argument(
+        "--optimize",
+        action="store_true",
+        help="save ONNX Runtime's fused graph (Attention, SkipLayerNormalization, BiasGelu); "
+        "runs on ONNX Runtime only; file <preset>_ort.onnx",
+    )
+    fast.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="fp16 for GPUs: fused graph in half precision, LayerNorm/Softmax kept fp32, float32 I/O (default fp32)",
+    )
+    fast.add_argument(
+        "--quantize",
+        choices=("int8",),
+        default=None,
+        help="static int8 (QDQ) quantization of the portable graph, calibrated on --calibration images",
+    )
+    fast.add_argument("--calibration", type=Path, default=None, help="folder of real images for int8 calibration")
+    fast.add_argument(
+        "--calibration-count", type=int, default=32, help="images used for calibration (default 32, sorted by path)"
+    )
+    fast.add_argument(
+        "--min-int8-agreement",
+        type=float,
+        default=INT8_MIN_AGREEMENT,
+        help=f"int8 accuracy gate: least top-1 agreement with Paddle fp32 on the calibration images "
+        f"(default {INT8_MIN_AGREEMENT})",
+    )
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the random initialisation and the verification inputs (default 0)"
     )
@@ -118,7 +156,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.format == "paddle":
             result = export_paddle_inference(**common)
         else:
-            result = export_onnx(**common, opset=args.opset, verify=not args.no_verify, atol=args.atol)
+            fast = FastPath(
+                optimize=args.optimize,
+                precision=args.precision,
+                quantize=args.quantize,
+                calibration=args.calibration,
+                calibration_count=args.calibration_count,
+                min_int8_agreement=args.min_int8_agreement,
+            )
+            result = export_onnx(**common, opset=args.opset, verify=not args.no_verify, atol=args.atol, fast=fast)
     except LvvitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -106,7 +106,7 @@ def _use_state_dict_names(proto: onnx.ModelProto, names: dict[str, str]) -> None
 
 
 def paddle_to_onnx(model, metadata: ModelMetadata) -> onnx.ModelProto:
-    """Export `model` (an `LVViT` from `create_model`) as described by `metadata`."""
+    """Export `model` (an `LVViT` from `create_model`) at `metadata`'s batch and opset (metadata not stamped)."""
     with tempfile.TemporaryDirectory(prefix="lvvit-export-") as workdir:
         prefix = Path(workdir) / "model"
         names = save_inference_model(model, prefix, metadata.batch)
@@ -121,8 +121,4 @@ def paddle_to_onnx(model, metadata: ModelMetadata) -> onnx.ModelProto:
         proto = _fold_constants(proto)
     _name_inputs_and_outputs(proto, metadata.batch)
     _use_state_dict_names(proto, names)
-    proto.doc_string = f"LV-ViT {metadata.preset} at {metadata.resolution}px, exported by the LV-ViT deployment kit"
-    del proto.metadata_props[:]
-    for key, value in sorted(metadata.to_props().items()):
-        proto.metadata_props.add(key=key, value=value)
     return proto

@@ -16,11 +16,14 @@ from lvvit.metadata import ModelMetadata
 
 from ..errors import ExportError
 from ..provenance import tool_versions, weights_provenance
-from .verify import DriftCheck, verify_export
+from .verify import DriftCheck, Tolerance, verify_export
 
 DEFAULT_OPSET = 17  # the first opset with a native LayerNormalization
 DEFAULT_ATOL = 1e-4
+FP16_ATOL = 5e-2  # half precision carries ~3 significant digits
+INT8_MIN_AGREEMENT = 0.99  # int8 is gated on top-1 agreement with Paddle fp32 on the calibration images
 MIN_OPSET = 13
+PRECISIONS = ("fp32", "fp16")
 
 Log = Callable[[str], None]
 
@@ -65,7 +68,9 @@ def _build(preset: str, weights, resolution, checkpoint_key, seed, log: Log, arc
     return model
 
 
-def _metadata(model, batch: int | None, opset: int, seed: int, graph: str = "exported") -> ModelMetadata:
+def _metadata(
+    model, batch: int | None, opset: int, seed: int, graph: str = "exported", precision: str = "fp32"
+) -> ModelMetadata:
     spec = model.preset
     return ModelMetadata(
         preset=spec.name,
@@ -77,6 +82,7 @@ def _metadata(model, batch: int | None, opset: int, seed: int, graph: str = "exp
         versions=tool_versions("paddlepaddle", "paddle2onnx", "onnx", "onnxruntime"),
         arch=spec.arch.to_kwargs(),
         graph=graph,
+        precision=precision,
     )
 
 
@@ -85,6 +91,79 @@ def _check_batch_and_opset(batch: int | None, opset: int) -> None:
         raise ExportError(f"--batch must be 'dynamic' or a positive integer, got {batch}")
     if opset < MIN_OPSET:
         raise ExportError(f"--opset {opset} is too old; use {MIN_OPSET} or newer (default {DEFAULT_OPSET})")
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """The export options of the fast paths (all off: the portable fp32 graph)."""
+
+    optimize: bool = False  # ONNX Runtime's fused graph (contrib ops; ONNX Runtime only)
+    precision: str = "fp32"  # or "fp16" (for GPUs; implies the fused graph)
+    quantize: str | None = None  # or "int8": static QDQ, needs `calibration`
+    calibration: Path | None = None  # folder of real images
+    calibration_count: int = 32
+    min_int8_agreement: float = INT8_MIN_AGREEMENT
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ExportError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.quantize not in (None, "int8"):
+            raise ExportError(f"--quantize supports int8 only, got {self.quantize!r}")
+        if self.quantize and self.calibration is None:
+            raise ExportError("--quantize int8 needs --calibration DIR: a folder of real images to calibrate on")
+        if self.quantize and (self.optimize or self.precision != "fp32"):
+            raise ExportError("--quantize int8 applies to the portable fp32 graph; drop --optimize / --precision")
+
+    @property
+    def rewrite(self) -> bool:
+        return self.optimize or self.precision != "fp32" or self.quantize is not None
+
+    @property
+    def graph(self) -> str:
+        return "ort-fused" if self.optimize or self.precision == "fp16" else "exported"
+
+    @property
+    def tag(self) -> str:
+        """File-name suffix: '', '_ort', '_fp16', '_int8'."""
+        if self.quantize:
+            return "_int8"
+        return "_fp16" if self.precision == "fp16" else "_ort" if self.optimize else ""
+
+
+def _stamp(proto, metadata: ModelMetadata) -> None:
+    proto.doc_string = f"LV-ViT {metadata.preset} at {metadata.resolution}px, exported by the LV-ViT deployment kit"
+    del proto.metadata_props[:]
+    for key, value in sorted(metadata.to_props().items()):
+        proto.metadata_props.add(key=key, value=value)
+
+
+def _apply_fast_path(proto, model, fast: FastPath, log: Log):
+    """Fuse / fp16 / int8 as asked; returns the new proto and the real images used (int8), if any."""
+    from .optimize import convert_to_fp16, fuse_for_onnxruntime
+
+    arch = model.preset.arch
+    images = None
+    if fast.graph == "ort-fused":
+        proto, report = fuse_for_onnxruntime(proto, arch.num_heads, arch.embed_dim, len(model.blocks))
+        log("      " + report.line())
+    if fast.precision == "fp16":
+        proto = convert_to_fp16(proto)
+        log("      converted to fp16 (LayerNorm, Softmax and the token max kept in fp32)")
+    if fast.quantize == "int8":
+        from lvvit.preprocess import preprocess_batch
+
+        from .quantize import find_calibration_images, quantize_int8
+
+        calibration = find_calibration_images(fast.calibration, model.preset.preprocess, fast.calibration_count)
+        for path, why in calibration.skipped:
+            log(f"      skipped calibration file {path}: {why}")
+        log(
+            f"      calibrating int8 on {len(calibration.used)} images from {calibration.folder}; "
+            f"the gate also sees {calibration.held_out} held-out images"
+        )
+        proto = quantize_int8(proto, calibration, model.preset.preprocess)
+        images = preprocess_batch(calibration.evaluation, model.preset.preprocess)
+    return proto, images
 
 
 def export_onnx(
@@ -98,6 +177,7 @@ def export_onnx(
     atol: float = DEFAULT_ATOL,
     checkpoint_key: str | None = None,
     seed: int = 0,
+    fast: FastPath | None = None,
     log: Log = _stderr,
     **arch_overrides,
 ) -> ExportResult:
@@ -106,7 +186,8 @@ def export_onnx(
     Args:
         batch: None for a dynamic batch axis named "batch", or a fixed size.
         output: a file, or a folder for `<preset>.onnx`; default `./<preset>.onnx`.
-        atol: the verification's max abs error allowed against Paddle.
+        atol: the verification's max abs error allowed against Paddle (fp32 graphs).
+        fast: fused graph, fp16 or int8 (see `FastPath`); default the portable fp32 graph.
         arch_overrides: architecture fields to replace (tiny models in tests).
 
     The file appears at the output path only when conversion and verification
@@ -114,31 +195,46 @@ def export_onnx(
     """
     import onnx
 
-    _check_batch_and_opset(batch, opset)
-    started = time.perf_counter()
     from lvvit import resolve_preset
 
+    fast = fast or FastPath()
+    _check_batch_and_opset(batch, opset)
+    started = time.perf_counter()
     spec = resolve_preset(preset, resolution, **arch_overrides)
-    target = resolve_output(output, spec.name, spec.resolution, resolve_preset(preset).resolution, ".onnx")
+    suffix = f"{fast.tag}.onnx"
+    target = resolve_output(output, spec.name, spec.resolution, resolve_preset(preset).resolution, suffix)
     with atomic_output(target) as tmp:  # fails early, before any work, when the folder is not writable
         log(f"[1/3] building {spec.name} at {spec.resolution}px")
         model = _build(preset, weights, resolution, checkpoint_key, seed, log, arch_overrides)
-        metadata = _metadata(model, batch, opset, seed)
-        log(f"[2/3] converting to ONNX (opset {opset}, batch {batch or 'dynamic'})")
+        precision = "int8" if fast.quantize else fast.precision
+        metadata = _metadata(model, batch, opset, seed, graph=fast.graph, precision=precision)
+        log(f"[2/3] converting to ONNX (opset {opset}, batch {batch or 'dynamic'}, {fast.graph} graph, {precision})")
+        from ..fusable import fusable_copy
         from .convert import paddle_to_onnx
 
-        proto = paddle_to_onnx(model, metadata)
+        proto = paddle_to_onnx(fusable_copy(model) if fast.rewrite else model, metadata)
+        proto, images = _apply_fast_path(proto, model, fast, log)
+        _stamp(proto, metadata)
         onnx.save(proto, str(tmp))
         checks: list[DriftCheck] = []
         if verify:
+            tolerance = _tolerance(fast, atol)
             batches = [batch] if batch is not None else [1, 3]
-            log(f"[3/3] verifying: onnx.checker, then ONNX Runtime vs Paddle at batch {', '.join(map(str, batches))}")
-            checks = verify_export(tmp, model, batches, atol, seed)
+            log(f"[3/3] verifying: onnx.checker, then ONNX Runtime vs Paddle ({tolerance.describe()})")
+            checks = verify_export(tmp, model, batches, tolerance, seed, images)
             for check in checks:
                 log("      " + check.line())
         else:
             log("[3/3] verification skipped (--no-verify)")
     return ExportResult(target, metadata, checks, time.perf_counter() - started, [target])
+
+
+def _tolerance(fast: FastPath, atol: float) -> Tolerance:
+    if fast.quantize == "int8":
+        return Tolerance(atol=None, min_top1=fast.min_int8_agreement)
+    if fast.precision == "fp16":
+        return Tolerance(atol=FP16_ATOL)
+    return Tolerance(atol=atol)
 
 
 def export_paddle_inference(

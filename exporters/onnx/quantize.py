@@ -1,0 +1,110 @@
+"""Static int8 quantization (QDQ) with ONNX Runtime, calibrated on the user's real images."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from lvvit.errors import ImageError
+from lvvit.metadata import INPUT_NAME
+from lvvit.preprocess import preprocess
+from lvvit.presets import PreprocessConfig
+
+from ..errors import ExportError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".gif"}
+# Quantizing the stem's convolutions and the transformer's MatMuls gives the speed;
+# softmax, LayerNorm and GELU stay float.
+QUANTIZED_OPS = ["MatMul", "Conv"]
+
+
+EVALUATION_LIMIT = 256  # images the int8 gate is measured on (calibration images included)
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    folder: Path
+    used: list[Path]  # calibrates the activation ranges
+    evaluation: list[Path]  # the gate's images: `used` plus the held-out rest of the folder
+    skipped: list[tuple[Path, str]]  # unreadable files and why
+
+    @property
+    def held_out(self) -> int:
+        return len(self.evaluation) - len(self.used)
+
+    def batches(self, config: PreprocessConfig) -> Iterator[np.ndarray]:
+        for path in self.used:
+            yield preprocess(path, config)[None]
+
+
+def find_calibration_images(folder: str | Path, config: PreprocessConfig, limit: int) -> CalibrationSet:
+    """Readable images under `folder` (sorted, recursive): the first `limit` calibrate, up to
+    `EVALUATION_LIMIT` evaluate; unreadable ones are listed, not fatal."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ExportError(f"--calibration {folder}: not a folder of images")
+    candidates = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if limit < 1:
+        raise ExportError(f"--calibration-count must be at least 1, got {limit}")
+    readable: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+    for path in candidates:
+        if len(readable) == max(limit, EVALUATION_LIMIT):
+            break
+        try:
+            preprocess(path, config)
+        except ImageError as exc:
+            skipped.append((path, str(exc)))
+            continue
+        readable.append(path)
+    if not readable:
+        raise ExportError(f"--calibration {folder}: no readable images found ({len(skipped)} unreadable)")
+    return CalibrationSet(folder, readable[:limit], readable, skipped)
+
+
+class _Reader:
+    """ONNX Runtime's CalibrationDataReader protocol over preprocessed images."""
+
+    def __init__(self, batches: Iterator[np.ndarray]) -> None:
+        self._batches = batches
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._batches, None)
+        return None if batch is None else {INPUT_NAME: batch}
+
+    def rewind(self) -> None:  # pragma: no cover - ONNX Runtime calls it only for some methods
+        raise NotImplementedError
+
+
+def quantize_int8(proto: onnx.ModelProto, calibration: CalibrationSet, config: PreprocessConfig) -> onnx.ModelProto:
+    """QDQ int8: per-channel symmetric int8 weights, uint8 activations from min/max calibration."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory(prefix="lvvit-int8-") as work:
+        source, prepared, target = (Path(work) / name for name in ("fp32.onnx", "pre.onnx", "int8.onnx"))
+        onnx.save(proto, str(source))
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+                quantize_static(
+                    str(prepared),
+                    str(target),
+                    _Reader(calibration.batches(config)),
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=True,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    op_types_to_quantize=QUANTIZED_OPS,
+                    calibrate_method=CalibrationMethod.MinMax,
+                )
+        except Exception as exc:  # ONNX Runtime's quantizer raises bare exceptions
+            raise ExportError(f"int8 quantization failed: {type(exc).__name__}: {exc}") from exc
+        return onnx.load(str(target))

@@ -1,0 +1,75 @@
+"""Real photographs that ship with scikit-image, written as an image folder.
+
+scikit-image bundles a few public-domain / CC photographs in its wheel (no
+download). The kit uses them where real images matter and no data set is at
+hand: int8 calibration and agreement checks, benchmarks, examples.
+`python -m validation.photos DIR [--variants N]` writes them; each variant is a
+deterministic crop (and mirror) of a photo, so more images can be had than photos.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+# Colour photographs bundled in scikit-image's wheel (they load offline).
+PHOTOS = (
+    "astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
+    "retina", "colorwheel", "stereo_motorcycle", "camera", "coins", "moon", "grass", "gravel",
+    "brick", "clock", "text", "page", "cell",
+)  # fmt: skip
+
+
+def load_photos() -> dict[str, Image.Image]:
+    """name -> RGB PIL image, for every bundled photo that loads."""
+    import skimage.data
+
+    photos = {}
+    for name in PHOTOS:
+        array = getattr(skimage.data, name)()
+        array = array[0] if isinstance(array, tuple) else array  # stereo pairs
+        photos[name] = Image.fromarray(np.asarray(array, dtype=np.uint8)).convert("RGB")
+    return photos
+
+
+def _variant(img: Image.Image, index: int) -> Image.Image:
+    if index == 0:
+        return img
+    rng = np.random.default_rng(index)
+    w, h = img.size
+    scale = rng.uniform(0.55, 0.9)
+    cw, ch = int(w * scale), int(h * scale)
+    left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    crop = img.crop((left, top, left + cw, top + ch))
+    return ImageOps.mirror(crop) if index % 2 else crop
+
+
+def write_sample_photos(folder: str | Path, variants: int = 1) -> list[Path]:
+    """Write every photo (and `variants - 1` crops of each) as JPEG under `folder`; returns the paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, img in load_photos().items():
+        for index in range(variants):
+            path = folder / (f"{name}.jpg" if index == 0 else f"{name}_v{index}.jpg")
+            _variant(img, index).save(path, quality=92)
+            written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m validation.photos", description=__doc__.split("\n\n")[0])
+    parser.add_argument("folder", type=Path, help="where to write the JPEG files")
+    parser.add_argument("--variants", type=int, default=1, help="images per photo: the photo plus crops (default 1)")
+    args = parser.parse_args(argv)
+    paths = write_sample_photos(args.folder, args.variants)
+    print(f"wrote {len(paths)} images to {args.folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
