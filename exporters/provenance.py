@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.metadata
-import platform
 from typing import Any
 
-KIT_DISTRIBUTION = "lvvit-deploy"
+from lvvit.versions import tool_versions
 
-
-def package_version(name: str) -> str:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def tool_versions(*packages: str) -> dict[str, str]:
-    """Versions of the kit, Python and the named packages."""
-    versions = {"kit": package_version(KIT_DISTRIBUTION), "python": platform.python_version()}
-    versions.update({name: package_version(name) for name in packages})
-    return versions
+__all__ = ["tool_versions", "weights_provenance"]
 
 
 def weights_provenance(model: Any, seed: int | None) -> dict[str, Any]:

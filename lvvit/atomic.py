@@ -30,6 +30,9 @@ def atomic_output(target: str | Path) -> Iterator[Path]:
         raise OutputPathError(f"{target}: cannot write here ({exc.strerror or exc})") from exc
     os.close(fd)
     tmp = Path(tmp_name)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; a result file gets the usual permissions
     try:
         yield tmp
         if not tmp.exists() or tmp.stat().st_size == 0:

@@ -1,0 +1,65 @@
+"""One predictor interface, one backend per runtime: ONNX Runtime, native Paddle, OpenVINO.
+
+    from runtimes import OrtPredictor
+    with OrtPredictor("lvvit_s.onnx", device="auto") as p:
+        print(p.device, p.predict(["cat.jpg"], topk=5))
+
+Every predictor has `predict(images, topk)`, `logits(batch)`, `describe()` and
+`close()`, and takes its preprocessing from the model's own metadata through
+`lvvit.preprocess`. Backends load on first use: importing `runtimes` (and
+using `OrtPredictor` or `OpenVinoPredictor`) never imports Paddle, and a
+runtime that is not installed fails only when its predictor is asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from lvvit.errors import ImageError
+from lvvit.metadata import MetadataError
+
+from .base import Predictor
+from .errors import (
+    BackendNotInstalledError,
+    ConfigurationError,
+    DeviceUnavailableError,
+    InputError,
+    ModelFileError,
+    OutputError,
+    PredictorClosedError,
+    PredictorError,
+)
+from .labels import imagenet_classes
+from .prediction import Prediction
+
+# name -> module that defines it; each imports its runtime, so they load lazily.
+_BACKENDS = {
+    "OrtPredictor": ".ort",
+    "PaddlePredictor": ".paddle_native",
+    "OpenVinoPredictor": ".ov",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _BACKENDS:
+        return getattr(importlib.import_module(_BACKENDS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "BackendNotInstalledError",
+    "ConfigurationError",
+    "DeviceUnavailableError",
+    "ImageError",
+    "InputError",
+    "MetadataError",
+    "ModelFileError",
+    "OutputError",
+    "Prediction",
+    "Predictor",
+    "PredictorClosedError",
+    "PredictorError",
+    "imagenet_classes",
+    *_BACKENDS,
+]

@@ -16,9 +16,11 @@ T = TypeVar("T")
 
 
 class Pool(Generic[T]):
-    def __init__(self, factory: Callable[[], T]) -> None:
+    def __init__(self, factory: Callable[[], T], first: T | None = None) -> None:
         self._factory = factory
         self._free: queue.SimpleQueue[T] = queue.SimpleQueue()
+        if first is not None:
+            self._free.put(first)
 
     @contextlib.contextmanager
     def borrow(self) -> Iterator[T]:

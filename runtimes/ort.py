@@ -1,0 +1,200 @@
+"""`OrtPredictor`: ONNX Runtime on the CPU, CUDA or TensorRT, with explicit providers and no silent fallback.
+
+The device names the execution provider; after the session is created its real
+providers are checked, because onnxruntime-gpu creates a CPU-only session
+(with an error in its log) when the CUDA or TensorRT libraries cannot load.
+`device="auto"` takes CUDA when it really loads, else the CPU, and reports the
+choice in `device` / `providers`. On a GPU, inputs and outputs go through I/O
+binding. `InferenceSession.run` is thread-safe, so one predictor serves many threads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lvvit.metadata import INPUT_NAME, ModelMetadata
+from lvvit.presets import PreprocessConfig
+from lvvit.versions import package_version
+
+from . import ort_providers as eps
+from .base import DEFAULT_BATCH_SIZE, LabelsArg, Predictor
+from .errors import BackendNotInstalledError, ConfigurationError, DeviceUnavailableError, ModelFileError
+from .model_info import build_model_info
+from .onnx_file import kit_metadata, read_onnx_file
+
+
+def _import_onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise BackendNotInstalledError(
+            f"OrtPredictor needs ONNX Runtime: pip install onnxruntime (or onnxruntime-gpu) ({exc})"
+        ) from exc
+    return onnxruntime
+
+
+class OrtPredictor(Predictor):
+    """ONNX Runtime predictor for an exported LV-ViT `.onnx` file.
+
+    Args:
+        model_path: the `.onnx` file (its kit metadata gives the preprocessing).
+        device: "cpu", "cuda", "tensorrt", or "auto" (CUDA if it really loads, else CPU).
+        threads: intra-op threads (None: ONNX Runtime's default, one per physical core).
+        batch_size: images per run in `predict`/`logits` (default 8, or the model's fixed batch).
+        preset, resolution: the preprocessing of a model without kit metadata.
+        preprocess: an explicit preprocessing config (overrides the metadata).
+        labels: class names; see `runtimes.labels`.
+        device_id: the GPU for "cuda"/"tensorrt".
+        tf32: allow TF32 math in CUDA's matrix products (faster on Ampere+, drifts ~1e-3; off by default).
+        tensorrt_fp16: let TensorRT build fp16 kernels.
+        tensorrt_cache: folder for TensorRT engines (built once, reused across runs).
+        io_binding: feed inputs/outputs through I/O binding (default: on for GPU devices).
+    """
+
+    runtime = "onnxruntime"
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        device: str = "cpu",
+        threads: int | None = None,
+        *,
+        batch_size: int | None = None,
+        preset: str | None = None,
+        resolution: int | None = None,
+        preprocess: PreprocessConfig | None = None,
+        labels: LabelsArg = None,
+        device_id: int = 0,
+        tf32: bool = False,
+        tensorrt_fp16: bool = False,
+        tensorrt_cache: str | Path | None = None,
+        io_binding: bool | None = None,
+    ) -> None:
+        if device not in eps.DEVICES:
+            raise ConfigurationError(f"unknown device {device!r}; valid: {', '.join(eps.DEVICES)}")
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise ConfigurationError(f"threads must be a positive integer or None, got {threads!r}")
+        ort = _import_onnxruntime()
+        path, props = read_onnx_file(model_path)
+        metadata = kit_metadata(props, path)
+        self._ort = ort
+        self._auto_fallback: str | None = None
+        self._threads = threads
+        self._device_id = device_id
+        self._tf32 = tf32
+        self._tensorrt = {"fp16": tensorrt_fp16, "cache": str(tensorrt_cache) if tensorrt_cache else None}
+        self._requested = device
+        self.device = device  # the device that runs; "auto" is resolved below
+        self._session, self.device = self._open_session(path, device, batch_size, metadata)
+        self.providers: list[str] = list(self._session.get_providers())
+        self._provider_options = {k: dict(v) for k, v in self._session.get_provider_options().items()}
+        self._io_binding = (device != "cpu") if io_binding is None else bool(io_binding)
+        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ModelFileError(
+                f"{path}: has {len(inputs)} inputs and {len(outputs)} outputs; an LV-ViT classifier has one of each"
+            )
+        inp, out = inputs[0], outputs[0]
+        if inp.type != "tensor(float)":
+            raise ModelFileError(f"{path}: input {inp.name!r} has type {inp.type}; LV-ViT takes tensor(float)")
+        info = build_model_info(
+            str(path), inp.name, inp.shape, out.name, out.shape, metadata,
+            preset=preset, resolution=resolution, preprocess=preprocess,
+        )  # fmt: skip
+        super().__init__(info, batch_size=batch_size, labels=labels)
+
+    def _open_session(
+        self, path: Path, device: str, batch_size: int | None, metadata: ModelMetadata | None
+    ) -> tuple[Any, str]:
+        """(session, the device it really runs on); raises when an explicit GPU device did not load."""
+        ort = self._ort
+        available = ort.get_available_providers()
+        if device in ("cuda", "tensorrt") and eps.PROVIDERS[device] not in available:
+            raise DeviceUnavailableError(f"device={device!r}: {eps.why_not_loaded(ort, eps.PROVIDERS[device])}")
+        if device == "auto":
+            device = next(d for d in eps.AUTO_ORDER if eps.PROVIDERS[d] in available)
+        session = self._create_session(path, device, batch_size, metadata)
+        loaded = session.get_providers()
+        wanted = eps.PROVIDERS[device]
+        if wanted in loaded:
+            return session, device
+        why = eps.why_not_loaded(ort, wanted)
+        if self._requested != "auto":
+            raise DeviceUnavailableError(
+                f"device={self._requested!r}: onnxruntime created the session with {loaded} only, "
+                f"without {wanted}: {why}"
+            )
+        self._auto_fallback = why  # auto allows the CPU, which this session already runs on
+        return session, "cpu"
+
+    def _create_session(self, path: Path, device: str, batch_size: int | None, metadata: ModelMetadata | None) -> Any:
+        ort = self._ort
+        options = ort.SessionOptions()
+        if self._threads is not None:
+            options.intra_op_num_threads = self._threads
+        profile = None
+        if device == "tensorrt" and metadata is not None and metadata.batch is None:
+            size, most = metadata.resolution, batch_size or DEFAULT_BATCH_SIZE
+            profile = tuple(f"{INPUT_NAME}:{n}x3x{size}x{size}" for n in (1, most, most))
+        cache = Path(self._tensorrt["cache"]) if self._tensorrt["cache"] else None
+        if cache is not None:
+            cache.mkdir(parents=True, exist_ok=True)
+        chain = eps.provider_chain(device, self._device_id, self._tf32, self._tensorrt["fp16"], cache, profile)
+        try:
+            return ort.InferenceSession(
+                str(path),
+                sess_options=options,
+                providers=[name for name, _ in chain],
+                provider_options=[opts for _, opts in chain],
+            )
+        except Exception as exc:  # onnxruntime raises its own classes straight from C++
+            raise ModelFileError(
+                f"{path}: onnxruntime cannot create a {device} session for this model ({type(exc).__name__}: {exc})"
+            ) from exc
+
+    @property
+    def precision(self) -> str:
+        """The math the session uses: "fp32", "tf32" or "fp16" (see `ort_providers.precision`)."""
+        return eps.precision(self.device, self._tf32, self._tensorrt["fp16"])
+
+    def _logits_impl(self, batch: np.ndarray) -> np.ndarray:
+        session = self._session
+        if not self._io_binding:
+            return session.run([self.info.output_name], {self.info.input_name: batch})[0]
+        ort_device = "cpu" if self.device == "cpu" else "cuda"
+        binding = session.io_binding()  # one per call: bindings are not shared between threads
+        if ort_device == "cpu":
+            binding.bind_cpu_input(self.info.input_name, batch)
+        else:
+            value = self._ort.OrtValue.ortvalue_from_numpy(batch, ort_device, self._device_id)
+            binding.bind_ortvalue_input(self.info.input_name, value)
+        binding.bind_output(self.info.output_name, ort_device, self._device_id)
+        session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+    def _runtime_details(self) -> dict[str, Any]:
+        details: dict[str, Any] = {
+            "device": self.device,
+            "requested_device": self._requested,
+            "providers": self.providers,
+            "provider_options": self._provider_options,
+            "precision": self.precision,
+            "threads": self._threads,
+            "io_binding": self._io_binding,
+            "versions": {"onnxruntime": self._ort.__version__, **_ort_distributions()},
+        }
+        if self._auto_fallback:
+            details["auto_note"] = f"CUDA listed but not loaded: {self._auto_fallback}"
+        return details
+
+    def _release(self) -> None:
+        self._session = None
+
+
+def _ort_distributions() -> dict[str, str]:
+    """Which onnxruntime wheel is installed (the CPU and GPU wheels share the module name)."""
+    found = {name: package_version(name) for name in ("onnxruntime", "onnxruntime-gpu")}
+    return {f"{name} (distribution)": v for name, v in found.items() if v != "not installed"}

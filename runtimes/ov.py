@@ -1,0 +1,160 @@
+"""`OpenVinoPredictor`: OpenVINO reading the ONNX file directly (no IR conversion step).
+
+The precision is explicit: OpenVINO's CPU plugin picks bf16 by itself on CPUs
+with AMX/AVX512-BF16 and quietly keeps f32 when f16 is asked of a CPU that
+lacks it; this predictor sets `INFERENCE_PRECISION_HINT` to what was asked
+(f32 by default) and raises when the compiled model reports anything else.
+A `CompiledModel` is thread-safe but an `InferRequest` is not: each concurrent
+caller borrows its own request from a pool. OpenVINO is an optional extra:
+`pip install 'lvvit-deploy[openvino]'`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lvvit.presets import PreprocessConfig
+from lvvit.versions import package_version
+
+from .base import LabelsArg, Predictor
+from .errors import (
+    BackendNotInstalledError,
+    ConfigurationError,
+    DeviceUnavailableError,
+    ModelFileError,
+    PredictorClosedError,
+)
+from .model_info import build_model_info
+from .onnx_file import kit_metadata, read_onnx_file
+from .pool import Pool
+
+# accepted spellings -> the kit's name (as in every predictor's describe()); then OpenVINO's element type name
+PRECISIONS = {"f32": "fp32", "fp32": "fp32", "bf16": "bf16", "f16": "fp16", "fp16": "fp16"}
+_OV_TYPE = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+
+
+def _import_openvino() -> Any:
+    try:
+        import openvino
+    except ImportError as exc:
+        raise BackendNotInstalledError(
+            f"OpenVinoPredictor needs OpenVINO: pip install 'lvvit-deploy[openvino]' (or openvino) ({exc})"
+        ) from exc
+    return openvino
+
+
+def _dims(partial_shape: Any) -> list[int | None]:
+    return [d.get_length() if d.is_static else None for d in partial_shape]
+
+
+class OpenVinoPredictor(Predictor):
+    """OpenVINO predictor for an exported LV-ViT `.onnx` file.
+
+    Args:
+        model_path: the `.onnx` file (its kit metadata gives the preprocessing).
+        precision: "f32" (default), "bf16" or "f16": OpenVINO's inference precision hint, checked after compiling.
+        device: an OpenVINO device ("CPU", "GPU", "GPU.1", "NPU"); it must be in `Core().available_devices`.
+        threads: CPU inference threads (None: OpenVINO's default).
+        batch_size, preset, resolution, preprocess, labels: as for every predictor.
+    """
+
+    runtime = "openvino"
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        precision: str = "f32",
+        device: str = "CPU",
+        threads: int | None = None,
+        *,
+        batch_size: int | None = None,
+        preset: str | None = None,
+        resolution: int | None = None,
+        preprocess: PreprocessConfig | None = None,
+        labels: LabelsArg = None,
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise ConfigurationError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise ConfigurationError(f"threads must be a positive integer or None, got {threads!r}")
+        ov = _import_openvino()
+        path, props = read_onnx_file(model_path)
+        metadata = kit_metadata(props, path)
+        core = ov.Core()
+        device = device.upper()
+        available = list(core.available_devices)
+        if device.split(".")[0] not in {d.split(".")[0] for d in available} and device != "AUTO":
+            raise DeviceUnavailableError(
+                f"device={device!r}: OpenVINO {ov.__version__} sees only {available} on this machine"
+            )
+        self.precision = PRECISIONS[precision]
+        self.device = device
+        self._threads = threads
+        try:
+            model = core.read_model(str(path))
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses from C++
+            raise ModelFileError(f"{path}: OpenVINO cannot read this model ({exc})") from exc
+        if len(model.inputs) != 1 or len(model.outputs) != 1:
+            raise ModelFileError(
+                f"{path}: has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
+                "an LV-ViT classifier has one of each"
+            )
+        info = build_model_info(
+            str(path),
+            model.inputs[0].get_any_name(), _dims(model.input(0).get_partial_shape()),
+            model.outputs[0].get_any_name(), _dims(model.output(0).get_partial_shape()),
+            metadata, preset=preset, resolution=resolution, preprocess=preprocess,
+        )  # fmt: skip
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": _OV_TYPE[self.precision]}
+        if threads is not None and device.startswith("CPU"):
+            config["INFERENCE_NUM_THREADS"] = threads
+        try:
+            compiled = core.compile_model(model, device, config)
+        except Exception as exc:
+            raise DeviceUnavailableError(
+                f"OpenVINO cannot compile {path.name} for {device} at {precision} ({exc})"
+            ) from exc
+        actual = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        if actual != _OV_TYPE[self.precision]:
+            capabilities = _capabilities(core, device)
+            raise DeviceUnavailableError(
+                f"precision={precision!r}: OpenVINO's {device} plugin compiled {path.name} at {actual} instead "
+                f"(device capabilities: {', '.join(capabilities) or 'unknown'}); choose a precision it supports"
+            )
+        self._ov_version = ov.__version__
+        self._execution_devices = list(compiled.get_property("EXECUTION_DEVICES"))
+        self._capabilities = _capabilities(core, device)
+        self._compiled = compiled
+        self._requests: Pool[Any] | None = Pool(compiled.create_infer_request)
+        super().__init__(info, batch_size=batch_size, labels=labels)
+
+    def _logits_impl(self, batch: np.ndarray) -> np.ndarray:
+        if self._requests is None:
+            raise PredictorClosedError("the OpenVINO predictor is closed")
+        with self._requests.borrow() as request:
+            result = request.infer({self.info.input_name: batch})  # copies the output out of the request
+            return np.array(result[self._compiled.output(0)])
+
+    def _runtime_details(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "execution_devices": self._execution_devices,
+            "precision": self.precision,
+            "threads": self._threads,
+            "device_capabilities": self._capabilities,
+            "versions": {"openvino": self._ov_version, "openvino (distribution)": package_version("openvino")},
+        }
+
+    def _release(self) -> None:
+        self._requests = None
+        self._compiled = None
+
+
+def _capabilities(core: Any, device: str) -> list[str]:
+    try:
+        return list(core.get_property(device, "OPTIMIZATION_CAPABILITIES"))
+    except Exception:  # not every device (AUTO, NPU) reports them
+        return []

@@ -1,0 +1,322 @@
+"""`python -m validation bench`: every runtime path side by side in one process, with drift.
+
+Each path runs the same inputs at the same thread count. Repeats are
+interleaved (round-robin over the paths), so that a noisy neighbour slows
+every path alike and the ratios stay meaningful; medians and the interquartile
+spread are reported. Ratios are throughput against Paddle inference (oneDNN).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REFERENCE = "paddle-inference"
+
+
+@dataclass
+class PathSpec:
+    name: str
+    what: str
+    open: Callable[[], Any]  # -> a runtimes.Predictor
+    fp32: bool = True
+
+
+@dataclass
+class PathResult:
+    name: str
+    what: str
+    fp32: bool
+    describe: dict[str, Any] = field(default_factory=dict)
+    timings: dict[int, dict[str, float]] = field(default_factory=dict)  # batch -> stats
+    drift: dict[str, float] = field(default_factory=dict)
+    skipped: str | None = None
+
+
+def bench_paths(artifacts, model, threads: int, include: set[str] | None) -> list[PathSpec]:
+    from runtimes import OpenVinoPredictor, OrtPredictor, PaddlePredictor
+
+    specs = [
+        PathSpec(
+            "paddle-eager", "Paddle dynamic graph (the reference for drift)", lambda: PaddlePredictor.from_model(model)
+        ),
+        PathSpec(
+            "paddle-inference", "Paddle Inference, oneDNN", lambda: PaddlePredictor(artifacts.paddle, threads=threads)
+        ),
+        PathSpec("ort-fp32", "ONNX Runtime, exported graph", lambda: OrtPredictor(artifacts.onnx, threads=threads)),
+        PathSpec(
+            "ort-fused",
+            "ONNX Runtime, fused graph (--optimize)",
+            lambda: OrtPredictor(artifacts.fused, threads=threads),
+        ),
+        PathSpec("openvino-f32", "OpenVINO f32", lambda: OpenVinoPredictor(artifacts.onnx, "f32", threads=threads)),
+        PathSpec(
+            "openvino-bf16", "OpenVINO bf16", lambda: OpenVinoPredictor(artifacts.onnx, "bf16", threads=threads), False
+        ),
+        PathSpec("ort-int8", "ONNX Runtime, int8 QDQ", lambda: OrtPredictor(artifacts.int8, threads=threads), False),
+        PathSpec(
+            "openvino-int8",
+            "OpenVINO, int8 QDQ",
+            lambda: OpenVinoPredictor(artifacts.int8, "f32", threads=threads),
+            False,
+        ),
+    ]
+    return [s for s in specs if include is None or s.name in include]
+
+
+def _open_all(specs: list[PathSpec], log) -> tuple[dict[str, Any], list[PathResult]]:
+    from runtimes import PredictorError
+
+    opened, results = {}, []
+    for spec in specs:
+        result = PathResult(spec.name, spec.what, spec.fp32)
+        try:
+            predictor = spec.open()
+        except PredictorError as exc:  # e.g. bf16 on a CPU without it: reported, never silently replaced
+            result.skipped = str(exc)
+            log(f"  {spec.name}: not run ({exc})")
+        else:
+            opened[spec.name] = predictor
+            result.describe = predictor.describe()
+        results.append(result)
+    return opened, results
+
+
+def _tile(images: np.ndarray, batch: int) -> np.ndarray:
+    reps = -(-batch // len(images))
+    return np.ascontiguousarray(np.concatenate([images] * reps)[:batch])
+
+
+def _time(opened: dict[str, Any], x: np.ndarray, warmup: int, repeats: int) -> dict[str, list[float]]:
+    for predictor in opened.values():
+        for _ in range(warmup):
+            predictor.logits(x)
+    seconds: dict[str, list[float]] = {name: [] for name in opened}
+    for _ in range(repeats):
+        for name, predictor in opened.items():  # interleaved: noise hits every path alike
+            start = time.perf_counter()
+            predictor.logits(x)
+            seconds[name].append(time.perf_counter() - start)
+    return seconds
+
+
+def _stats(samples: list[float], batch: int) -> dict[str, float]:
+    ms = np.asarray(samples) * 1e3
+    median = float(np.median(ms))
+    return {
+        "median_ms": median,
+        "p25_ms": float(np.percentile(ms, 25)),
+        "p75_ms": float(np.percentile(ms, 75)),
+        "min_ms": float(ms.min()),
+        "images_per_s": batch / median * 1e3,
+        "repeats": len(samples),
+    }
+
+
+def _drift(opened: dict[str, Any], images: np.ndarray, chunk: int = 8) -> dict[str, dict[str, float]]:
+    outputs = {
+        name: np.concatenate([p.logits(images[i : i + chunk]) for i in range(0, len(images), chunk)])
+        for name, p in opened.items()
+    }
+    reference = outputs["paddle-eager"]
+    top2 = np.sort(reference, axis=1)[:, -2:]
+    drift = {}
+    for name, out in outputs.items():
+        diff = np.abs(out.astype(np.float64) - reference)
+        drift[name] = {
+            "max_abs": float(diff.max()),
+            "mean_abs": float(diff.mean()),
+            "top1_agreement": float((out.argmax(1) == reference.argmax(1)).mean()),
+            "images": len(images),
+            "reference_median_top2_margin": float(np.median(top2[:, 1] - top2[:, 0])),
+        }
+    return drift
+
+
+def run_bench(
+    preset: str,
+    weights: Path | None = None,
+    resolution: int | None = None,
+    workdir: Path = Path("build/bench"),
+    images: Path | None = None,
+    batch_sizes: tuple[int, ...] = (1, 8, 32),
+    threads: int | None = None,
+    warmup: int = 2,
+    repeats: int = 7,
+    include: set[str] | None = None,
+    log=print,
+) -> dict[str, Any]:
+    """Export the paths' files (or reuse them), time each path per batch size, measure drift; return a report."""
+    from lvvit import create_model
+    from lvvit.macs import count_macs
+    from lvvit.preprocess import preprocess_batch
+
+    from .bench_artifacts import prepare_artifacts
+    from .cpu_floor import detect_cpu, measured_sgemm_gflops
+
+    threads = threads or len(os.sched_getaffinity(0))
+    artifacts = prepare_artifacts(preset, weights, resolution, Path(workdir), images, log)
+    model = create_model(preset, weights=weights, resolution=resolution)
+    config = model.preset.preprocess
+    paths = sorted(p for p in artifacts.images.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+    real = preprocess_batch(paths, config)
+    log(f"opening {len(include or bench_paths(artifacts, model, threads, None))} paths with {threads} threads")
+    opened, results = _open_all(bench_paths(artifacts, model, threads, include), log)
+    by_name = {r.name: r for r in results}
+    log(f"drift against Paddle eager on {len(real)} real images")
+    if "paddle-eager" in opened:
+        for name, numbers in _drift(opened, real).items():
+            by_name[name].drift = numbers
+    for batch in batch_sizes:
+        log(f"timing batch {batch}: {warmup} warm-up + {repeats} interleaved repeats per path")
+        for name, samples in _time(opened, _tile(real, batch), warmup, repeats).items():
+            by_name[name].timings[batch] = _stats(samples, batch)
+    for predictor in opened.values():
+        predictor.close()
+    cpu = detect_cpu(threads)
+    macs = count_macs(model.preset.arch, model.preset.resolution)
+    return {
+        "preset": model.preset.name,
+        "resolution": model.preset.resolution,
+        "weights": str(weights) if weights else "random-init (seed 0)",
+        "threads": threads,
+        "batch_sizes": list(batch_sizes),
+        "warmup": warmup,
+        "repeats": repeats,
+        "images": {"folder": str(artifacts.images), "count": len(real)},
+        "cpu": cpu.to_dict(),
+        "macs_per_image": macs,
+        "floor_ms_batch1": cpu.floor_ms(macs),
+        "floor_working": cpu.working(macs),
+        "measured_sgemm_gfma_per_s": measured_sgemm_gflops(threads),
+        "paths": [r.__dict__ for r in results],
+    }
+
+
+def _ratio(result: dict[str, Any], reference: dict[str, Any] | None, batch: int) -> float | None:
+    if reference is None or batch not in reference["timings"] or batch not in result["timings"]:
+        return None
+    return result["timings"][batch]["images_per_s"] / reference["timings"][batch]["images_per_s"]
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The side-by-side table, the ratios against Paddle inference, and the arithmetic floor."""
+    paths = report["paths"]
+    reference = next((p for p in paths if p["name"] == REFERENCE and not p["skipped"]), None)
+    batches = report["batch_sizes"]
+    header = ["path", "precision"]
+    for b in batches:
+        header += [f"b{b} median ms (IQR)", f"b{b} img/s", f"b{b} x vs {REFERENCE}"]
+    header += ["max abs vs eager", "top-1 agreement"]
+    lines = [
+        f"# Benchmark: {report['preset']} at {report['resolution']}px, {report['threads']} threads",
+        "",
+        f"CPU: {report['cpu']['model_name']}; weights: {report['weights']}; "
+        f"{report['warmup']} warm-up + {report['repeats']} interleaved repeats per path and batch size; "
+        f"drift on {report['images']['count']} real images ({report['images']['folder']}).",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for p in paths:
+        if p["skipped"]:
+            lines.append(f"| {p['name']} | not run: {p['skipped']} |")
+            continue
+        row = [p["name"], p["describe"].get("precision", "fp32") if p["describe"] else "?"]
+        for b in batches:
+            t = p["timings"].get(b)
+            ratio = _ratio(p, reference, b)
+            row += (
+                [f"{t['median_ms']:.1f} ({t['p25_ms']:.1f}-{t['p75_ms']:.1f})", f"{t['images_per_s']:.2f}"]
+                if t
+                else ["-", "-"]
+            )
+            row.append(f"{ratio:.2f}x" if ratio else "-")
+        d = p["drift"]
+        row += [f"{d['max_abs']:.2e}", f"{d['top1_agreement']:.1%}"] if d else ["-", "-"]
+        lines.append("| " + " | ".join(row) + " |")
+    fp32 = [p for p in paths if p["fp32"] and not p["skipped"] and 1 in p["timings"]]
+    if fp32:
+        best = min(fp32, key=lambda p: p["timings"][1]["median_ms"])
+        latency = best["timings"][1]["median_ms"]
+        lines += [
+            "",
+            f"Arithmetic floor (fp32, batch 1): {report['floor_working']}.",
+            f"Fastest fp32 path at batch 1: {best['name']}, {latency:.1f} ms = "
+            f"{latency / report['floor_ms_batch1']:.2f}x the floor. "
+            f"Measured large-SGEMM rate with {report['threads']} threads: "
+            f"{report['measured_sgemm_gfma_per_s']:.0f} GFMA/s "
+            f"({report['measured_sgemm_gfma_per_s'] / report['cpu']['peak_gfma_per_s']:.0%} of the nominal peak).",
+        ]
+    margin = next((p["drift"]["reference_median_top2_margin"] for p in paths if p["drift"]), None)
+    if margin is not None:
+        lines.append(f"Median top-1/top-2 logit margin of the reference on these images: {margin:.3g}.")
+    return "\n".join(lines) + "\n"
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="time every runtime path side by side (same inputs, threads, warm-up) with drift and ratios",
+        description=__doc__,
+    )
+    parser.add_argument("--preset", required=True, help="model to benchmark, e.g. lvvit_s")
+    parser.add_argument("--weights", type=Path, default=None, help="weights file (default: random init, seed 0)")
+    parser.add_argument("--resolution", type=int, default=None, help="input size (default: the preset's)")
+    parser.add_argument(
+        "--images",
+        type=Path,
+        default=None,
+        help="folder of real images for int8 calibration and drift "
+        "(default: scikit-image's sample photographs and crops)",
+    )
+    parser.add_argument("--batch-sizes", default="1,8,32", help="comma-separated batch sizes (default 1,8,32)")
+    parser.add_argument("--threads", type=int, default=None, help="threads for every path (default: all cores)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs per path and batch size (default 2)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed runs per path and batch size (default 7)")
+    parser.add_argument(
+        "--paths",
+        default=None,
+        help="comma-separated subset of: paddle-eager, paddle-inference, ort-fp32, ort-fused, "
+        "openvino-f32, openvino-bf16, ort-int8, openvino-int8 (default: all)",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("build/bench"),
+        help="where the exported files are made and reused (default build/bench)",
+    )
+    parser.add_argument(
+        "--output", type=Path, default=None, help="folder for bench.json and bench.md (default: the workdir)"
+    )
+    parser.set_defaults(func=_main)
+
+
+def _main(args) -> int:
+    import json
+    import sys
+
+    include = set(args.paths.split(",")) if args.paths else None
+    if include and REFERENCE not in include:
+        include.add(REFERENCE)  # ratios need it
+    if include and "paddle-eager" not in include:
+        include.add("paddle-eager")  # drift needs it
+    report = run_bench(
+        args.preset, args.weights, args.resolution, args.workdir, args.images,
+        tuple(int(b) for b in args.batch_sizes.split(",")), args.threads, args.warmup, args.repeats, include,
+        log=lambda m: print(m, file=sys.stderr, flush=True),
+    )  # fmt: skip
+    out = args.output or args.workdir
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(report, indent=2, default=str))
+    markdown = render_markdown(report)
+    (out / "bench.md").write_text(markdown)
+    print(markdown)
+    print(f"wrote {out / 'bench.json'} and {out / 'bench.md'}")
+    return 0

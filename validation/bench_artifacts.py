@@ -1,0 +1,72 @@
+"""The files a benchmark compares: one export per path, made once and reused from a work folder."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from lvvit.weights import sha256_of
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    onnx: Path  # portable fp32
+    fused: Path  # ONNX Runtime fused fp32 (--optimize)
+    int8: Path  # static QDQ int8
+    paddle: Path  # Paddle inference artifact (.pdiparams; .json beside it)
+    images: Path  # the real images: calibration and drift
+
+
+def prepare_artifacts(
+    preset: str,
+    weights: Path | None,
+    resolution: int | None,
+    workdir: Path,
+    images: Path | None,
+    log,
+    calibration_count: int = 32,
+) -> Artifacts:
+    """Export every path's file under `workdir`, or reuse them when made from the same inputs."""
+    from exporters.onnx import FastPath, export_onnx, export_paddle_inference
+    from lvvit import resolve_preset
+
+    from .photos import write_sample_photos
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    if images is None:
+        images = workdir / "photos"
+        if not any(images.glob("*.jpg")):
+            write_sample_photos(images, variants=4)
+            log(f"wrote scikit-image's sample photographs (and crops) to {images}")
+    spec = resolve_preset(preset, resolution)
+    stem = spec.name if spec.resolution == resolve_preset(preset).resolution else f"{spec.name}_{spec.resolution}"
+    expected = Artifacts(
+        workdir / f"{stem}.onnx",
+        workdir / f"{stem}_ort.onnx",
+        workdir / f"{stem}_int8.onnx",
+        workdir / f"{stem}.pdiparams",
+        images,
+    )
+    key = {
+        "preset": preset,
+        "resolution": spec.resolution,
+        "weights": sha256_of(weights) if weights else None,
+        "images": str(images),
+        "calibration_count": calibration_count,
+    }
+    stamp = workdir / "artifacts.json"
+    files = [expected.onnx, expected.fused, expected.int8, expected.paddle]
+    if stamp.exists() and json.loads(stamp.read_text()) == key and all(p.exists() for p in files):
+        log(f"reusing the exports in {workdir}")
+        return expected
+    common = dict(preset=preset, weights=weights, resolution=resolution, output=workdir, log=log, verify=False)
+    int8 = FastPath(quantize="int8", calibration=images, calibration_count=calibration_count)
+    log("exporting: portable fp32, ONNX Runtime fused fp32, int8 QDQ, Paddle inference")
+    export_onnx(**common)
+    export_onnx(**common, fast=FastPath(optimize=True))
+    export_onnx(**common, fast=int8)
+    del common["verify"]
+    export_paddle_inference(**common)
+    stamp.write_text(json.dumps(key))
+    return expected

@@ -1,0 +1,98 @@
+"""The CPU's fp32 arithmetic floor: how fast a model could possibly run if every FMA lane were busy.
+
+peak FMA/s = cores x clock x FMA units per core x fp32 lanes per FMA instruction.
+Lanes come from the instruction set (AVX-512: 16, AVX2/FMA: 8); the clock is
+the nominal one in the CPU's model name (or /proc/cpuinfo's MHz); FMA units per
+core are not visible from software, so the value is an assumption shown with
+the result (2 on Xeon Scalable Gold/Platinum and most server cores since
+Skylake). A measured large SGEMM rate is reported beside it as a reality check.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class CpuFloor:
+    cores: int
+    clock_ghz: float
+    fma_units: int
+    fp32_lanes: int
+    isa: str
+    model_name: str
+
+    @property
+    def peak_gfma_per_s(self) -> float:
+        return self.cores * self.clock_ghz * self.fma_units * self.fp32_lanes
+
+    def floor_ms(self, macs: int) -> float:
+        """Milliseconds for `macs` multiply-accumulates at peak."""
+        return macs / (self.peak_gfma_per_s * 1e9) * 1e3
+
+    def working(self, macs: int) -> str:
+        return (
+            f"{self.cores} cores x {self.clock_ghz:g} GHz x {self.fma_units} FMA units x {self.fp32_lanes} fp32 lanes "
+            f"({self.isa}) = {self.peak_gfma_per_s:g} GFMA/s; {macs / 1e9:.2f} GMAC / {self.peak_gfma_per_s:g} GFMA/s "
+            f"= {self.floor_ms(macs):.1f} ms"
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        return {**asdict(self), "peak_gfma_per_s": self.peak_gfma_per_s}
+
+
+def detect_cpu(cores: int | None = None, fma_units: int = 2, cpuinfo: str | Path = "/proc/cpuinfo") -> CpuFloor:
+    """Read the model name, clock and vector width of this CPU (Linux)."""
+    text = Path(cpuinfo).read_text() if Path(cpuinfo).exists() else ""
+    name_match = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
+    model_name = name_match.group(1).strip() if name_match else "unknown"
+    ghz_match = re.search(r"@\s*([\d.]+)\s*GHz", model_name)
+    if ghz_match:
+        clock = float(ghz_match.group(1))
+    else:
+        mhz = re.search(r"^cpu MHz\s*:\s*([\d.]+)$", text, re.M)
+        clock = float(mhz.group(1)) / 1000 if mhz else 0.0
+    flags_match = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
+    flags = set(flags_match.group(1).split()) if flags_match else set()
+    if "avx512f" in flags:
+        isa, lanes = "AVX-512", 16
+    elif "avx2" in flags and "fma" in flags:
+        isa, lanes = "AVX2+FMA", 8
+    else:
+        isa, lanes = "SSE", 4
+    usable = cores or len(os.sched_getaffinity(0))
+    return CpuFloor(usable, clock, fma_units, lanes, isa, model_name)
+
+
+def measured_sgemm_gflops(threads: int, size: int = 1536, repeats: int = 5) -> float:
+    """GFMA/s of one large fp32 MatMul in ONNX Runtime (MLAS): what the CPU really sustains."""
+    import time
+
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size), dtype=np.float32)
+    b = rng.standard_normal((size, size), dtype=np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])],
+        "sgemm",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [size, size])],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [size, size])],
+        [numpy_helper.from_array(b, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session.run(None, {"a": a})
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run(None, {"a": a})
+        best = min(best, time.perf_counter() - start)
+    return size**3 / best / 1e9
