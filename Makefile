@@ -3,6 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 PRESET ?= lvvit_s
+WEIGHTS ?=
 OUT    ?= build
 
 .PHONY: run test lint clean
@@ -22,7 +23,7 @@ $(VENV)/.test: pyproject.toml $(VENV)/.base
 	touch $@
 
 run: $(VENV)/.base
-	$(BIN)/python -m exporters.onnx --preset $(PRESET) --output $(OUT)/
+	$(BIN)/python -m exporters.onnx --preset $(PRESET) $(if $(WEIGHTS),--weights $(WEIGHTS)) --output $(OUT)/
 
 test: $(VENV)/.test
 	$(BIN)/python -m ruff check lvvit exporters runtimes validation tests

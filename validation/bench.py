@@ -26,6 +26,7 @@ class PathSpec:
     what: str
     open: Callable[[], Any]  # -> a runtimes.Predictor
     fp32: bool = True
+    unavailable: str | None = None  # why this path cannot run here (reported, not silently dropped)
 
 
 @dataclass
@@ -42,6 +43,8 @@ class PathResult:
 def bench_paths(artifacts, model, threads: int, include: set[str] | None) -> list[PathSpec]:
     from runtimes import OpenVinoPredictor, OrtPredictor, PaddlePredictor
 
+    from .cpu_floor import has_native_bf16
+
     specs = [
         PathSpec(
             "paddle-eager", "Paddle dynamic graph (the reference for drift)", lambda: PaddlePredictor.from_model(model)
@@ -57,7 +60,13 @@ def bench_paths(artifacts, model, threads: int, include: set[str] | None) -> lis
         ),
         PathSpec("openvino-f32", "OpenVINO f32", lambda: OpenVinoPredictor(artifacts.onnx, "f32", threads=threads)),
         PathSpec(
-            "openvino-bf16", "OpenVINO bf16", lambda: OpenVinoPredictor(artifacts.onnx, "bf16", threads=threads), False
+            "openvino-bf16",
+            "OpenVINO bf16",
+            lambda: OpenVinoPredictor(artifacts.onnx, "bf16", threads=threads),
+            False,
+            None
+            if has_native_bf16()
+            else "this CPU has no native bf16 (avx512_bf16 / amx_bf16); OpenVINO would emulate it, far slower than f32",
         ),
         PathSpec("ort-int8", "ONNX Runtime, int8 QDQ", lambda: OrtPredictor(artifacts.int8, threads=threads), False),
         PathSpec(
@@ -76,6 +85,11 @@ def _open_all(specs: list[PathSpec], log) -> tuple[dict[str, Any], list[PathResu
     opened, results = {}, []
     for spec in specs:
         result = PathResult(spec.name, spec.what, spec.fp32)
+        results.append(result)
+        if spec.unavailable:
+            result.skipped = spec.unavailable
+            log(f"  {spec.name}: not run ({spec.unavailable})")
+            continue
         try:
             predictor = spec.open()
         except PredictorError as exc:  # e.g. bf16 on a CPU without it: reported, never silently replaced
@@ -84,7 +98,6 @@ def _open_all(specs: list[PathSpec], log) -> tuple[dict[str, Any], list[PathResu
         else:
             opened[spec.name] = predictor
             result.describe = predictor.describe()
-        results.append(result)
     return opened, results
 
 

@@ -44,6 +44,17 @@ class CpuFloor:
         return {**asdict(self), "peak_gfma_per_s": self.peak_gfma_per_s}
 
 
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str]:
+    text = Path(cpuinfo).read_text() if Path(cpuinfo).exists() else ""
+    match = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
+    return set(match.group(1).split()) if match else set()
+
+
+def has_native_bf16(flags: set[str] | None = None) -> bool:
+    """AVX512-BF16 or AMX-BF16: without them OpenVINO emulates bf16, slower than f32."""
+    return bool({"avx512_bf16", "amx_bf16"} & (cpu_flags() if flags is None else flags))
+
+
 def detect_cpu(cores: int | None = None, fma_units: int = 2, cpuinfo: str | Path = "/proc/cpuinfo") -> CpuFloor:
     """Read the model name, clock and vector width of this CPU (Linux)."""
     text = Path(cpuinfo).read_text() if Path(cpuinfo).exists() else ""
@@ -55,8 +66,7 @@ def detect_cpu(cores: int | None = None, fma_units: int = 2, cpuinfo: str | Path
     else:
         mhz = re.search(r"^cpu MHz\s*:\s*([\d.]+)$", text, re.M)
         clock = float(mhz.group(1)) / 1000 if mhz else 0.0
-    flags_match = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
-    flags = set(flags_match.group(1).split()) if flags_match else set()
+    flags = cpu_flags(cpuinfo)
     if "avx512f" in flags:
         isa, lanes = "AVX-512", 16
     elif "avx2" in flags and "fma" in flags:
