@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from lvvit.metadata import INPUT_NAME, OUTPUT_NAME, MetadataError, ModelMetadata
-from lvvit.presets import PreprocessConfig
+from lvvit.presets import PreprocessConfig, Preset
 from lvvit.versions import package_version
 
 from .base import LabelsArg, Predictor
@@ -138,7 +138,7 @@ class PaddlePredictor(Predictor):
     @classmethod
     def from_preset(
         cls,
-        preset: str,
+        preset: str | Preset,
         weights: str | Path | None = None,
         resolution: int | None = None,
         *,

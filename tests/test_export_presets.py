@@ -17,7 +17,9 @@ from .conftest import ROOT
 def _export(tmp_path, *args: str) -> tuple[subprocess.CompletedProcess, str]:
     result = subprocess.run(
         [sys.executable, "-m", "exporters.onnx", *args, "--output", str(tmp_path) + "/"],
-        capture_output=True, text=True, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     return result, result.stdout + result.stderr
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from lvvit.atomic import OutputPathError, atomic_output
 from lvvit.metadata import ModelMetadata
+from lvvit.presets import Preset
 
 from ..errors import ExportError
 from ..provenance import tool_versions, weights_provenance
@@ -54,7 +55,7 @@ def resolve_output(
     return out
 
 
-def _build(preset: str, weights, resolution, checkpoint_key, seed, log: Log, arch_overrides: dict):
+def _build(preset: str | Preset, weights, resolution, checkpoint_key, seed, log: Log, arch_overrides: dict):
     from lvvit import create_model
 
     model = create_model(
@@ -111,6 +112,8 @@ class FastPath:
             raise ExportError(f"--quantize supports int8 only, got {self.quantize!r}")
         if self.quantize and self.calibration is None:
             raise ExportError("--quantize int8 needs --calibration DIR: a folder of real images to calibrate on")
+        if not 0.0 <= self.min_int8_agreement <= 1.0:
+            raise ExportError(f"--min-int8-agreement must be within [0, 1], got {self.min_int8_agreement}")
         if self.quantize and (self.optimize or self.precision != "fp32"):
             raise ExportError("--quantize int8 applies to the portable fp32 graph; drop --optimize / --precision")
 
@@ -167,7 +170,7 @@ def _apply_fast_path(proto, model, fast: FastPath, log: Log):
 
 
 def export_onnx(
-    preset: str,
+    preset: str | Preset,
     weights: str | Path | None = None,
     resolution: int | None = None,
     output: str | Path | None = None,
@@ -221,7 +224,7 @@ def export_onnx(
             tolerance = _tolerance(fast, atol)
             batches = [batch] if batch is not None else [1, 3]
             log(f"[3/3] verifying: onnx.checker, then ONNX Runtime vs Paddle ({tolerance.describe()})")
-            checks = verify_export(tmp, model, batches, tolerance, seed, images)
+            checks = verify_export(tmp, model, batches, tolerance, seed, images, name=str(target))
             for check in checks:
                 log("      " + check.line())
         else:
@@ -238,7 +241,7 @@ def _tolerance(fast: FastPath, atol: float) -> Tolerance:
 
 
 def export_paddle_inference(
-    preset: str,
+    preset: str | Preset,
     weights: str | Path | None = None,
     resolution: int | None = None,
     output: str | Path | None = None,

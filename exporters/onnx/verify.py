@@ -51,14 +51,14 @@ class DriftCheck:
         return self.top1_agreement + self.near_ties / self.batch >= tolerance.min_top1
 
 
-def check_onnx_file(path: Path) -> None:
+def check_onnx_file(path: Path, name: str) -> None:
     """onnx.checker with full_check (shape inference included); raises ConversionError."""
     import onnx
 
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:
-        raise ConversionError(f"{path}: fails onnx.checker ({exc})") from exc
+        raise ConversionError(f"{name}: fails onnx.checker ({exc})") from exc
 
 
 def compare(session, model, x: np.ndarray, tolerance: Tolerance, inputs: str) -> DriftCheck:
@@ -84,14 +84,17 @@ def verify_export(
     tolerance: Tolerance,
     seed: int = 0,
     images: np.ndarray | None = None,
+    name: str | None = None,
 ) -> list[DriftCheck]:
     """Check the file, then compare ORT (CPU) with Paddle per batch size; raise when outside `tolerance`.
 
     Inputs are synthetic photo-like images, or `images` (a preprocessed real batch) when given.
+    `name` is what messages call the file (the target, while `path` is still its temporary copy).
     """
     import onnxruntime as ort
 
-    check_onnx_file(path)
+    name = name or path.name
+    check_onnx_file(path, name)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     if images is not None:
         checks = [compare(session, model, images, tolerance, "real images")]
@@ -104,7 +107,7 @@ def verify_export(
     failed = [c for c in checks if not c.passes(tolerance)]
     if failed:
         raise VerificationError(
-            f"{path.name}: ONNX Runtime disagrees with Paddle beyond {tolerance.describe()}:\n  "
+            f"{name}: ONNX Runtime disagrees with Paddle beyond {tolerance.describe()}:\n  "
             + "\n  ".join(c.line() for c in failed)
         )
     return checks

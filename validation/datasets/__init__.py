@@ -1,0 +1,1 @@
+"""Real labelled data sets that ship inside PyPI packages, written out as image folders (see `digits`)."""

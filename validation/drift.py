@@ -1,0 +1,218 @@
+"""Numeric drift: the same inputs through native Paddle (the reference) and each runtime, compared per output.
+
+Inputs are a folder of images (unreadable ones are listed and skipped) or N
+synthetic photo-like images (`lvvit.synthetic`); the report says which. The
+logits of every runtime are kept for the comparison: N x classes x 4 bytes per
+runtime (4 MB for 1,000 ImageNet images), so limit large folders with `limit`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lvvit.metadata import OUTPUT_NAME
+from lvvit.presets import PreprocessConfig
+from lvvit.synthetic import synthetic_batch
+
+from . import gate
+from .data import Batch, Dataset, Failure, Sample, image_folder, stream_batches
+from .errors import DatasetError
+from .metrics import drift_stats
+from .provenance import environment
+from .runners import Runner
+
+
+@dataclass(frozen=True)
+class DriftInputs:
+    """Either `folder` (optionally the first `limit` images) or `synthetic` images made from `seed`."""
+
+    folder: Path | None = None
+    synthetic: int | None = None
+    seed: int = 0
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.folder is None) == (self.synthetic is None):
+            raise DatasetError("drift needs either a folder of images or a number of synthetic images, not both")
+        if self.synthetic is not None and self.synthetic < 1:
+            raise DatasetError(f"the number of synthetic images must be at least 1, got {self.synthetic}")
+
+
+def _synthetic_batches(count: int, seed: int, config: PreprocessConfig, batch_size: int) -> Iterator[Batch]:
+    for start in range(0, count, batch_size):
+        n = min(batch_size, count - start)
+        samples = [Sample(Path(f"synthetic-{seed + start + i}"), f"synthetic #{seed + start + i}") for i in range(n)]
+        yield Batch(samples, synthetic_batch(n, config, seed=seed + start), [])
+
+
+def _describe_inputs(
+    inputs: DriftInputs, dataset: Dataset | None, failures: list[Failure], used: int
+) -> dict[str, Any]:
+    if dataset is None:
+        return {
+            "type": "synthetic",
+            "images": used,
+            "seed": inputs.seed,
+            "generator": "lvvit.synthetic.synthetic_image (gradients, shapes, noise) through lvvit.preprocess",
+        }
+    return {
+        "type": "folder",
+        **dataset.describe(),
+        "limit": inputs.limit,
+        "images_used": used,
+        "unreadable": [vars(f) for f in failures],
+    }
+
+
+def run_drift(
+    reference: Runner,
+    runners: list[Runner],
+    inputs: DriftInputs,
+    tolerance: dict[str, float] | None = None,
+    batch_size: int = 16,
+    workers: int = 4,
+    progress: bool = True,
+    model: dict[str, Any] | None = None,
+    command: list[str] | None = None,
+) -> dict[str, Any]:
+    """Run every runner on the same preprocessed inputs and compare each with `reference`.
+
+    Returns the report as plain data (see `validation.report`); check the gate
+    with `gate.raise_if_failed(report)`.
+    """
+    if not runners:
+        raise DatasetError("drift needs at least one runtime besides the native Paddle reference")
+    tolerance = dict(gate.DEFAULT_DRIFT_TOLERANCE if tolerance is None else tolerance)
+    config = reference.preprocess_config
+    dataset: Dataset | None = None
+    if inputs.folder is not None:
+        dataset = image_folder(inputs.folder).limited(inputs.limit)
+        batches = stream_batches(dataset.samples, config, batch_size, workers, progress=progress, description="drift")
+    else:
+        batches = _synthetic_batches(inputs.synthetic or 0, inputs.seed, config, batch_size)
+    everyone = [reference, *runners]
+    outputs: dict[str, list[np.ndarray]] = {r.name: [] for r in everyone}
+    seconds = dict.fromkeys(outputs, 0.0)
+    names: list[str] = []
+    failures: list[Failure] = []
+    for batch in batches:
+        failures.extend(batch.failures)
+        if not len(batch.inputs):
+            continue
+        names.extend(s.name for s in batch.samples)
+        for runner in everyone:
+            started = time.perf_counter()
+            outputs[runner.name].append(runner.logits(batch.inputs))
+            seconds[runner.name] += time.perf_counter() - started
+    if not names:
+        shown = "; ".join(f"{f.name}: {f.reason}" for f in failures[:5])
+        raise DatasetError(f"{inputs.folder}: none of the {len(failures)} images could be read ({shown})")
+    ref = np.concatenate(outputs[reference.name])
+    report: dict[str, Any] = {
+        "kind": "drift",
+        "environment": environment(command),
+        "model": model or {},
+        "preprocess": config.to_dict(),
+        "inputs": _describe_inputs(inputs, dataset, failures, len(names)),
+        "batch_size": batch_size,
+        "output": OUTPUT_NAME,
+        "tolerance": tolerance,
+        "limits": {name: {"kind": limit.kind, "help": limit.help} for name, limit in gate.DRIFT_LIMITS.items()},
+        "reference": {
+            "name": reference.name,
+            **_timing(seconds[reference.name], len(names)),
+            "describe": reference.describe(),
+        },
+        "runtimes": {},
+    }
+    for runner in runners:
+        got = np.concatenate(outputs[runner.name])
+        stats = drift_stats(
+            ref, got, names, tie_abs=tolerance.get("max_abs"), tie_rel=tolerance.get("max_rel")
+        ).to_dict()
+        report["runtimes"][runner.name] = {
+            "describe": runner.describe(),
+            "outputs": {OUTPUT_NAME: stats},
+            "gate": gate.check(gate.DRIFT_LIMITS, tolerance, stats),
+            **_timing(seconds[runner.name], len(names)),
+        }
+    report["passed"] = all(c["passed"] for e in report["runtimes"].values() for c in e["gate"])
+    return report
+
+
+def _timing(seconds: float, images: int) -> dict[str, float | None]:
+    return {"seconds": seconds, "images_per_second": images / seconds if seconds > 0 else None}
+
+
+# -- command line --------------------------------------------------------------------------------------------------
+
+
+def add_parser(subparsers: Any) -> None:
+    from .options import add_model_options, add_report_options, add_runtime_options
+
+    parser = subparsers.add_parser(
+        "drift",
+        help="numeric drift of runtimes against native Paddle, with a tolerance gate",
+        description="Run the same inputs through native Paddle (eager, the reference) and each runtime; report "
+        "max/mean/p99 absolute and relative error, cosine similarity, top-1 agreement, top-5 overlap and KL "
+        "divergence per output; exit 1 when a runtime is outside the tolerance.",
+    )
+    inputs = parser.add_argument_group("inputs (one of)")
+    source = inputs.add_mutually_exclusive_group()
+    source.add_argument("--images", type=Path, default=None, help="a folder of images (searched recursively)")
+    source.add_argument("--synthetic", type=int, default=None, metavar="N", help="N synthetic images (default 16)")
+    inputs.add_argument("--limit", type=int, default=None, help="only the first N images of --images")
+    inputs.add_argument("--workers", type=int, default=4, help="threads reading images (default 4)")
+    add_model_options(parser)
+    add_runtime_options(parser, batch_size=16)
+    limits = ", ".join(gate.DRIFT_LIMITS)
+    defaults = ", ".join(f"{k}={v:g}" for k, v in gate.DEFAULT_DRIFT_TOLERANCE.items())
+    add_report_options(parser, f"limit: {limits}; NAME=none drops one (defaults {defaults})")
+    parser.set_defaults(func=main)
+
+
+def main(args: Any) -> int:
+    from .options import log, model_source, print_written, report_stem, runtime_options
+    from .report import write_reports
+    from .runners import build_runners
+
+    tolerance = gate.parse_tolerance(args.tolerance, gate.DRIFT_LIMITS, gate.DEFAULT_DRIFT_TOLERANCE)
+    if args.limit is not None and args.images is None:
+        raise DatasetError("--limit applies to --images")
+    synthetic = args.synthetic if args.images is not None or args.synthetic is not None else 16
+    inputs = DriftInputs(args.images, None if args.images else synthetic, args.seed, args.limit)
+    source = model_source(args)
+    reference, runners = build_runners(args.runtime or ["ort"], source, runtime_options(args), log)
+    try:
+        report = run_drift(
+            reference,
+            runners,
+            inputs,
+            tolerance,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            progress=not args.no_progress,
+            model=source.describe(),
+            command=args.argv,
+        )
+    finally:
+        for runner in [reference, *runners]:
+            runner.close()
+    written = write_reports(report, args.report_dir, report_stem(args, "drift", source))
+    for name, entry in report["runtimes"].items():
+        stats = entry["outputs"][OUTPUT_NAME]
+        print(
+            f"{name}: max abs {stats['max_abs']:.3g}, p99 abs {stats['p99_abs']:.3g}, max rel {stats['max_rel']:.3g}, "
+            f"min cosine {stats['min_cosine']:.9f}, top-1 agreement {stats['top1_agreement']:.2%}, "
+            f"top-5 overlap {stats['top5_overlap']:.2%}, max KL {stats['max_kl']:.3g}"
+        )
+    print_written(written)
+    gate.raise_if_failed(report)
+    print("PASSED: every runtime is within the tolerance")
+    return 0

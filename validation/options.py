@@ -1,0 +1,185 @@
+"""Command-line options shared by the subcommands, and their translation into library arguments."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from lvvit.presets import get_preset, list_presets
+
+from .errors import ModelSourceError
+from .runners import RUNTIMES, ModelSource, RuntimeOptions, read_file_metadata, spec_from_metadata
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {number}")
+    return number
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model (native Paddle is the reference; the runtimes load its exported files)")
+    group.add_argument("--preset", metavar="NAME", help=f"one of {', '.join(list_presets())}")
+    group.add_argument("--resolution", type=int, default=None, help="input size other than the preset's")
+    group.add_argument(
+        "--arch",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE[,KEY=VALUE]",
+        help="architecture override, e.g. embed_dim=32,depth=2,num_heads=4,num_classes=10 (repeatable)",
+    )
+    group.add_argument("--weights", type=Path, default=None, help=".pdparams, .safetensors or .pth.tar; none: random")
+    group.add_argument("--checkpoint-key", default=None, help="entry of a wrapped checkpoint")
+    group.add_argument("--seed", type=int, default=0, help="seed of a random initialisation and of synthetic inputs")
+    group.add_argument(
+        "--onnx",
+        type=Path,
+        default=None,
+        help="exported .onnx for ort/openvino (default: export the preset into --work-dir); "
+        "without --preset, the preset, resolution and architecture come from its metadata",
+    )
+    group.add_argument(
+        "--paddle-inference",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="Paddle inference artifact (.json/.pdiparams or its stem) for paddle-inference (default: export it)",
+    )
+    group.add_argument(
+        "--work-dir", type=Path, default=None, help="where exported models go (default REPORT_DIR/models)"
+    )
+
+
+def add_runtime_options(parser: argparse.ArgumentParser, batch_size: int) -> None:
+    group = parser.add_argument_group("runtimes")
+    group.add_argument(
+        "--runtime",
+        action="append",
+        choices=list(RUNTIMES),
+        default=None,
+        help="runtime to validate, repeatable (default: ort); " + "; ".join(f"{k}: {v}" for k, v in RUNTIMES.items()),
+    )
+    group.add_argument(
+        "--batch-size", type=_positive, default=batch_size, help=f"images per run (default {batch_size})"
+    )
+    group.add_argument("--threads", type=_positive, default=None, help="runtime threads (default: each runtime's own)")
+    group.add_argument(
+        "--ort-device", default="cpu", help="ONNX Runtime device: cpu, cuda, tensorrt, auto (default cpu)"
+    )
+    group.add_argument("--openvino-device", default="CPU", help="OpenVINO device (default CPU)")
+    group.add_argument("--openvino-precision", default="f32", help="OpenVINO inference precision: f32, bf16, f16")
+
+
+def add_report_options(parser: argparse.ArgumentParser, tolerance_help: str) -> None:
+    group = parser.add_argument_group("report")
+    group.add_argument(
+        "--report-dir", type=Path, default=Path("build/reports"), help="folder of the reports (default build/reports)"
+    )
+    group.add_argument("--name", default=None, help="file stem of the reports (default: <command>_<preset>_<res>)")
+    group.add_argument(
+        "--tolerance", action="append", default=[], metavar="NAME=VALUE", help=tolerance_help + " (repeatable)"
+    )
+    group.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+
+def parse_arch(items: list[str]) -> dict[str, Any]:
+    """`["embed_dim=32,depth=2", "mlp_ratio=3.0"]` -> typed values (int, float, bool, or a string)."""
+    overrides: dict[str, Any] = {}
+    for item in items:
+        for pair in filter(None, (p.strip() for p in item.split(","))):
+            key, sep, raw = pair.partition("=")
+            if not sep:
+                raise ModelSourceError(f"--arch {pair!r}: expected KEY=VALUE")
+            overrides[key.strip()] = _typed(raw.strip())
+    return overrides
+
+
+def _typed(raw: str) -> Any:
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    if "_" in raw:  # int("4_2") is 42 in Python; a stem name is not a number
+        return raw
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    return raw
+
+
+def _check_arch_types(preset: str, arch: dict[str, Any]) -> None:
+    """Each override has the type of the preset's own value (an int is a fine float)."""
+    base = get_preset(preset).arch
+    for key, value in arch.items():
+        current = getattr(base, key, None)
+        if current is None:
+            continue  # unknown names (and `order`) are reported by resolve_preset / the model
+        expected = type(current)
+        fits = isinstance(value, expected) or (expected is float and type(value) is int)
+        if not fits or (expected is int and isinstance(value, bool)):
+            raise ModelSourceError(f"--arch {key}={value!r}: expected {expected.__name__}, like {current!r}")
+
+
+def model_source(args: argparse.Namespace) -> ModelSource:
+    """The model the arguments describe: `--preset` (+ overrides), or the metadata of `--onnx`/`--paddle-inference`."""
+    arch = parse_arch(args.arch)
+    if args.preset:
+        from lvvit import resolve_preset
+
+        _check_arch_types(args.preset, arch)
+        try:
+            spec = resolve_preset(args.preset, args.resolution, **arch)
+        except TypeError as exc:  # an unknown architecture field
+            raise ModelSourceError(f"--arch: {exc}") from None
+    else:
+        exported = args.onnx or args.paddle_inference
+        if exported is None:
+            raise ModelSourceError(
+                "say which model: --preset NAME (with --weights), or an exported --onnx / --paddle-inference file "
+                "whose metadata names it"
+            )
+        if args.resolution is not None or arch:
+            raise ModelSourceError("--resolution and --arch need --preset (an exported file's metadata has its own)")
+        metadata = read_file_metadata(exported)
+        if metadata is None:
+            raise ModelSourceError(f"{exported}: has no LV-ViT kit metadata; pass --preset (and --resolution/--arch)")
+        spec = spec_from_metadata(metadata)
+    return ModelSource(
+        spec=spec,
+        weights=args.weights,
+        checkpoint_key=args.checkpoint_key,
+        seed=args.seed,
+        onnx=args.onnx,
+        paddle_inference=args.paddle_inference,
+        work_dir=args.work_dir or args.report_dir / "models",
+    )
+
+
+def runtime_options(args: argparse.Namespace) -> RuntimeOptions:
+    return RuntimeOptions(
+        batch_size=args.batch_size,
+        threads=args.threads,
+        ort_device=args.ort_device,
+        openvino_device=args.openvino_device,
+        openvino_precision=args.openvino_precision,
+    )
+
+
+def report_stem(args: argparse.Namespace, command: str, source: ModelSource) -> str:
+    return args.name or f"{command}_{source.spec.name}_{source.spec.resolution}"
+
+
+def print_written(written: dict[str, Path]) -> None:
+    for kind, path in written.items():
+        if not kind.startswith("png:"):
+            print(f"wrote {path}")

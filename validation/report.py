@@ -1,0 +1,418 @@
+"""Reports: the JSON data of a run, and the Markdown and HTML pages that people read, with figures.
+
+`write_reports` writes `<stem>.json`, `<stem>.md` (+ `<stem>_*.png`) and a
+self-contained `<stem>.html`. The pages are drawn from the JSON alone, so
+`python -m validation report RUN.json` renders them again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lvvit.atomic import atomic_output
+
+from . import plots
+from .document import Block, Bullets, Code, Figure, Heading, Paragraph, Table, Verdict, to_html, to_markdown
+from .errors import ValidationError
+from .gate import describe_check
+
+_SHOWN_FILES = 200  # unreadable/skipped files listed on the pages (the JSON has all)
+
+
+def _num(value: float | None, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if value == 0:
+        return "0"
+    if abs(value) >= 1e4 or abs(value) < 1e-3:
+        return f"{value:.{digits - 1}e}"
+    return f"{value:.{digits}g}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}%"
+
+
+def _points(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.2f}"
+
+
+def _speed(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+# -- shared sections ---------------------------------------------------------------------------------------------
+
+
+def _model_lines(model: dict[str, Any]) -> list[str]:
+    if not model:
+        return []
+    lines = [f"preset: {model.get('preset')} at {model.get('resolution')}px"]
+    arch = model.get("arch") or {}
+    if arch:
+        lines.append("architecture: " + ", ".join(f"{k}={v}" for k, v in arch.items()))
+    if model.get("weights"):
+        lines.append(f"weights: {model['weights']} (sha256 {model.get('weights_sha256')})")
+    else:
+        lines.append(f"weights: NONE, a deterministic random initialisation (seed {model.get('seed')})")
+    return lines
+
+
+def _runtime_rows(report: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    entries = [(report["reference"]["name"], report["reference"]["describe"])]
+    entries += [(name, entry["describe"]) for name, entry in report["runtimes"].items()]
+    for name, described in entries:
+        facts = []
+        for key in ("runtime", "engine", "device", "providers", "execution_devices", "precision", "threads", "onednn"):
+            if described.get(key) is not None:
+                value = described[key]
+                facts.append(f"{key}: {', '.join(map(str, value)) if isinstance(value, list) else value}")
+        files = described.get("model_files") or {}
+        hashes = "; ".join(f"{Path(p).name} sha256 {h[:16]}…" for p, h in files.items()) or described.get("model", "")
+        versions = described.get("versions") or {}
+        shown = ", ".join(f"{k} {v}" for k, v in versions.items() if k not in ("python", "numpy", "pillow"))
+        rows.append([name, "; ".join(facts), hashes, shown])
+    return rows
+
+
+def _failure_blocks(inputs: dict[str, Any]) -> list[Block]:
+    blocks: list[Block] = []
+    unreadable = inputs.get("unreadable") or []
+    skipped = inputs.get("skipped_files") or []
+    bad_lines = inputs.get("bad_label_lines") or []
+    blocks.append(Heading("Files left out", 2))
+    if not (unreadable or skipped or bad_lines):
+        blocks.append(Paragraph("None: every listed image was read."))
+        return blocks
+    if unreadable:
+        blocks.append(Paragraph(f"{len(unreadable)} unreadable image(s), left out for every runtime:"))
+        rows = [[f["name"], f["reason"]] for f in unreadable[:_SHOWN_FILES]]
+        blocks.append(Table(["file", "why"], rows))
+    if bad_lines:
+        blocks.append(Paragraph(f"{len(bad_lines)} bad line(s) of the label file, skipped (--skip-bad-lines):"))
+        rows = [[str(b["line"]), b["text"], b["reason"]] for b in bad_lines[:_SHOWN_FILES]]
+        blocks.append(Table(["line", "text", "why"], rows))
+    if skipped:
+        blocks.append(Paragraph(f"{len(skipped)} file(s) without an image suffix, not read:"))
+        blocks.append(Table(["file", "why"], [[f["name"], f["reason"]] for f in skipped[:_SHOWN_FILES]]))
+    hidden = max(len(unreadable), len(bad_lines), len(skipped)) - _SHOWN_FILES
+    if hidden > 0:
+        blocks.append(Paragraph(f"(lists cut at {_SHOWN_FILES}; the JSON report has every entry)"))
+    return blocks
+
+
+def _reproduce_blocks(report: dict[str, Any]) -> list[Block]:
+    env = report["environment"]
+    blocks: list[Block] = [Heading("Runtimes", 2)]
+    blocks.append(Table(["runtime", "what runs", "model files", "versions"], _runtime_rows(report)))
+    pre = report["preprocess"]
+    blocks.append(Heading("Preprocessing (identical inputs for every runtime)", 2))
+    blocks.append(
+        Paragraph(
+            f"RGB, resize the shorter side to {pre['resize_size']} ({pre['interpolation']}), center crop "
+            f"{pre['input_size']}x{pre['input_size']}, scale to [0, 1], normalise with mean {pre['mean']} and "
+            f"std {pre['std']}, {pre['layout']} float32 (crop_pct {pre['crop_pct']})."
+        )
+    )
+    blocks.append(Heading("Reproduce", 2))
+    if env.get("command"):
+        blocks.append(Code(" ".join(env["command"])))
+    packages = ", ".join(f"{k} {v}" for k, v in env["packages"].items())
+    blocks.append(
+        Bullets(
+            [
+                f"created {env['created']} in {env['cwd']}",
+                f"Python {env['python']} on {env['platform']} ({env['machine']}, {env['cpu_count']} CPUs)",
+                f"packages: {packages}",
+            ]
+        )
+    )
+    return blocks
+
+
+def _gate_verdicts(report: dict[str, Any], what: str) -> list[Block]:
+    blocks: list[Block] = []
+    for name, entry in report["runtimes"].items():
+        checks = entry.get("gate", [])
+        passed = all(c["passed"] for c in checks)
+        detail = "; ".join(describe_check(c) for c in checks) or "no limits set"
+        blocks.append(Verdict(passed, f"{name} vs native Paddle {what}: {detail}"))
+    return blocks
+
+
+# -- drift -------------------------------------------------------------------------------------------------------
+
+_DRIFT_ROWS = [
+    ("max abs error", "max_abs", _num),
+    ("mean abs error", "mean_abs", _num),
+    ("median abs error", "median_abs", _num),
+    ("p99 abs error", "p99_abs", _num),
+    ("max relative error", "max_rel", _num),
+    ("mean relative error", "mean_rel", _num),
+    ("min cosine similarity", "min_cosine", lambda v: f"{v:.9f}"),
+    ("mean cosine similarity", "mean_cosine", lambda v: f"{v:.9f}"),
+    ("top-1 agreement", "top1_agreement", lambda v: f"{v * 100:.2f}%"),
+    ("top-1 disagreements (near-ties)", None, None),
+    ("top-5 overlap (mean)", "top5_overlap", lambda v: f"{v * 100:.2f}%"),
+    ("top-5 overlap (min)", "min_top5_overlap", lambda v: f"{v * 100:.0f}%"),
+    ("KL divergence of the softmax (mean)", "mean_kl", _num),
+    ("KL divergence of the softmax (max)", "max_kl", _num),
+]
+
+
+def _inputs_sentence(inputs: dict[str, Any]) -> str:
+    if inputs["type"] == "synthetic":
+        return (
+            f"{inputs['images']} SYNTHETIC images (seed {inputs['seed']}): {inputs['generator']}. "
+            "Not real photographs: use a folder of images for drift on real data."
+        )
+    limit = f" (the first {inputs['limit']})" if inputs.get("limit") else ""
+    return (
+        f"{inputs['images_used']} real images from the folder {inputs['root']}{limit}; "
+        f"{len(inputs['unreadable'])} unreadable and {len(inputs['skipped_files'])} non-image files left out."
+    )
+
+
+def drift_blocks(report: dict[str, Any]) -> tuple[str, list[Block]]:
+    model = report.get("model") or {}
+    names = list(report["runtimes"])
+    title = f"Drift report: {model.get('preset', 'model')} {', '.join(names)} vs native Paddle"
+    blocks: list[Block] = [Heading(title, 1), Paragraph(_inputs_sentence(report["inputs"]))]
+    blocks += [Bullets(_model_lines(model))] if model else []
+    blocks.append(Heading("Verdict", 2))
+    blocks += _gate_verdicts(report, "(tolerance gate)")
+    output = report["output"]
+    blocks.append(Heading(f"Drift of output '{output}' against native Paddle (eager)", 2))
+    header = ["metric", *names]
+    rows = []
+    for label, key, fmt in _DRIFT_ROWS:
+        cells = []
+        for name in names:
+            stats = report["runtimes"][name]["outputs"][output]
+            if key is None:
+                cells.append(f"{stats['top1_disagreements']} ({stats['near_ties']})")
+            else:
+                cells.append(fmt(stats[key]))
+        rows.append([label, *cells])
+    speeds = [_speed(report["runtimes"][n]["images_per_second"]) for n in names]
+    rows.append(["images / s (incl. first-call setup)", *speeds])
+    blocks.append(Table(header, rows))
+    ref_speed = _speed(report["reference"]["images_per_second"])
+    blocks.append(Paragraph(f"Native Paddle (eager), the reference: {ref_speed} images/s on the same inputs."))
+    blocks.append(Figure("errors", "Distribution of the absolute logit error against native Paddle",
+                         plots.error_histogram(report)))  # fmt: skip
+    blocks.append(Figure("runtimes", "Absolute and relative error per runtime", plots.drift_by_runtime(report)))
+    blocks.append(Heading("Largest errors", 2))
+    worst_rows = []
+    for name in names:
+        for item in report["runtimes"][name]["outputs"][output]["worst"][:3]:
+            flip = "" if item["top1"] == item["reference_top1"] else " (top-1 differs)"
+            worst_rows.append([name, item["image"], _num(item["max_abs"]),
+                               f"{item['reference_top1']} / {item['top1']}{flip}"])  # fmt: skip
+    blocks.append(Table(["runtime", "image", "max abs error", "top-1 Paddle / runtime"], worst_rows))
+    blocks.append(Heading("Tolerance", 2))
+    limits = report["limits"]
+    blocks.append(
+        Table(
+            ["limit", "value", "meaning"],
+            [
+                [n, f"{'<=' if limits[n]['kind'] == 'max' else '>='} {v:g}", limits[n]["help"]]
+                for n, v in report["tolerance"].items()
+            ],
+        )  # fmt: skip
+    )
+    blocks.append(
+        Paragraph(
+            "Definitions: max_rel is the largest per-image max error divided by that image's max |logit|; "
+            "a top-1 disagreement is a near-tie (excused by the top1_agreement limit) when Paddle's top-2 margin is at "
+            "most twice the error the tolerance allows for that image (max_abs, or max_rel x its max |logit|). "
+            "KL is KL(softmax(Paddle) || softmax(runtime))."
+        )
+    )
+    if report["inputs"]["type"] == "folder":
+        blocks += _failure_blocks(report["inputs"])
+    blocks += _reproduce_blocks(report)
+    return title, blocks
+
+
+# -- accuracy ----------------------------------------------------------------------------------------------------
+
+
+def _accuracy_summary(report: dict[str, Any]) -> list[Block]:
+    """One plain sentence per runtime: its top-1, Paddle's, the difference and the agreement."""
+    ref = report["reference"]
+    lines = [
+        f"native Paddle top-1 {ref['top1']:.2f}% (chance {report['chance_top1']:.1f}%), top-5 {ref['top5']:.2f}% "
+        f"on {ref['images']} images"
+    ]
+    for name, entry in report["runtimes"].items():
+        lines.append(
+            f"{name}: top-1 {entry['top1']:.2f}% vs native Paddle {ref['top1']:.2f}% "
+            f"(difference {entry['top1_diff']:+.2f} points), top-5 {entry['top5']:.2f}% "
+            f"({entry['top5_diff']:+.2f}); same top-1 prediction as Paddle on {entry['agreement']:.2f}% of the images "
+            f"({entry['disagreements']} differ)"
+        )
+    return [Bullets(lines)]
+
+
+def accuracy_blocks(report: dict[str, Any]) -> tuple[str, list[Block]]:
+    model = report.get("model") or {}
+    inputs = report["inputs"]
+    names = list(report["runtimes"])
+    root = Path(inputs["root"]).name or inputs["root"]
+    title = f"Accuracy report: {model.get('preset', 'model')} on {root}" + (
+        f" ({', '.join(names)} vs native Paddle)" if names else " (native Paddle)"
+    )
+    source = {
+        "label-file": f"labels from {inputs['label_file']}",
+        "class-folders": f"one folder per class ({len(inputs['classes'] or [])} classes)",
+    }.get(inputs["kind"], inputs["kind"])
+    left_out = len(inputs["unreadable"]) + len(inputs["skipped_files"]) + len(inputs["bad_label_lines"])
+    blocks: list[Block] = [
+        Heading(title, 1),
+        Paragraph(
+            f"{inputs['images_evaluated']} real labelled images evaluated of {inputs['images_listed']} listed in "
+            f"{inputs['root']} ({source}); "
+            + (f"{left_out} file(s) or line(s) left out, listed below. " if left_out else "nothing left out. ")
+            + f"{report['num_classes']} classes; wall time {report['wall_seconds']:.1f}s."
+        ),
+    ]
+    blocks += [Bullets(_model_lines(model))] if model else []
+    blocks.append(Heading("Verdict", 2))
+    blocks += _accuracy_summary(report)
+    blocks += _gate_verdicts(report, "(accuracy gate)")
+    blocks.append(Heading("Accuracy per runtime", 2))
+    rows = []
+    ref = report["reference"]
+    rows.append([f"{ref['name']} (reference)", str(ref["images"]), _pct(ref["top1"]), _pct(ref["top5"]), "", "", "",
+                 "", _speed(ref["images_per_second"])])  # fmt: skip
+    for name, e in report["runtimes"].items():
+        rows.append([name, str(e["images"]), _pct(e["top1"]), _pct(e["top5"]), _points(e["top1_diff"]),
+                     _points(e["top5_diff"]), _pct(e["agreement"]), str(e["disagreements"]),
+                     _speed(e["images_per_second"])])  # fmt: skip
+    header = ["runtime", "images", "top-1", "top-5", "Δ top-1 (points)", "Δ top-5 (points)",
+              "agreement with Paddle", "disagreements", "images / s"]  # fmt: skip
+    blocks.append(Table(header, rows))
+    blocks.append(
+        Paragraph(
+            f"Throughput: images per second inside each runtime at batch {report['batch_size']}, after one untimed "
+            f"warm-up batch; preprocessing ran in {report['workers']} prefetching threads and is not counted."
+        )
+    )
+    blocks.append(Figure("accuracy", "Accuracy and throughput per runtime", plots.accuracy_by_runtime(report)))
+    blocks.append(Figure("classes", "Per-class top-1", plots.accuracy_per_class(report)))
+    tolerance = report["tolerance"]
+    if tolerance:
+        limits = report["limits"]
+        blocks.append(Heading("Tolerance", 2))
+        blocks.append(
+            Table(
+                ["limit", "value", "meaning"],
+                [
+                    [n, f"{'<=' if limits[n]['kind'] == 'max' else '>='} {v:g}", limits[n]["help"]]
+                    for n, v in tolerance.items()
+                ],
+            )  # fmt: skip
+        )
+    blocks += _failure_blocks(inputs)
+    blocks += _reproduce_blocks(report)
+    return title, blocks
+
+
+# -- files -------------------------------------------------------------------------------------------------------
+
+_BUILDERS: dict[str, Callable[[dict[str, Any]], tuple[str, list[Block]]]] = {
+    "drift": drift_blocks,
+    "accuracy": accuracy_blocks,
+}
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    raise TypeError(f"cannot write a {type(value).__name__} into the JSON report")
+
+
+def _finite(value: Any) -> Any:
+    """The report with non-finite floats as None, so that the JSON is strict (RFC 8259)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_output(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def render(report: dict[str, Any], out_dir: str | Path, stem: str) -> dict[str, Path]:
+    """Write `<stem>.md` (+ PNG figures) and `<stem>.html` from the report's data."""
+    kind = report.get("kind")
+    if kind not in _BUILDERS:
+        raise ValidationError(f"not a validation report (kind {kind!r}; expected one of {', '.join(_BUILDERS)})")
+    out_dir = Path(out_dir)
+    title, blocks = _BUILDERS[kind](report)
+    written: dict[str, Path] = {}
+    for block in blocks:
+        if isinstance(block, Figure):
+            path = out_dir / f"{stem}_{block.name}.png"
+            with atomic_output(path) as tmp:
+                tmp.write_bytes(block.png)
+            written[f"png:{block.name}"] = path
+    written["markdown"] = out_dir / f"{stem}.md"
+    write_text(written["markdown"], to_markdown(blocks, stem))
+    written["html"] = out_dir / f"{stem}.html"
+    write_text(written["html"], to_html(blocks, title))
+    return written
+
+
+def write_reports(report: dict[str, Any], out_dir: str | Path, stem: str) -> dict[str, Path]:
+    """`<stem>.json` with every number, then the Markdown and HTML pages drawn from it."""
+    out_dir = Path(out_dir)
+    path = out_dir / f"{stem}.json"
+    text = json.dumps(_finite(json.loads(json.dumps(report, default=_json_default))), indent=2, allow_nan=False)
+    write_text(path, text + "\n")
+    return {"json": path, **render(json.loads(text), out_dir, stem)}
+
+
+def load_report(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValidationError(f"{path}: cannot read the JSON report ({exc})") from exc
+
+
+# -- command line --------------------------------------------------------------------------------------------------
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "report",
+        help="render the Markdown and HTML pages of a JSON report again",
+        description="Draw the Markdown (+ PNG figures) and self-contained HTML pages from a drift or accuracy "
+        "JSON report, e.g. after editing the renderer or on another machine.",
+    )
+    parser.add_argument("json", type=Path, help="a report written by drift or accuracy")
+    parser.add_argument("--output-dir", type=Path, default=None, help="where the pages go (default: beside the JSON)")
+    parser.set_defaults(func=main)
+
+
+def main(args: Any) -> int:
+    report = load_report(args.json)
+    written = render(report, args.output_dir or args.json.parent, args.json.stem)
+    for kind, path in written.items():
+        if not kind.startswith("png:"):
+            print(f"wrote {path}")
+    return 0
