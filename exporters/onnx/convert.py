@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,12 +43,35 @@ def no_dependency_autoinstall() -> Iterator[None]:
             os.environ["POLYGRAPHY_AUTOINSTALL_DEPS"] = previous
 
 
+@contextlib.contextmanager
+def _captured_output() -> Iterator[io.StringIO]:
+    """Capture stdout/stderr at the file-descriptor level: paddle2onnx's C++ core prints there directly."""
+    captured = io.StringIO()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
+                yield captured
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            sink.seek(0)
+            captured.write(sink.read().decode("utf-8", "replace"))
+
+
 def _run_paddle2onnx(program: Path, params: Path, opset: int) -> bytes:
     import paddle2onnx
 
-    captured = io.StringIO()
     try:
-        with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
+        with _captured_output() as captured:
             raw = paddle2onnx.export(
                 str(program),
                 str(params),
