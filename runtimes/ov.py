@@ -11,6 +11,7 @@ caller borrows its own request from a pool. OpenVINO is an optional extra:
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,10 @@ class OpenVinoPredictor(Predictor):
         model_path: the `.onnx` file (its kit metadata gives the preprocessing).
         precision: "f32" (default), "bf16" or "f16": OpenVINO's inference precision hint, checked after compiling.
         device: an OpenVINO device ("CPU", "GPU", "GPU.1", "NPU"); it must be in `Core().available_devices`.
-        threads: CPU inference threads (None: OpenVINO's default).
+        threads: CPU inference threads in all (None: OpenVINO's default).
+        streams: parallel inference streams (default 1). With N > 1 a batch is split into N parts run
+            at once, each stream on its share of the threads: higher throughput for batches, the same
+            latency for one image.
         batch_size, preset, resolution, preprocess, labels: as for every predictor.
     """
 
@@ -70,6 +74,7 @@ class OpenVinoPredictor(Predictor):
         device: str = "CPU",
         threads: int | None = None,
         *,
+        streams: int = 1,
         batch_size: int | None = None,
         preset: str | None = None,
         resolution: int | None = None,
@@ -80,6 +85,8 @@ class OpenVinoPredictor(Predictor):
             raise ConfigurationError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise ConfigurationError(f"threads must be a positive integer or None, got {threads!r}")
+        if not isinstance(streams, int) or streams < 1 or (threads is not None and streams > threads):
+            raise ConfigurationError(f"streams must be between 1 and threads ({threads}), got {streams!r}")
         ov = _import_openvino()
         path, props = read_onnx_file(model_path)
         metadata = kit_metadata(props, path)
@@ -111,6 +118,9 @@ class OpenVinoPredictor(Predictor):
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": _OV_TYPE[self.precision]}
         if threads is not None and device.startswith("CPU"):
             config["INFERENCE_NUM_THREADS"] = threads
+        if streams > 1:
+            config["NUM_STREAMS"] = streams
+        self.streams = streams
         try:
             compiled = core.compile_model(model, device, config)
         except Exception as exc:
@@ -134,9 +144,14 @@ class OpenVinoPredictor(Predictor):
     def _logits_impl(self, batch: np.ndarray) -> np.ndarray:
         if self._requests is None:
             raise PredictorClosedError("the OpenVINO predictor is closed")
-        with self._requests.borrow() as request:
-            result = request.infer({self.info.input_name: batch})  # copies the output out of the request
-            return np.array(result[self._compiled.output(0)])
+        parts = np.array_split(batch, min(self.streams, len(batch)))
+        with contextlib.ExitStack() as stack:
+            requests = [stack.enter_context(self._requests.borrow()) for _ in parts]
+            for request, part in zip(requests, parts, strict=True):
+                request.start_async({self.info.input_name: part})  # the streams run these at once
+            for request in requests:
+                request.wait()
+            return np.concatenate([np.array(r.get_output_tensor(0).data) for r in requests])
 
     def _runtime_details(self) -> dict[str, Any]:
         return {
@@ -144,6 +159,7 @@ class OpenVinoPredictor(Predictor):
             "execution_devices": self._execution_devices,
             "precision": self.precision,
             "threads": self._threads,
+            "streams": self.streams,
             "device_capabilities": self._capabilities,
             "versions": {"openvino": self._ov_version, "openvino (distribution)": package_version("openvino")},
         }

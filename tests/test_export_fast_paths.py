@@ -67,7 +67,7 @@ def test_int8_is_calibrated_on_real_images_and_gated(tmp_path, photos):
     )  # fmt: skip
     assert result.metadata.precision == "int8"
     assert any("skipped calibration file" in m and "broken.jpg" in m for m in messages)
-    assert any("calibrating int8 on 8 images" in m and "held-out" in m for m in messages)
+    assert any("calibrating int8 (nncf) on 8 images" in m and "held-out" in m for m in messages)
     (check,) = result.checks
     assert check.inputs == "real images" and check.batch == 38
     assert check.top1_agreement >= 0.5
@@ -78,11 +78,24 @@ def test_int8_is_calibrated_on_real_images_and_gated(tmp_path, photos):
     assert not (tmp_path / "strict" / "lvvit_s_64_int8.onnx").exists()
 
 
+def test_onnx_runtime_quantizer_is_available_too(tmp_path, photos):
+    messages = []
+    result = _export(
+        tmp_path, FastPath(quantize="int8", calibration=photos, calibration_count=4, min_int8_agreement=0.0,
+                           quantizer="ort"),
+        log=messages.append,
+    )  # fmt: skip
+    assert any("calibrating int8 (ort) on 4 images" in m for m in messages)
+    assert "QuantizeLinear" in _op_counts(result.path)
+
+
 def test_fast_path_options_are_checked():
     with pytest.raises(ExportError, match="--quantize int8 needs --calibration DIR"):
         FastPath(quantize="int8")
     with pytest.raises(ExportError, match="--precision must be one of fp32, fp16"):
         FastPath(precision="bf16")
+    with pytest.raises(ExportError, match="--quantizer must be one of nncf, ort"):
+        FastPath(quantize="int8", calibration=".", quantizer="tensorrt")
     with pytest.raises(ExportError, match=r"--min-int8-agreement must be within \[0, 1\], got 1.5"):
         FastPath(min_int8_agreement=1.5)
     with pytest.raises(ExportError, match="applies to the portable fp32 graph"):

@@ -19,6 +19,7 @@ from .export import (
     export_onnx,
     export_paddle_inference,
 )
+from .quantize import QUANTIZERS
 
 
 def _batch(value: str) -> int | None:
@@ -111,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="static int8 (QDQ) quantization of the portable graph, calibrated on --calibration images",
     )
+    fast.add_argument(
+        "--quantizer",
+        choices=QUANTIZERS,
+        default="nncf",
+        help="int8 quantizer: nncf (default; transformer scheme with SmoothQuant, needs the [int8] extra) "
+        "or ort (ONNX Runtime's quantize_static)",
+    )
     fast.add_argument("--calibration", type=Path, default=None, help="folder of real images for int8 calibration")
     fast.add_argument(
         "--calibration-count", type=int, default=32, help="images used for calibration (default 32, sorted by path)"
@@ -161,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                 precision=args.precision,
                 quantize=args.quantize,
                 calibration=args.calibration,
+                quantizer=args.quantizer,
                 calibration_count=args.calibration_count,
                 min_int8_agreement=args.min_int8_agreement,
             )

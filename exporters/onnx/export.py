@@ -17,6 +17,7 @@ from lvvit.presets import Preset
 
 from ..errors import ExportError
 from ..provenance import tool_versions, weights_provenance
+from .quantize import QUANTIZERS
 from .verify import DriftCheck, Tolerance, verify_export
 
 DEFAULT_OPSET = 17  # the first opset with a native LayerNormalization
@@ -102,12 +103,15 @@ class FastPath:
     precision: str = "fp32"  # or "fp16" (for GPUs; implies the fused graph)
     quantize: str | None = None  # or "int8": static QDQ, needs `calibration`
     calibration: Path | None = None  # folder of real images
+    quantizer: str = "nncf"  # or "ort" (see exporters.onnx.quantize)
     calibration_count: int = 32
     min_int8_agreement: float = INT8_MIN_AGREEMENT
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ExportError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.quantizer not in QUANTIZERS:
+            raise ExportError(f"--quantizer must be one of {', '.join(QUANTIZERS)}, got {self.quantizer!r}")
         if self.quantize not in (None, "int8"):
             raise ExportError(f"--quantize supports int8 only, got {self.quantize!r}")
         if self.quantize and self.calibration is None:
@@ -161,10 +165,10 @@ def _apply_fast_path(proto, model, fast: FastPath, log: Log):
         for path, why in calibration.skipped:
             log(f"      skipped calibration file {path}: {why}")
         log(
-            f"      calibrating int8 on {len(calibration.used)} images from {calibration.folder}; "
+            f"      calibrating int8 ({fast.quantizer}) on {len(calibration.used)} images from {calibration.folder}; "
             f"the gate also sees {calibration.held_out} held-out images"
         )
-        proto = quantize_int8(proto, calibration, model.preset.preprocess)
+        proto = quantize_int8(proto, calibration, model.preset.preprocess, fast.quantizer)
         images = preprocess_batch(calibration.evaluation, model.preset.preprocess)
     return proto, images
 
