@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import itertools
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar, Union
 
@@ -46,6 +47,14 @@ def _chunks(images: Images, size: int) -> Iterator[list[ImageInput]]:
         yield chunk
 
 
+def check_streams(streams: int, threads: int | None) -> int:
+    """Validate `streams` against the thread count; returns the threads each stream gets (0: runtime default)."""
+    total = threads or 0
+    if not isinstance(streams, int) or streams < 1 or (total and streams > total):
+        raise ConfigurationError(f"streams must be between 1 and threads ({threads}), got {streams!r}")
+    return total // streams if total else 0
+
+
 def _source(image: ImageInput) -> str | None:
     return str(image) if isinstance(image, (str, Path)) else None
 
@@ -55,9 +64,18 @@ class Predictor(abc.ABC):
 
     runtime: ClassVar[str] = "abstract"
 
-    def __init__(self, info: ModelInfo, *, batch_size: int | None = None, labels: LabelsArg = None) -> None:
+    def __init__(
+        self, info: ModelInfo, *, batch_size: int | None = None, labels: LabelsArg = None, streams: int = 1
+    ) -> None:
         self.info = info
         self.batch_size = self._check_batch_size(batch_size)
+        if streams > 1 and info.batch is not None:
+            raise ConfigurationError(
+                f"{info.source}: a fixed batch of {info.batch} cannot be split into {streams} streams"
+            )
+        self.streams = streams
+        # Streams: a batch runs as `streams` parts at once, each on its share of the threads.
+        self._executor = ThreadPoolExecutor(streams, thread_name_prefix="stream") if streams > 1 else None
         declared = info.metadata.labels if info.metadata is not None else None
         self._labels = resolve_labels(labels, info.num_classes, declared) if info.num_classes else None
         self._labels_arg = labels
@@ -123,6 +141,8 @@ class Predictor(abc.ABC):
         """Release the runtime's session; later calls raise `PredictorClosedError`."""
         if not self._closed:
             self._closed = True
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
             self._release()
 
     def __enter__(self) -> Predictor:
@@ -197,7 +217,7 @@ class Predictor(abc.ABC):
         fixed = self.info.batch
         if fixed is not None and n < fixed:
             x = np.concatenate([x, np.zeros((fixed - n, *x.shape[1:]), dtype=x.dtype)])
-        out = np.asarray(self._logits_impl(x))
+        out = np.asarray(self._infer(x))
         expected_rows = fixed or n
         classes = self.info.num_classes
         if out.ndim != 2 or out.shape[0] != expected_rows or (classes is not None and out.shape[1] != classes):
@@ -213,6 +233,12 @@ class Predictor(abc.ABC):
                 f"({self._runtime_summary()}); a reduced precision may have overflowed"
             )
         return out.astype(np.float32, copy=False)
+
+    def _infer(self, x: np.ndarray) -> np.ndarray:
+        if self._executor is None or len(x) < 2:
+            return self._logits_impl(x)
+        parts = np.array_split(x, min(self.streams, len(x)))
+        return np.concatenate(list(self._executor.map(self._logits_impl, parts)))  # runtimes release the GIL
 
     def _labels_for(self, logits: np.ndarray) -> Labels:
         if self._labels is None:  # the graph did not say how many classes: decide from the first output

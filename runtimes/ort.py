@@ -11,7 +11,6 @@ binding. `InferenceSession.run` is thread-safe, so one predictor serves many thr
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from lvvit.presets import PreprocessConfig
 from lvvit.versions import package_version
 
 from . import ort_providers as eps
-from .base import DEFAULT_BATCH_SIZE, LabelsArg, Predictor
+from .base import DEFAULT_BATCH_SIZE, LabelsArg, Predictor, check_streams
 from .errors import BackendNotInstalledError, ConfigurationError, DeviceUnavailableError, ModelFileError
 from .model_info import build_model_info
 from .onnx_file import kit_metadata, read_onnx_file
@@ -82,9 +81,7 @@ class OrtPredictor(Predictor):
             raise ConfigurationError(f"unknown device {device!r}; valid: {', '.join(eps.DEVICES)}")
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise ConfigurationError(f"threads must be a positive integer or None, got {threads!r}")
-        total = threads or os.cpu_count() or 1
-        if not isinstance(streams, int) or streams < 1 or streams > total:
-            raise ConfigurationError(f"streams must be between 1 and the thread count ({total}), got {streams!r}")
+        per_stream = check_streams(streams, threads or os.cpu_count())
         if streams > 1 and device != "cpu":
             raise ConfigurationError(f"streams apply to device='cpu' only, not {device!r}")
         ort = _import_onnxruntime()
@@ -93,9 +90,7 @@ class OrtPredictor(Predictor):
         self._ort = ort
         self._auto_fallback: str | None = None
         self._threads = threads
-        self.streams = streams
-        self._stream_threads = total // streams if streams > 1 else threads
-        self._executor = ThreadPoolExecutor(streams, thread_name_prefix="ort-stream") if streams > 1 else None
+        self._stream_threads = per_stream if streams > 1 else threads
         self._device_id = device_id
         self._tf32 = tf32
         self._tensorrt = {"fp16": tensorrt_fp16, "cache": str(tensorrt_cache) if tensorrt_cache else None}
@@ -117,9 +112,7 @@ class OrtPredictor(Predictor):
             str(path), inp.name, inp.shape, out.name, out.shape, metadata,
             preset=preset, resolution=resolution, preprocess=preprocess,
         )  # fmt: skip
-        if streams > 1 and isinstance(inp.shape[0], int):
-            raise ConfigurationError(f"{path}: a fixed batch of {inp.shape[0]} cannot be split into {streams} streams")
-        super().__init__(info, batch_size=batch_size, labels=labels)
+        super().__init__(info, batch_size=batch_size, labels=labels, streams=streams)
 
     def _open_session(
         self, path: Path, device: str, batch_size: int | None, metadata: ModelMetadata | None
@@ -176,12 +169,6 @@ class OrtPredictor(Predictor):
         return eps.precision(self.device, self._tf32, self._tensorrt["fp16"])
 
     def _logits_impl(self, batch: np.ndarray) -> np.ndarray:
-        if self._executor is not None and len(batch) > 1:
-            parts = np.array_split(batch, min(self.streams, len(batch)))
-            return np.concatenate(list(self._executor.map(self._run, parts)))  # run releases the GIL
-        return self._run(batch)
-
-    def _run(self, batch: np.ndarray) -> np.ndarray:
         session = self._session
         if not self._io_binding:
             return session.run([self.info.output_name], {self.info.input_name: batch})[0]
@@ -213,8 +200,6 @@ class OrtPredictor(Predictor):
         return details
 
     def _release(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
         self._session = None
 
 

@@ -11,7 +11,6 @@ caller borrows its own request from a pool. OpenVINO is an optional extra:
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import numpy as np
 from lvvit.presets import PreprocessConfig
 from lvvit.versions import package_version
 
-from .base import LabelsArg, Predictor
+from .base import LabelsArg, Predictor, check_streams
 from .errors import (
     BackendNotInstalledError,
     ConfigurationError,
@@ -85,8 +84,7 @@ class OpenVinoPredictor(Predictor):
             raise ConfigurationError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise ConfigurationError(f"threads must be a positive integer or None, got {threads!r}")
-        if not isinstance(streams, int) or streams < 1 or (threads is not None and streams > threads):
-            raise ConfigurationError(f"streams must be between 1 and threads ({threads}), got {streams!r}")
+        check_streams(streams, threads)
         ov = _import_openvino()
         path, props = read_onnx_file(model_path)
         metadata = kit_metadata(props, path)
@@ -119,8 +117,7 @@ class OpenVinoPredictor(Predictor):
         if threads is not None and device.startswith("CPU"):
             config["INFERENCE_NUM_THREADS"] = threads
         if streams > 1:
-            config["NUM_STREAMS"] = streams
-        self.streams = streams
+            config["NUM_STREAMS"] = streams  # OpenVINO splits the threads between its streams
         try:
             compiled = core.compile_model(model, device, config)
         except Exception as exc:
@@ -139,19 +136,14 @@ class OpenVinoPredictor(Predictor):
         self._capabilities = _capabilities(core, device)
         self._compiled = compiled
         self._requests: Pool[Any] | None = Pool(compiled.create_infer_request)
-        super().__init__(info, batch_size=batch_size, labels=labels)
+        super().__init__(info, batch_size=batch_size, labels=labels, streams=streams)
 
     def _logits_impl(self, batch: np.ndarray) -> np.ndarray:
         if self._requests is None:
             raise PredictorClosedError("the OpenVINO predictor is closed")
-        parts = np.array_split(batch, min(self.streams, len(batch)))
-        with contextlib.ExitStack() as stack:
-            requests = [stack.enter_context(self._requests.borrow()) for _ in parts]
-            for request, part in zip(requests, parts, strict=True):
-                request.start_async({self.info.input_name: part})  # the streams run these at once
-            for request in requests:
-                request.wait()
-            return np.concatenate([np.array(r.get_output_tensor(0).data) for r in requests])
+        with self._requests.borrow() as request:
+            result = request.infer({self.info.input_name: batch})  # copies the output out of the request
+            return np.array(result[self._compiled.output(0)])
 
     def _runtime_details(self) -> dict[str, Any]:
         return {

@@ -13,6 +13,7 @@ Importing this module imports Paddle; `runtimes` itself does not.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from lvvit.metadata import INPUT_NAME, OUTPUT_NAME, MetadataError, ModelMetadata
 from lvvit.presets import PreprocessConfig, Preset
 from lvvit.versions import package_version
 
-from .base import LabelsArg, Predictor
+from .base import LabelsArg, Predictor, check_streams
 from .errors import (
     BackendNotInstalledError,
     ConfigurationError,
@@ -96,6 +97,8 @@ class PaddlePredictor(Predictor):
         threads: CPU math threads (None: Paddle's default).
         onednn: use oneDNN kernels on the CPU (Paddle's fast CPU path).
         ir_optim: Paddle's graph optimisation passes (fusions).
+        streams: CPU only: run a batch as N parts at once on N predictor clones, each with threads/N
+            math threads (default 1).
         batch_size, preset, resolution, preprocess, labels: as for every predictor.
     """
 
@@ -109,6 +112,7 @@ class PaddlePredictor(Predictor):
         *,
         onednn: bool = True,
         ir_optim: bool = True,
+        streams: int = 1,
         batch_size: int | None = None,
         preset: str | None = None,
         resolution: int | None = None,
@@ -120,12 +124,16 @@ class PaddlePredictor(Predictor):
             raise ConfigurationError(f"unknown device {device!r}; valid: {', '.join(DEVICES)}")
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise ConfigurationError(f"threads must be a positive integer or None, got {threads!r}")
+        per_stream = check_streams(streams, threads or os.cpu_count())
+        if streams > 1 and device != "cpu":
+            raise ConfigurationError(f"streams apply to device='cpu' only, not {device!r}")
         program, params, sidecar = find_artifact(model_path)
         metadata = _read_sidecar(sidecar)
         paddle = _import_paddle()
         _check_gpu(paddle, device)
+        engine_threads = per_stream if streams > 1 else threads
         self._engine: _InferenceEngine | _EagerEngine = _InferenceEngine(
-            paddle, program, params, device, device_id, threads, onednn and device == "cpu", ir_optim
+            paddle, program, params, device, device_id, engine_threads, onednn and device == "cpu", ir_optim
         )
         size = metadata.resolution if metadata is not None else None
         batch = metadata.batch if metadata is not None else None
@@ -133,7 +141,7 @@ class PaddlePredictor(Predictor):
             str(program), INPUT_NAME, [batch, 3, size, size], OUTPUT_NAME, None, metadata,
             preset=preset, resolution=resolution, preprocess=preprocess,
         )  # fmt: skip
-        super().__init__(info, batch_size=batch_size, labels=labels)
+        super().__init__(info, batch_size=batch_size, labels=labels, streams=streams)
 
     @classmethod
     def from_preset(
@@ -193,7 +201,7 @@ class PaddlePredictor(Predictor):
 
     def _runtime_details(self) -> dict[str, Any]:
         versions = {"paddlepaddle": package_version("paddlepaddle")}
-        return {**self._engine.details(), "precision": "fp32", "versions": versions}
+        return {**self._engine.details(), "streams": self.streams, "precision": "fp32", "versions": versions}
 
     def _release(self) -> None:
         self._engine.release()

@@ -352,3 +352,29 @@ print("ok")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("runtime", ["ort", "openvino", "paddle"])
+def test_streams_split_a_batch_without_changing_the_answers(tiny, runtime):
+    if runtime == "openvino":
+        pytest.importorskip("openvino")
+    from runtimes import OpenVinoPredictor, OrtPredictor, PaddlePredictor
+
+    make = {
+        "ort": lambda **kw: OrtPredictor(tiny.onnx, threads=2, **kw),
+        "openvino": lambda **kw: OpenVinoPredictor(tiny.onnx, threads=2, **kw),
+        "paddle": lambda **kw: PaddlePredictor(tiny.paddle, threads=2, **kw),
+    }[runtime]
+    x = np.random.default_rng(4).standard_normal((5, 3, RESOLUTION, RESOLUTION)).astype(np.float32)
+    with make() as one, make(streams=2) as two:
+        np.testing.assert_allclose(two.logits(x), one.logits(x), atol=1e-5)
+        assert two.describe()["streams"] == 2
+
+
+def test_streams_are_checked(tiny):
+    from runtimes import ConfigurationError, OrtPredictor
+
+    with pytest.raises(ConfigurationError, match=r"streams must be between 1 and threads \(2\), got 3"):
+        OrtPredictor(tiny.onnx, threads=2, streams=3)
+    with pytest.raises(ConfigurationError, match=r"a fixed batch of 2 cannot be split into 2 streams"):
+        OrtPredictor(tiny.onnx_fixed, threads=2, streams=2)
