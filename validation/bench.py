@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-REFERENCE = "paddle-inference"
+REFERENCES = ("paddle-inference", "paddle-inference-streams")  # ratios use the faster of the two
 
 
 @dataclass
@@ -25,7 +25,7 @@ class PathSpec:
     name: str
     what: str
     open: Callable[[], Any]  # -> a runtimes.Predictor
-    fp32: bool = True
+    precision: str = "fp32"
     unavailable: str | None = None  # why this path cannot run here (reported, not silently dropped)
 
 
@@ -33,49 +33,47 @@ class PathSpec:
 class PathResult:
     name: str
     what: str
-    fp32: bool
+    precision: str
     describe: dict[str, Any] = field(default_factory=dict)
     timings: dict[int, dict[str, float]] = field(default_factory=dict)  # batch -> stats
     drift: dict[str, float] = field(default_factory=dict)
     skipped: str | None = None
 
 
-def bench_paths(artifacts, model, threads: int, include: set[str] | None) -> list[PathSpec]:
+def bench_paths(artifacts, model, threads: int, streams: int, include: set[str] | None) -> list[PathSpec]:
     from runtimes import OpenVinoPredictor, OrtPredictor, PaddlePredictor
 
     from .cpu_floor import has_native_bf16
 
+    run = {"threads": threads, "streams": streams}
+    no_bf16 = (
+        None
+        if has_native_bf16()
+        else "this CPU has no native bf16 (avx512_bf16 / amx_bf16); OpenVINO would emulate it, far slower than f32"
+    )
     specs = [
-        PathSpec(
-            "paddle-eager", "Paddle dynamic graph (the reference for drift)", lambda: PaddlePredictor.from_model(model)
-        ),
+        PathSpec("paddle-eager", "Paddle dynamic graph (drift reference)", lambda: PaddlePredictor.from_model(model)),
         PathSpec(
             "paddle-inference", "Paddle Inference, oneDNN", lambda: PaddlePredictor(artifacts.paddle, threads=threads)
         ),
-        PathSpec("ort-fp32", "ONNX Runtime, exported graph", lambda: OrtPredictor(artifacts.onnx, threads=threads)),
         PathSpec(
-            "ort-fused",
-            "ONNX Runtime, fused graph (--optimize)",
-            lambda: OrtPredictor(artifacts.fused, threads=threads),
+            "paddle-inference-streams",
+            f"Paddle Inference, oneDNN, {streams} streams",
+            lambda: PaddlePredictor(artifacts.paddle, **run),
         ),
-        PathSpec("openvino-f32", "OpenVINO f32", lambda: OpenVinoPredictor(artifacts.onnx, "f32", threads=threads)),
+        PathSpec("ort-fp32", "ONNX Runtime, exported graph", lambda: OrtPredictor(artifacts.onnx, **run)),
+        PathSpec("ort-fused", "ONNX Runtime, fused graph (--optimize)", lambda: OrtPredictor(artifacts.fused, **run)),
+        PathSpec("openvino-f32", "OpenVINO f32", lambda: OpenVinoPredictor(artifacts.onnx, "f32", **run)),
         PathSpec(
-            "openvino-bf16",
-            "OpenVINO bf16",
-            lambda: OpenVinoPredictor(artifacts.onnx, "bf16", threads=threads),
-            False,
-            None
-            if has_native_bf16()
-            else "this CPU has no native bf16 (avx512_bf16 / amx_bf16); OpenVINO would emulate it, far slower than f32",
+            "openvino-bf16", "OpenVINO bf16", lambda: OpenVinoPredictor(artifacts.onnx, "bf16", **run), "bf16", no_bf16
         ),
-        PathSpec("ort-int8", "ONNX Runtime, int8 QDQ", lambda: OrtPredictor(artifacts.int8, threads=threads), False),
+        PathSpec("ort-int8", "ONNX Runtime, int8 QDQ", lambda: OrtPredictor(artifacts.int8, **run), "int8"),
         PathSpec(
-            "openvino-int8",
-            "OpenVINO, int8 QDQ",
-            lambda: OpenVinoPredictor(artifacts.int8, "f32", threads=threads),
-            False,
+            "openvino-int8", "OpenVINO, int8 QDQ", lambda: OpenVinoPredictor(artifacts.int8, "f32", **run), "int8"
         ),
     ]
+    if streams == 1:  # the same as paddle-inference
+        specs = [s for s in specs if s.name != "paddle-inference-streams"]
     return [s for s in specs if include is None or s.name in include]
 
 
@@ -84,7 +82,7 @@ def _open_all(specs: list[PathSpec], log) -> tuple[dict[str, Any], list[PathResu
 
     opened, results = {}, []
     for spec in specs:
-        result = PathResult(spec.name, spec.what, spec.fp32)
+        result = PathResult(spec.name, spec.what, spec.precision)
         results.append(result)
         if spec.unavailable:
             result.skipped = spec.unavailable
@@ -160,6 +158,7 @@ def run_bench(
     images: Path | None = None,
     batch_sizes: tuple[int, ...] = (1, 8, 32),
     threads: int | None = None,
+    streams: int | None = None,
     warmup: int = 2,
     repeats: int = 7,
     include: set[str] | None = None,
@@ -174,13 +173,15 @@ def run_bench(
     from .cpu_floor import detect_cpu, measured_sgemm_gflops
 
     threads = threads or len(os.sched_getaffinity(0))
+    streams = streams or threads
     artifacts = prepare_artifacts(preset, weights, resolution, Path(workdir), images, log)
     model = create_model(preset, weights=weights, resolution=resolution)
     config = model.preset.preprocess
     paths = sorted(p for p in artifacts.images.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
     real = preprocess_batch(paths, config)
-    log(f"opening {len(include or bench_paths(artifacts, model, threads, None))} paths with {threads} threads")
-    opened, results = _open_all(bench_paths(artifacts, model, threads, include), log)
+    specs = bench_paths(artifacts, model, threads, streams, include)
+    log(f"opening {len(specs)} paths with {threads} threads ({streams} streams where batched)")
+    opened, results = _open_all(specs, log)
     by_name = {r.name: r for r in results}
     log(f"drift against Paddle eager on {len(real)} real images")
     if "paddle-eager" in opened:
@@ -199,6 +200,7 @@ def run_bench(
         "resolution": model.preset.resolution,
         "weights": str(weights) if weights else "random-init (seed 0)",
         "threads": threads,
+        "streams": streams,
         "batch_sizes": list(batch_sizes),
         "warmup": warmup,
         "repeats": repeats,
@@ -212,23 +214,36 @@ def run_bench(
     }
 
 
-def _ratio(result: dict[str, Any], reference: dict[str, Any] | None, batch: int) -> float | None:
-    if reference is None or batch not in reference["timings"] or batch not in result["timings"]:
+def reference_throughput(paths: list[dict[str, Any]], batch: int) -> tuple[str, float] | None:
+    """The faster Paddle Inference configuration at `batch`: (name, images/s)."""
+    candidates = [
+        (p["name"], p["timings"][batch]["images_per_s"])
+        for p in paths
+        if p["name"] in REFERENCES and not p["skipped"] and batch in p["timings"]
+    ]
+    return max(candidates, key=lambda c: c[1]) if candidates else None
+
+
+def _ratio(result: dict[str, Any], paths: list[dict[str, Any]], batch: int) -> float | None:
+    reference = reference_throughput(paths, batch)
+    if reference is None or batch not in result["timings"]:
         return None
-    return result["timings"][batch]["images_per_s"] / reference["timings"][batch]["images_per_s"]
+    return result["timings"][batch]["images_per_s"] / reference[1]
 
 
 def render_markdown(report: dict[str, Any]) -> str:
     """The side-by-side table, the ratios against Paddle inference, and the arithmetic floor."""
     paths = report["paths"]
-    reference = next((p for p in paths if p["name"] == REFERENCE and not p["skipped"]), None)
     batches = report["batch_sizes"]
     header = ["path", "precision"]
     for b in batches:
-        header += [f"b{b} median ms (IQR)", f"b{b} img/s", f"b{b} x vs {REFERENCE}"]
+        header += [f"b{b} median ms (IQR)", f"b{b} img/s", f"b{b} x Paddle Inference"]
     header += ["max abs vs eager", "top-1 agreement"]
     lines = [
         f"# Benchmark: {report['preset']} at {report['resolution']}px, {report['threads']} threads",
+        "",
+        f"Batched runs use {report['streams']} streams (the batch split into parallel parts) on every runtime; "
+        "ratios are throughput over the faster Paddle Inference configuration (one stream or the streams).",
         "",
         f"CPU: {report['cpu']['model_name']}; weights: {report['weights']}; "
         f"{report['warmup']} warm-up + {report['repeats']} interleaved repeats per path and batch size; "
@@ -241,10 +256,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         if p["skipped"]:
             lines.append(f"| {p['name']} | not run: {p['skipped']} |")
             continue
-        row = [p["name"], p["describe"].get("precision", "fp32") if p["describe"] else "?"]
+        row = [p["name"], p["precision"]]
         for b in batches:
             t = p["timings"].get(b)
-            ratio = _ratio(p, reference, b)
+            ratio = _ratio(p, paths, b)
             row += (
                 [f"{t['median_ms']:.1f} ({t['p25_ms']:.1f}-{t['p75_ms']:.1f})", f"{t['images_per_s']:.2f}"]
                 if t
@@ -254,7 +269,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         d = p["drift"]
         row += [f"{d['max_abs']:.2e}", f"{d['top1_agreement']:.1%}"] if d else ["-", "-"]
         lines.append("| " + " | ".join(row) + " |")
-    fp32 = [p for p in paths if p["fp32"] and not p["skipped"] and 1 in p["timings"]]
+    fp32 = [p for p in paths if p["precision"] == "fp32" and not p["skipped"] and 1 in p["timings"]]
     if fp32:
         best = min(fp32, key=lambda p: p["timings"][1]["median_ms"])
         latency = best["timings"][1]["median_ms"]
@@ -291,6 +306,12 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--batch-sizes", default="1,8,32", help="comma-separated batch sizes (default 1,8,32)")
     parser.add_argument("--threads", type=int, default=None, help="threads for every path (default: all cores)")
+    parser.add_argument(
+        "--streams",
+        type=int,
+        default=None,
+        help="parallel parts a batch is split into, on every runtime (default: the thread count)",
+    )
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs per path and batch size (default 2)")
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per path and batch size (default 7)")
     parser.add_argument(
@@ -316,13 +337,14 @@ def _main(args) -> int:
     import sys
 
     include = set(args.paths.split(",")) if args.paths else None
-    if include and REFERENCE not in include:
-        include.add(REFERENCE)  # ratios need it
+    if include:
+        include.update(REFERENCES)  # ratios need them
     if include and "paddle-eager" not in include:
         include.add("paddle-eager")  # drift needs it
     report = run_bench(
         args.preset, args.weights, args.resolution, args.workdir, args.images,
-        tuple(int(b) for b in args.batch_sizes.split(",")), args.threads, args.warmup, args.repeats, include,
+        tuple(int(b) for b in args.batch_sizes.split(",")), args.threads, args.streams, args.warmup, args.repeats,
+        include,
         log=lambda m: print(m, file=sys.stderr, flush=True),
     )  # fmt: skip
     out = args.output or args.workdir

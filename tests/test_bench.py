@@ -1,0 +1,61 @@
+"""`python -m validation bench` on a tiny model: every path runs, ratios and drift are reported."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from lvvit import get_preset
+from lvvit.macs import count_macs
+from validation.cpu_floor import CpuFloor, detect_cpu, has_native_bf16
+
+from .conftest import ROOT
+
+
+def test_lvvit_s_is_about_6_5_gmac():
+    preset = get_preset("lvvit_s")
+    assert count_macs(preset.arch, 224) / 1e9 == pytest.approx(6.55, abs=0.05)
+
+
+def test_floor_arithmetic_is_shown():
+    cpu = CpuFloor(cores=2, clock_ghz=2.5, fma_units=2, fp32_lanes=16, isa="AVX-512", model_name="x")
+    assert cpu.peak_gfma_per_s == 160
+    assert cpu.floor_ms(6_550_000_000) == pytest.approx(40.9, abs=0.1)
+    assert "= 160 GFMA/s" in cpu.working(6_550_000_000) and "40.9 ms" in cpu.working(6_550_000_000)
+
+
+def test_cpu_detection_reads_cpuinfo(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("model name\t: Intel(R) Xeon(R) CPU @ 3.10GHz\nflags\t\t: fpu avx2 fma avx512f avx512_bf16\n")
+    cpu = detect_cpu(cores=4, cpuinfo=info)
+    assert (cpu.clock_ghz, cpu.fp32_lanes, cpu.isa, cpu.cores) == (3.1, 16, "AVX-512", 4)
+    assert has_native_bf16({"avx512_bf16"}) and not has_native_bf16({"avx2"})
+
+
+@pytest.mark.slow
+def test_bench_cli_on_a_tiny_model(tmp_path):
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    result = subprocess.run(
+        [sys.executable, "-m", "validation", "bench", "--preset", "lvvit_s", "--resolution", "64",
+         "--batch-sizes", "1,4", "--repeats", "2", "--warmup", "1", "--workdir", str(tmp_path),
+         "--paths", "ort-fp32,openvino-f32,ort-int8"],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "bench.json").read_text())
+    names = [p["name"] for p in report["paths"]]
+    assert names == ["paddle-eager", "paddle-inference", "paddle-inference-streams", "ort-fp32", "openvino-f32",
+                     "ort-int8"]  # fmt: skip
+    for path in report["paths"]:
+        assert path["skipped"] is None
+        assert set(path["timings"]) == {"1", "4"}
+        assert path["drift"]["images"] == report["images"]["count"] > 0
+    by_name = {p["name"]: p for p in report["paths"]}
+    assert by_name["ort-fp32"]["drift"]["max_abs"] < 1e-4
+    assert by_name["ort-int8"]["precision"] == "int8"
+    table = (tmp_path / "bench.md").read_text()
+    assert "x Paddle Inference" in table and "Arithmetic floor (fp32, batch 1)" in table
