@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from lvvit.versions import package_version
 from lvvit.weights import sha256_of
 
 
@@ -54,6 +55,8 @@ def prepare_artifacts(
         "weights": sha256_of(weights) if weights else None,
         "images": str(images),
         "calibration_count": calibration_count,
+        "int8": FastPath(quantize="int8", calibration=images).quantizer,
+        "kit": package_version("lvvit-deploy"),
     }
     stamp = workdir / "artifacts.json"
     files = [expected.onnx, expected.fused, expected.int8, expected.paddle]
