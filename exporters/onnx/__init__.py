@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
-from .export import ExportResult, FastPath, export_onnx, export_paddle_inference, resolve_output
+from .export import ExportResult, export_onnx, export_paddle_inference, resolve_output
+from .fast_path import FastPath
 
 __all__ = ["ExportResult", "FastPath", "export_onnx", "export_paddle_inference", "resolve_output"]

@@ -10,15 +10,8 @@ from pathlib import Path
 from lvvit.errors import LvvitError
 from lvvit.presets import get_preset, list_presets
 
-from .export import (
-    DEFAULT_ATOL,
-    DEFAULT_OPSET,
-    INT8_MIN_AGREEMENT,
-    PRECISIONS,
-    FastPath,
-    export_onnx,
-    export_paddle_inference,
-)
+from .export import DEFAULT_ATOL, DEFAULT_OPSET, export_onnx, export_paddle_inference
+from .fast_path import INT8_MIN_AGREEMENT, PRECISIONS, FastPath
 from .quantize import QUANTIZERS
 
 

@@ -17,15 +17,12 @@ from lvvit.presets import Preset
 
 from ..errors import ExportError
 from ..provenance import tool_versions, weights_provenance
-from .quantize import QUANTIZERS
-from .verify import DriftCheck, Tolerance, verify_export
+from .fast_path import FastPath, apply_fast_path, tolerance_for
+from .verify import DriftCheck, verify_export
 
 DEFAULT_OPSET = 17  # the first opset with a native LayerNormalization
 DEFAULT_ATOL = 1e-4
-FP16_ATOL = 5e-2  # half precision carries ~3 significant digits
-INT8_MIN_AGREEMENT = 0.99  # int8 is gated on top-1 agreement with Paddle fp32 on the calibration images
 MIN_OPSET = 13
-PRECISIONS = ("fp32", "fp16")
 
 Log = Callable[[str], None]
 
@@ -95,82 +92,11 @@ def _check_batch_and_opset(batch: int | None, opset: int) -> None:
         raise ExportError(f"--opset {opset} is too old; use {MIN_OPSET} or newer (default {DEFAULT_OPSET})")
 
 
-@dataclass(frozen=True)
-class FastPath:
-    """The export options of the fast paths (all off: the portable fp32 graph)."""
-
-    optimize: bool = False  # ONNX Runtime's fused graph (contrib ops; ONNX Runtime only)
-    precision: str = "fp32"  # or "fp16" (for GPUs; implies the fused graph)
-    quantize: str | None = None  # or "int8": static QDQ, needs `calibration`
-    calibration: Path | None = None  # folder of real images
-    quantizer: str = "nncf"  # or "ort" (see exporters.onnx.quantize)
-    calibration_count: int = 32
-    min_int8_agreement: float = INT8_MIN_AGREEMENT
-
-    def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ExportError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.quantizer not in QUANTIZERS:
-            raise ExportError(f"--quantizer must be one of {', '.join(QUANTIZERS)}, got {self.quantizer!r}")
-        if self.quantize not in (None, "int8"):
-            raise ExportError(f"--quantize supports int8 only, got {self.quantize!r}")
-        if self.quantize and self.calibration is None:
-            raise ExportError("--quantize int8 needs --calibration DIR: a folder of real images to calibrate on")
-        if not 0.0 <= self.min_int8_agreement <= 1.0:
-            raise ExportError(f"--min-int8-agreement must be within [0, 1], got {self.min_int8_agreement}")
-        if self.quantize and (self.optimize or self.precision != "fp32"):
-            raise ExportError("--quantize int8 applies to the portable fp32 graph; drop --optimize / --precision")
-
-    @property
-    def rewrite(self) -> bool:
-        return self.optimize or self.precision != "fp32" or self.quantize is not None
-
-    @property
-    def graph(self) -> str:
-        return "ort-fused" if self.optimize or self.precision == "fp16" else "exported"
-
-    @property
-    def tag(self) -> str:
-        """File-name suffix: '', '_ort', '_fp16', '_int8'."""
-        if self.quantize:
-            return "_int8"
-        return "_fp16" if self.precision == "fp16" else "_ort" if self.optimize else ""
-
-
 def _stamp(proto, metadata: ModelMetadata) -> None:
     proto.doc_string = f"LV-ViT {metadata.preset} at {metadata.resolution}px, exported by the LV-ViT deployment kit"
     del proto.metadata_props[:]
     for key, value in sorted(metadata.to_props().items()):
         proto.metadata_props.add(key=key, value=value)
-
-
-def _apply_fast_path(proto, model, fast: FastPath, log: Log):
-    """Fuse / fp16 / int8 as asked; returns the new proto and the real images used (int8), if any."""
-    from .optimize import convert_to_fp16, fuse_for_onnxruntime
-
-    arch = model.preset.arch
-    images = None
-    if fast.graph == "ort-fused":
-        proto, report = fuse_for_onnxruntime(proto, arch.num_heads, arch.embed_dim, len(model.blocks))
-        log("      " + report.line())
-    if fast.precision == "fp16":
-        proto = convert_to_fp16(proto)
-        log("      converted to fp16 (LayerNorm, Softmax and the token max kept in fp32)")
-    if fast.quantize == "int8":
-        from lvvit.preprocess import preprocess_batch
-
-        from .quantize import find_calibration_images, quantize_int8
-
-        calibration = find_calibration_images(fast.calibration, model.preset.preprocess, fast.calibration_count)
-        for path, why in calibration.skipped:
-            log(f"      skipped calibration file {path}: {why}")
-        log(
-            f"      calibrating int8 ({fast.quantizer}) on {len(calibration.used)} images from {calibration.folder}; "
-            f"the gate also sees {calibration.held_out} held-out images"
-        )
-        proto = quantize_int8(proto, calibration, model.preset.preprocess, fast.quantizer)
-        images = preprocess_batch(calibration.evaluation, model.preset.preprocess)
-    return proto, images
 
 
 def export_onnx(
@@ -220,12 +146,12 @@ def export_onnx(
         from .convert import paddle_to_onnx
 
         proto = paddle_to_onnx(fusable_copy(model) if fast.rewrite else model, metadata)
-        proto, images = _apply_fast_path(proto, model, fast, log)
+        proto, images = apply_fast_path(proto, model, fast, log)
         _stamp(proto, metadata)
         onnx.save(proto, str(tmp))
         checks: list[DriftCheck] = []
         if verify:
-            tolerance = _tolerance(fast, atol)
+            tolerance = tolerance_for(fast, atol)
             batches = [batch] if batch is not None else [1, 3]
             log(f"[3/3] verifying: onnx.checker, then ONNX Runtime vs Paddle ({tolerance.describe()})")
             checks = verify_export(tmp, model, batches, tolerance, seed, images, name=str(target))
@@ -234,14 +160,6 @@ def export_onnx(
         else:
             log("[3/3] verification skipped (--no-verify)")
     return ExportResult(target, metadata, checks, time.perf_counter() - started, [target])
-
-
-def _tolerance(fast: FastPath, atol: float) -> Tolerance:
-    if fast.quantize == "int8":
-        return Tolerance(atol=None, min_top1=fast.min_int8_agreement)
-    if fast.precision == "fp16":
-        return Tolerance(atol=FP16_ATOL)
-    return Tolerance(atol=atol)
 
 
 def export_paddle_inference(

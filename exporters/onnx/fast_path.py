@@ -1,0 +1,97 @@
+"""The fast export paths: ONNX Runtime's fused graph, fp16 for GPUs, static int8; and their gates."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ExportError
+from .quantize import QUANTIZERS
+from .verify import Tolerance
+
+FP16_ATOL = 5e-2  # half precision carries ~3 significant digits
+INT8_MIN_AGREEMENT = 0.99  # int8 is gated on top-1 agreement with Paddle fp32 on real images
+PRECISIONS = ("fp32", "fp16")
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """The export options of the fast paths (all off: the portable fp32 graph)."""
+
+    optimize: bool = False  # ONNX Runtime's fused graph (contrib ops; ONNX Runtime only)
+    precision: str = "fp32"  # or "fp16" (for GPUs; implies the fused graph)
+    quantize: str | None = None  # or "int8": static QDQ, needs `calibration`
+    calibration: Path | None = None  # folder of real images
+    quantizer: str = "nncf"  # or "ort" (see exporters.onnx.quantize)
+    calibration_count: int = 32
+    min_int8_agreement: float = INT8_MIN_AGREEMENT
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ExportError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.quantizer not in QUANTIZERS:
+            raise ExportError(f"--quantizer must be one of {', '.join(QUANTIZERS)}, got {self.quantizer!r}")
+        if self.quantize not in (None, "int8"):
+            raise ExportError(f"--quantize supports int8 only, got {self.quantize!r}")
+        if self.quantize and self.calibration is None:
+            raise ExportError("--quantize int8 needs --calibration DIR: a folder of real images to calibrate on")
+        if not 0.0 <= self.min_int8_agreement <= 1.0:
+            raise ExportError(f"--min-int8-agreement must be within [0, 1], got {self.min_int8_agreement}")
+        if self.quantize and (self.optimize or self.precision != "fp32"):
+            raise ExportError("--quantize int8 applies to the portable fp32 graph; drop --optimize / --precision")
+
+    @property
+    def rewrite(self) -> bool:
+        return self.optimize or self.precision != "fp32" or self.quantize is not None
+
+    @property
+    def graph(self) -> str:
+        return "ort-fused" if self.optimize or self.precision == "fp16" else "exported"
+
+    @property
+    def tag(self) -> str:
+        """File-name suffix: '', '_ort', '_fp16', '_int8'."""
+        if self.quantize:
+            return "_int8"
+        return "_fp16" if self.precision == "fp16" else "_ort" if self.optimize else ""
+
+
+def apply_fast_path(proto, model, fast: FastPath, log: Log):
+    """Fuse / fp16 / int8 as asked; returns the new proto and the real images used (int8), if any."""
+    from .optimize import convert_to_fp16, fuse_for_onnxruntime
+
+    arch = model.preset.arch
+    images = None
+    if fast.graph == "ort-fused":
+        proto, report = fuse_for_onnxruntime(proto, arch.num_heads, arch.embed_dim, len(model.blocks))
+        log("      " + report.line())
+    if fast.precision == "fp16":
+        proto = convert_to_fp16(proto)
+        log("      converted to fp16 (LayerNorm, Softmax and the token max kept in fp32)")
+    if fast.quantize == "int8":
+        from lvvit.preprocess import preprocess_batch
+
+        from .quantize import find_calibration_images, quantize_int8
+
+        calibration = find_calibration_images(fast.calibration, model.preset.preprocess, fast.calibration_count)
+        for path, why in calibration.skipped:
+            log(f"      skipped calibration file {path}: {why}")
+        log(
+            f"      calibrating int8 ({fast.quantizer}) on {len(calibration.used)} images from {calibration.folder}; "
+            f"the gate also sees {calibration.held_out} held-out images"
+        )
+        proto = quantize_int8(proto, calibration, model.preset.preprocess, fast.quantizer)
+        images = preprocess_batch(calibration.evaluation, model.preset.preprocess)
+    return proto, images
+
+
+def tolerance_for(fast: FastPath, atol: float) -> Tolerance:
+    """The verification gate of a fast path: int8 on top-1 agreement only, fp16 looser, fp32 `atol`."""
+    if fast.quantize == "int8":
+        return Tolerance(atol=None, min_top1=fast.min_int8_agreement)
+    if fast.precision == "fp16":
+        return Tolerance(atol=FP16_ATOL)
+    return Tolerance(atol=atol)
