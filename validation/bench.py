@@ -67,9 +67,17 @@ def bench_paths(artifacts, model, threads: int, streams: int, include: set[str] 
         PathSpec(
             "openvino-bf16", "OpenVINO bf16", lambda: OpenVinoPredictor(artifacts.onnx, "bf16", **run), "bf16", no_bf16
         ),
-        PathSpec("ort-int8", "ONNX Runtime, int8 QDQ", lambda: OrtPredictor(artifacts.int8, **run), "int8"),
         PathSpec(
-            "openvino-int8", "OpenVINO, int8 QDQ", lambda: OpenVinoPredictor(artifacts.int8, "f32", **run), "int8"
+            "ort-int8",
+            "ONNX Runtime, int8 QDQ (ort quantizer)",
+            lambda: OrtPredictor(artifacts.int8_ort, **run),
+            "int8",
+        ),
+        PathSpec(
+            "openvino-int8",
+            "OpenVINO, int8 QDQ (nncf)",
+            lambda: OpenVinoPredictor(artifacts.int8, "f32", **run),
+            "int8",
         ),
     ]
     if streams == 1:  # the same as paddle-inference

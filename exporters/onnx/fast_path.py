@@ -53,9 +53,9 @@ class FastPath:
 
     @property
     def tag(self) -> str:
-        """File-name suffix: '', '_ort', '_fp16', '_int8'."""
+        """File-name suffix: '', '_ort' (fused), '_fp16', '_int8' (nncf), '_int8_ortq' (ONNX Runtime's quantizer)."""
         if self.quantize:
-            return "_int8"
+            return "_int8" if self.quantizer == "nncf" else "_int8_ortq"
         return "_fp16" if self.precision == "fp16" else "_ort" if self.optimize else ""
 
 
