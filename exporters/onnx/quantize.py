@@ -157,7 +157,12 @@ def _quantize_ort(proto: onnx.ModelProto, calibration: CalibrationSet, config: P
                     weight_type=QuantType.QInt8,
                     op_types_to_quantize=QUANTIZED_OPS,
                     nodes_to_exclude=excluded,
-                    extra_options={"OpTypesToExcludeOutputQuantization": QUANTIZED_OPS},
+                    extra_options={
+                        "OpTypesToExcludeOutputQuantization": QUANTIZED_OPS,
+                        # fold the ranges every few images: holding every image's activations would
+                        # need tens of GB for lvvit_l at 448px
+                        "CalibMaxIntermediateOutputs": 4,
+                    },
                     calibrate_method=CalibrationMethod.MinMax,
                 )
         except Exception as exc:  # ONNX Runtime's quantizer raises bare exceptions
