@@ -22,6 +22,16 @@ ImageInput = Union[str, Path, Image.Image, np.ndarray]  # noqa: UP007 (a runtime
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
+# File suffixes the kit treats as images when it walks a folder.
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+)
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Every file under `folder` (recursive) with an image suffix, sorted by path."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
 
 def _high_bit_depth_to_l(img: Image.Image) -> Image.Image:
     """16-bit / 32-bit gray -> 8-bit L by scaling, not clipping (PIL's convert would saturate)."""

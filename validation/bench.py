@@ -175,7 +175,7 @@ def run_bench(
     """Export the paths' files (or reuse them), time each path per batch size, measure drift; return a report."""
     from lvvit import create_model
     from lvvit.macs import count_macs
-    from lvvit.preprocess import preprocess_batch
+    from lvvit.preprocess import image_files, preprocess_batch
 
     from .bench_artifacts import prepare_artifacts
     from .cpu_floor import detect_cpu, measured_sgemm_gflops
@@ -185,7 +185,7 @@ def run_bench(
     artifacts = prepare_artifacts(preset, weights, resolution, Path(workdir), images, log)
     model = create_model(preset, weights=weights, resolution=resolution)
     config = model.preset.preprocess
-    paths = sorted(p for p in artifacts.images.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+    paths = image_files(artifacts.images)
     real = preprocess_batch(paths, config)
     specs = bench_paths(artifacts, model, threads, streams, include)
     log(f"opening {len(specs)} paths with {threads} threads ({streams} streams where batched)")

@@ -25,15 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from lvvit.errors import ImageError
-from lvvit.preprocess import preprocess
+from lvvit.preprocess import IMAGE_SUFFIXES, preprocess
 from lvvit.presets import PreprocessConfig
 
 from .errors import DatasetError, LabelFileError
 
 LABEL_FILE = "val_list.txt"
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
-)
 _SHOWN = 20  # bad lines named in an error message
 
 

@@ -21,12 +21,11 @@ import onnx
 
 from lvvit.errors import ImageError
 from lvvit.metadata import INPUT_NAME
-from lvvit.preprocess import preprocess
+from lvvit.preprocess import image_files, preprocess
 from lvvit.presets import PreprocessConfig
 
 from ..errors import ExportError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".gif"}
 # For ONNX Runtime: the linear layers (MatMuls with a weight) are quantized, with float outputs so
 # that each becomes one MatMulIntegerToFloat kernel. The attention products (q @ k^T, attn @ v: both
 # operands activations) and the convolutional stem stay float: quantizing them measured slower on
@@ -65,7 +64,7 @@ def find_calibration_images(folder: str | Path, config: PreprocessConfig, limit:
     folder = Path(folder)
     if not folder.is_dir():
         raise ExportError(f"--calibration {folder}: not a folder of images")
-    candidates = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    candidates = image_files(folder)
     if limit < 1:
         raise ExportError(f"--calibration-count must be at least 1, got {limit}")
     readable: list[Path] = []
