@@ -134,6 +134,15 @@ def _quantize_nncf(proto: onnx.ModelProto, calibration: CalibrationSet, config: 
         raise ExportError(f"int8 quantization (nncf) failed: {type(exc).__name__}: {exc}") from exc
 
 
+def _fold_every(images: int) -> int:
+    """A chunk size for ONNX Runtime's calibrator that leaves a non-empty last chunk.
+
+    Its MinMax calibrator raises "No data is collected" when the image count is a
+    multiple of `CalibMaxIntermediateOutputs` (the last, empty chunk).
+    """
+    return next((k for k in (4, 3, 5, 7) if images % k), images + 1)
+
+
 def _quantize_ort(proto: onnx.ModelProto, calibration: CalibrationSet, config: PreprocessConfig) -> onnx.ModelProto:
     """Per-channel symmetric int8 weights, uint8 activations from min/max calibration."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -160,7 +169,7 @@ def _quantize_ort(proto: onnx.ModelProto, calibration: CalibrationSet, config: P
                         "OpTypesToExcludeOutputQuantization": QUANTIZED_OPS,
                         # fold the ranges every few images: holding every image's activations would
                         # need tens of GB for lvvit_l at 448px
-                        "CalibMaxIntermediateOutputs": 4,
+                        "CalibMaxIntermediateOutputs": _fold_every(len(calibration.used)),
                     },
                     calibrate_method=CalibrationMethod.MinMax,
                 )
