@@ -171,6 +171,7 @@ def run_bench(
     repeats: int = 7,
     include: set[str] | None = None,
     log=print,
+    limit_images: int | None = None,
 ) -> dict[str, Any]:
     """Export the paths' files (or reuse them), time each path per batch size, measure drift; return a report."""
     from lvvit import create_model
@@ -185,7 +186,7 @@ def run_bench(
     artifacts = prepare_artifacts(preset, weights, resolution, Path(workdir), images, log)
     model = create_model(preset, weights=weights, resolution=resolution)
     config = model.preset.preprocess
-    paths = image_files(artifacts.images)
+    paths = image_files(artifacts.images)[:limit_images]
     real = preprocess_batch(paths, config)
     specs = bench_paths(artifacts, model, threads, streams, include)
     log(f"opening {len(specs)} paths with {threads} threads ({streams} streams where batched)")
@@ -329,6 +330,12 @@ def add_parser(subparsers) -> None:
         "openvino-f32, openvino-bf16, ort-int8, openvino-int8 (default: all)",
     )
     parser.add_argument(
+        "--limit-images",
+        type=int,
+        default=None,
+        help="measure drift on the first N images only (the large presets run Paddle eager slowly)",
+    )
+    parser.add_argument(
         "--workdir",
         type=Path,
         default=Path("build/bench"),
@@ -354,6 +361,7 @@ def _main(args) -> int:
         tuple(int(b) for b in args.batch_sizes.split(",")), args.threads, args.streams, args.warmup, args.repeats,
         include,
         log=lambda m: print(m, file=sys.stderr, flush=True),
+        limit_images=args.limit_images,
     )  # fmt: skip
     out = args.output or args.workdir
     out.mkdir(parents=True, exist_ok=True)
