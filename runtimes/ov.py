@@ -11,6 +11,7 @@ caller borrows its own request from a pool. OpenVINO is an optional extra:
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -136,14 +137,19 @@ class OpenVinoPredictor(Predictor):
         self._capabilities = _capabilities(core, device)
         self._compiled = compiled
         self._requests: Pool[Any] | None = Pool(compiled.create_infer_request)
+        self._submit_lock = threading.Lock()
         super().__init__(info, batch_size=batch_size, labels=labels, streams=streams)
 
     def _logits_impl(self, batch: np.ndarray) -> np.ndarray:
         if self._requests is None:
             raise PredictorClosedError("the OpenVINO predictor is closed")
         with self._requests.borrow() as request:
-            result = request.infer({self.info.input_name: batch})  # copies the output out of the request
-            return np.array(result[self._compiled.output(0)])
+            # Submitting (OpenVINO's Python input dispatch) is serialised: two threads in it at once
+            # deadlocked on lvvit_l_448 with 2 streams. The inferences themselves still overlap.
+            with self._submit_lock:
+                request.start_async({self.info.input_name: batch})
+            request.wait()
+            return np.array(request.get_output_tensor(0).data)  # a copy: the request goes back to the pool
 
     def _runtime_details(self) -> dict[str, Any]:
         return {
