@@ -47,8 +47,14 @@ def _chunks(images: Images, size: int) -> Iterator[list[ImageInput]]:
         yield chunk
 
 
-def check_streams(streams: int, threads: int | None) -> int:
-    """Validate `streams` against the thread count; returns the threads each stream gets (0: runtime default)."""
+def check_threads_and_streams(threads: int | None, streams: int, default_threads: int | None = None) -> int:
+    """Validate `threads` (None: `default_threads`, or the runtime's default) and `streams` against it.
+
+    Returns the threads each stream gets (0: the runtime's default).
+    """
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ConfigurationError(f"threads must be a positive integer or None, got {threads!r}")
+    threads = threads or default_threads
     total = threads or 0
     if not isinstance(streams, int) or streams < 1 or (total and streams > total):
         raise ConfigurationError(f"streams must be between 1 and threads ({threads}), got {streams!r}")

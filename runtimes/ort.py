@@ -21,7 +21,7 @@ from lvvit.presets import PreprocessConfig
 from lvvit.versions import package_version
 
 from . import ort_providers as eps
-from .base import DEFAULT_BATCH_SIZE, LabelsArg, Predictor, check_streams
+from .base import DEFAULT_BATCH_SIZE, LabelsArg, Predictor, check_threads_and_streams
 from .errors import BackendNotInstalledError, ConfigurationError, DeviceUnavailableError, ModelFileError
 from .model_info import build_model_info
 from .onnx_file import kit_metadata, read_onnx_file
@@ -79,9 +79,7 @@ class OrtPredictor(Predictor):
     ) -> None:
         if device not in eps.DEVICES:
             raise ConfigurationError(f"unknown device {device!r}; valid: {', '.join(eps.DEVICES)}")
-        if threads is not None and (not isinstance(threads, int) or threads < 1):
-            raise ConfigurationError(f"threads must be a positive integer or None, got {threads!r}")
-        per_stream = check_streams(streams, threads or os.cpu_count())
+        per_stream = check_threads_and_streams(threads, streams, os.cpu_count())
         if streams > 1 and device != "cpu":
             raise ConfigurationError(f"streams apply to device='cpu' only, not {device!r}")
         ort = _import_onnxruntime()

@@ -20,7 +20,7 @@ import numpy as np
 from lvvit.presets import PreprocessConfig
 from lvvit.versions import package_version
 
-from .base import LabelsArg, Predictor, check_streams
+from .base import LabelsArg, Predictor, check_threads_and_streams
 from .errors import (
     BackendNotInstalledError,
     ConfigurationError,
@@ -83,9 +83,7 @@ class OpenVinoPredictor(Predictor):
     ) -> None:
         if precision not in PRECISIONS:
             raise ConfigurationError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
-        if threads is not None and (not isinstance(threads, int) or threads < 1):
-            raise ConfigurationError(f"threads must be a positive integer or None, got {threads!r}")
-        check_streams(streams, threads)
+        check_threads_and_streams(threads, streams)
         ov = _import_openvino()
         path, props = read_onnx_file(model_path)
         metadata = kit_metadata(props, path)

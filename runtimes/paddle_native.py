@@ -24,7 +24,7 @@ from lvvit.metadata import INPUT_NAME, OUTPUT_NAME, MetadataError, ModelMetadata
 from lvvit.presets import PreprocessConfig, Preset
 from lvvit.versions import package_version
 
-from .base import LabelsArg, Predictor, check_streams
+from .base import LabelsArg, Predictor, check_threads_and_streams
 from .errors import (
     BackendNotInstalledError,
     ConfigurationError,
@@ -122,9 +122,7 @@ class PaddlePredictor(Predictor):
     ) -> None:
         if device not in DEVICES:
             raise ConfigurationError(f"unknown device {device!r}; valid: {', '.join(DEVICES)}")
-        if threads is not None and (not isinstance(threads, int) or threads < 1):
-            raise ConfigurationError(f"threads must be a positive integer or None, got {threads!r}")
-        per_stream = check_streams(streams, threads or os.cpu_count())
+        per_stream = check_threads_and_streams(threads, streams, os.cpu_count())
         if streams > 1 and device != "cpu":
             raise ConfigurationError(f"streams apply to device='cpu' only, not {device!r}")
         program, params, sidecar = find_artifact(model_path)
