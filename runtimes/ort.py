@@ -149,12 +149,14 @@ class OrtPredictor(Predictor):
         if cache is not None:
             cache.mkdir(parents=True, exist_ok=True)
         chain = eps.provider_chain(device, self._device_id, self._tf32, self._tensorrt["fp16"], cache, profile)
+        self._disabled_fusions = eps.CPU_DISABLED_FUSIONS if device == "cpu" else ()
         try:
             return ort.InferenceSession(
                 str(path),
                 sess_options=options,
                 providers=[name for name, _ in chain],
                 provider_options=[opts for _, opts in chain],
+                disabled_optimizers=list(self._disabled_fusions),
             )
         except Exception as exc:  # onnxruntime raises its own classes straight from C++
             raise ModelFileError(
@@ -191,6 +193,7 @@ class OrtPredictor(Predictor):
             "threads": self._threads,
             "streams": self.streams,
             "io_binding": self._io_binding,
+            "disabled_fusions": list(self._disabled_fusions),
             "versions": {"onnxruntime": self._ort.__version__, **_ort_distributions()},
         }
         if self._auto_fallback:

@@ -41,7 +41,7 @@ def test_bench_cli_on_a_tiny_model(tmp_path):
     pytest.importorskip("nncf")
     result = subprocess.run(
         [sys.executable, "-m", "validation", "bench", "--preset", "lvvit_s", "--resolution", "64",
-         "--batch-sizes", "1,4", "--repeats", "2", "--warmup", "1", "--workdir", str(tmp_path),
+         "--batch-sizes", "1,4", "--repeats", "2", "--warmup", "1", "--settle-ms", "100", "--workdir", str(tmp_path),
          "--paths", "ort-fp32,openvino-f32,ort-int8"],
         capture_output=True, text=True, cwd=ROOT,
     )  # fmt: skip
@@ -57,5 +57,10 @@ def test_bench_cli_on_a_tiny_model(tmp_path):
     by_name = {p["name"]: p for p in report["paths"]}
     assert by_name["ort-fp32"]["drift"]["max_abs"] < 1e-4
     assert by_name["ort-int8"]["precision"] == "int8"
+    assert report["settle_ms"] == 100
+    low, high = report["measured_sgemm_gfma_per_s_range"]
+    assert 0 < low <= report["measured_sgemm_gfma_per_s"] <= high  # one probe per batch-1 round
+    assert report["measured_floor_ms_batch1"] > 0 and report["floor_ms_batch1"] > 0
     table = (tmp_path / "bench.md").read_text()
     assert "x Paddle Inference" in table and "Arithmetic floor (fp32, batch 1)" in table
+    assert "timed in the same rounds" in table and "100 ms apart" in table

@@ -1,8 +1,12 @@
 """Fast-path graph transforms: ONNX Runtime's transformer fusion and fp16 conversion.
 
-The fused file uses ONNX Runtime contrib ops (Attention, SkipLayerNormalization,
-BiasGelu): it runs on ONNX Runtime only, and starting a session on it does not
-redo the fusion. The exported graph must come from `exporters.fusable`.
+The fused file uses ONNX Runtime contrib ops (Attention, and in the fp16 graph
+SkipLayerNormalization and BiasGelu): it runs on ONNX Runtime only, and starting
+a session on it does not redo the fusion. The exported graph must come from
+`exporters.fusable`. The fp32 graph targets the CPU, where ONNX Runtime's
+SkipLayerNormalization and BiasGelu kernels are slower than the plain ops they
+replace (see `runtimes.ort_providers.CPU_DISABLED_FUSIONS`): it keeps them
+expanded once their fusion has been checked.
 """
 
 from __future__ import annotations
@@ -75,6 +79,57 @@ def fuse_for_onnxruntime(proto: onnx.ModelProto, num_heads: int, hidden_size: in
     if not any(op.domain == "com.microsoft" for op in proto.opset_import):
         proto.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
     return proto, report
+
+
+def expand_slow_cpu_fusions(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """SkipLayerNormalization -> Add (+ bias Add) + LayerNormalization; BiasGelu -> Add + Gelu.
+
+    The same arithmetic as the fused ops (their kernels sum the same terms, in fp32), in the ops
+    ONNX Runtime's CPU provider runs faster. Returns the graph and how many nodes were expanded.
+    """
+    from onnx import helper
+
+    expanded = {"SkipLayerNormalization": 0, "BiasGelu": 0}
+    nodes = []
+    for node in proto.graph.node:
+        if node.op_type == "SkipLayerNormalization" and node.domain == "com.microsoft":
+            nodes.extend(_expand_skip_layer_norm(node, helper))
+        elif node.op_type == "BiasGelu" and node.domain == "com.microsoft":
+            biased = f"{node.name}/biased"
+            nodes.append(helper.make_node("Add", list(node.input[:2]), [biased], name=f"{node.name}/add"))
+            nodes.append(
+                helper.make_node("Gelu", [biased], [node.output[0]], name=f"{node.name}/gelu", domain="com.microsoft")
+            )
+        else:
+            nodes.append(node)
+            continue
+        expanded[node.op_type] += 1
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    return proto, expanded
+
+
+def _expand_skip_layer_norm(node: onnx.NodeProto, helper) -> list[onnx.NodeProto]:
+    inputs = list(node.input) + [""] * (5 - len(node.input))
+    outputs = list(node.output) + [""] * (4 - len(node.output))
+    x, skip, gamma, beta, bias = inputs
+    if outputs[1] or outputs[2]:  # mean / inv_std_var: never produced by the ViT fusion
+        raise ExportError(f"{node.name}: SkipLayerNormalization with statistics outputs cannot be expanded")
+    epsilon = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-12)
+    total = outputs[3] or f"{node.name}/sum"  # the residual stream, when a later block reads it
+    out = []
+    if bias:  # the linear layer's bias first, as the unfused graph adds it
+        biased = f"{node.name}/biased"
+        out.append(helper.make_node("Add", [x, bias], [biased], name=f"{node.name}/bias"))
+        x = biased
+    out.append(helper.make_node("Add", [x, skip], [total], name=f"{node.name}/add"))
+    norm_inputs = [total, gamma] + ([beta] if beta else [])
+    out.append(
+        helper.make_node(
+            "LayerNormalization", norm_inputs, [outputs[0]], name=f"{node.name}/norm", axis=-1, epsilon=epsilon
+        )
+    )
+    return out
 
 
 def convert_to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
