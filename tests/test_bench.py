@@ -35,6 +35,18 @@ def test_cpu_detection_reads_cpuinfo(tmp_path):
     assert has_native_bf16({"avx512_bf16"}) and not has_native_bf16({"avx2"})
 
 
+def test_reused_exports_are_tied_to_the_exporter_sources(tmp_path):
+    from validation.bench_artifacts import source_fingerprint
+
+    package = tmp_path / "exporters"
+    package.mkdir()
+    (package / "fuse.py").write_text("FUSE = True\n")
+    before = source_fingerprint(package)
+    assert source_fingerprint(package) == before
+    (package / "fuse.py").write_text("FUSE = False\n")
+    assert source_fingerprint(package) != before  # the bench re-exports instead of timing stale files
+
+
 @pytest.mark.slow
 def test_bench_cli_on_a_tiny_model(tmp_path):
     pytest.importorskip("openvino")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,24 @@ class Artifacts:
     int8_ort: Path  # static QDQ int8 from ONNX Runtime's quantizer (what ONNX Runtime runs best)
     paddle: Path  # Paddle inference artifact (.pdiparams; .json beside it)
     images: Path  # the real images: calibration and drift
+
+
+def source_fingerprint(*packages: Path) -> str:
+    """SHA-256 over the Python sources of `packages` (folders), names included."""
+    digest = hashlib.sha256()
+    for root in packages:
+        for source in sorted(root.rglob("*.py")):
+            digest.update(str(source.relative_to(root.parent)).encode())
+            digest.update(source.read_bytes())
+    return digest.hexdigest()
+
+
+def exporter_fingerprint() -> str:
+    """The model's and exporters' sources: a changed export rewrite invalidates the reused files."""
+    import exporters
+    import lvvit
+
+    return source_fingerprint(*(Path(p.__file__).parent for p in (lvvit, exporters)))
 
 
 def prepare_artifacts(
@@ -58,6 +77,7 @@ def prepare_artifacts(
         "images": str(images),
         "calibration_count": calibration_count,
         "kit": package_version("lvvit-deploy"),
+        "exporter_sources": exporter_fingerprint(),
     }
     stamp = workdir / "artifacts.json"
     files = [expected.onnx, expected.fused, expected.int8, expected.int8_ort, expected.paddle]
