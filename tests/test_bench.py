@@ -35,6 +35,31 @@ def test_cpu_detection_reads_cpuinfo(tmp_path):
     assert has_native_bf16({"avx512_bf16"}) and not has_native_bf16({"avx2"})
 
 
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--batch-sizes", "1,x", "expected comma-separated positive integers, got '1,x'"),
+        ("--batch-sizes", "8,0", "expected comma-separated positive integers, got '8,0'"),
+        ("--repeats", "0", "expected a positive integer, got 0"),
+        ("--settle-ms", "-5", "expected an integer >= 0, got '-5'"),
+    ],
+)
+def test_bad_bench_options_are_named(capsys, flag, value, message):
+    from validation.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["bench", "--preset", "lvvit_s", flag, value])
+    assert exit_info.value.code == 2
+    assert f"argument {flag}: {message}" in capsys.readouterr().err
+
+
+def test_bench_options_parse():
+    from validation.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "--preset", "lvvit_s", "--batch-sizes", "1,8", "--settle-ms", "0"])
+    assert args.batch_sizes == (1, 8) and args.settle_ms == 0 and args.repeats == 7
+
+
 def test_reused_exports_are_tied_to_the_exporter_sources(tmp_path):
     from validation.bench_artifacts import source_fingerprint
 

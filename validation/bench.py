@@ -329,6 +329,8 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def add_parser(subparsers) -> None:
+    from .options import non_negative, positive, positive_list
+
     parser = subparsers.add_parser(
         "bench",
         help="time every runtime path side by side (same inputs, threads, warm-up) with drift and ratios",
@@ -336,7 +338,7 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--preset", required=True, help="model to benchmark, e.g. lvvit_s")
     parser.add_argument("--weights", type=Path, default=None, help="weights file (default: random init, seed 0)")
-    parser.add_argument("--resolution", type=int, default=None, help="input size (default: the preset's)")
+    parser.add_argument("--resolution", type=positive, default=None, help="input size (default: the preset's)")
     parser.add_argument(
         "--images",
         type=Path,
@@ -344,19 +346,23 @@ def add_parser(subparsers) -> None:
         help="folder of real images for int8 calibration and drift "
         "(default: scikit-image's sample photographs and crops)",
     )
-    parser.add_argument("--batch-sizes", default="1,8,32", help="comma-separated batch sizes (default 1,8,32)")
-    parser.add_argument("--threads", type=int, default=None, help="threads for every path (default: all cores)")
+    parser.add_argument(
+        "--batch-sizes", type=positive_list, default=(1, 8, 32), help="comma-separated batch sizes (default 1,8,32)"
+    )
+    parser.add_argument("--threads", type=positive, default=None, help="threads for every path (default: all cores)")
     parser.add_argument(
         "--streams",
-        type=int,
+        type=positive,
         default=None,
         help="parallel parts a batch is split into, on every runtime (default: the thread count)",
     )
-    parser.add_argument("--warmup", type=int, default=2, help="untimed runs per path and batch size (default 2)")
-    parser.add_argument("--repeats", type=int, default=7, help="timed runs per path and batch size (default 7)")
+    parser.add_argument(
+        "--warmup", type=non_negative, default=2, help="untimed runs per path and batch size (default 2)"
+    )
+    parser.add_argument("--repeats", type=positive, default=7, help="timed runs per path and batch size (default 7)")
     parser.add_argument(
         "--settle-ms",
-        type=int,
+        type=non_negative,
         default=DEFAULT_SETTLE_MS,
         help="pause before each timed run, so that the previous path's spinning threads have stopped "
         f"(default {DEFAULT_SETTLE_MS}; Paddle's OpenMP spins 200 ms)",
@@ -369,7 +375,7 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument(
         "--limit-images",
-        type=int,
+        type=positive,
         default=None,
         help="measure drift on the first N images only (the large presets run Paddle eager slowly)",
     )
@@ -396,7 +402,7 @@ def _main(args) -> int:
         include.add("paddle-eager")  # drift needs it
     report = run_bench(
         args.preset, args.weights, args.resolution, args.workdir, args.images,
-        tuple(int(b) for b in args.batch_sizes.split(",")), args.threads, args.streams, args.warmup, args.repeats,
+        args.batch_sizes, args.threads, args.streams, args.warmup, args.repeats,
         include,
         log=lambda m: print(m, file=sys.stderr, flush=True),
         limit_images=args.limit_images,

@@ -17,13 +17,31 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _positive(value: str) -> int:
+def positive(value: str) -> int:
     try:
         number = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
     if number < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {number}")
+    return number
+
+
+def positive_list(value: str) -> tuple[int, ...]:
+    """'1,8,32' -> (1, 8, 32); every item a positive integer."""
+    try:
+        return tuple(positive(item) for item in value.split(","))
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {value!r} ({exc})") from None
+
+
+def non_negative(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}")
     return number
 
 
@@ -69,10 +87,8 @@ def add_runtime_options(parser: argparse.ArgumentParser, batch_size: int) -> Non
         default=None,
         help="runtime to validate, repeatable (default: ort); " + "; ".join(f"{k}: {v}" for k, v in RUNTIMES.items()),
     )
-    group.add_argument(
-        "--batch-size", type=_positive, default=batch_size, help=f"images per run (default {batch_size})"
-    )
-    group.add_argument("--threads", type=_positive, default=None, help="runtime threads (default: each runtime's own)")
+    group.add_argument("--batch-size", type=positive, default=batch_size, help=f"images per run (default {batch_size})")
+    group.add_argument("--threads", type=positive, default=None, help="runtime threads (default: each runtime's own)")
     group.add_argument(
         "--ort-device", default="cpu", help="ONNX Runtime device: cpu, cuda, tensorrt, auto (default cpu)"
     )
