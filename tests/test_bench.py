@@ -60,6 +60,19 @@ def test_bench_options_parse():
     assert args.batch_sizes == (1, 8) and args.settle_ms == 0 and args.repeats == 7
 
 
+def test_fused_kernels_and_their_plain_expansions_agree(capsys):
+    from validation.ort_fusions import compare_fusions, main
+
+    timings = compare_fusions(batch=2, tokens=5, dim=16, hidden=32, repeats=2)
+    assert [(t.fused, t.plain) for t in timings] == [
+        ("SkipLayerNormalization", "Add+Add+LayerNormalization"),
+        ("BiasGelu", "Add+Gelu"),
+    ]
+    assert all(t.max_abs_diff < 1e-5 and t.fused_ms > 0 and t.plain_ms > 0 for t in timings)
+    assert main(["--batch", "1", "--tokens", "4", "--dim", "8", "--hidden", "16", "--repeats", "1"]) == 0
+    assert "| SkipLayerNormalization [1, 4, 8] |" in capsys.readouterr().out
+
+
 def test_reused_exports_are_tied_to_the_exporter_sources(tmp_path):
     from validation.bench_artifacts import source_fingerprint
 
