@@ -194,7 +194,7 @@ def run_bench(
     from lvvit.preprocess import image_files, preprocess_batch
 
     from .bench_artifacts import prepare_artifacts
-    from .cpu_floor import SgemmProbe, detect_cpu
+    from .cpu_floor import SgemmProbe, detect_cpu, ms_at_rate
 
     threads = threads or len(os.sched_getaffinity(0))
     streams = streams or threads
@@ -227,6 +227,7 @@ def run_bench(
         predictor.close()
     cpu = detect_cpu(threads)
     macs = count_macs(model.preset.arch, model.preset.resolution)
+    sgemm = float(np.median(sgemm_rates))
     return {
         "preset": model.preset.name,
         "resolution": model.preset.resolution,
@@ -243,9 +244,9 @@ def run_bench(
         "floor_ms_batch1": cpu.floor_ms(macs),
         "floor_working": cpu.working(macs),
         # median over the rounds; the floor at that rate is what this machine could do while the bench ran
-        "measured_sgemm_gfma_per_s": float(np.median(sgemm_rates)),
+        "measured_sgemm_gfma_per_s": sgemm,
         "measured_sgemm_gfma_per_s_range": [float(min(sgemm_rates)), float(max(sgemm_rates))],
-        "measured_floor_ms_batch1": macs / (float(np.median(sgemm_rates)) * 1e9) * 1e3,
+        "measured_floor_ms_batch1": ms_at_rate(macs, sgemm),
         "paths": [r.__dict__ for r in results],
     }
 

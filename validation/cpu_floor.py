@@ -16,6 +16,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 
+def ms_at_rate(macs: int, gfma_per_s: float) -> float:
+    """Milliseconds for `macs` multiply-accumulates at `gfma_per_s`."""
+    return macs / (gfma_per_s * 1e9) * 1e3
+
+
 @dataclass(frozen=True)
 class CpuFloor:
     cores: int
@@ -31,7 +36,7 @@ class CpuFloor:
 
     def floor_ms(self, macs: int) -> float:
         """Milliseconds for `macs` multiply-accumulates at peak."""
-        return macs / (self.peak_gfma_per_s * 1e9) * 1e3
+        return ms_at_rate(macs, self.peak_gfma_per_s)
 
     def working(self, macs: int) -> str:
         return (
@@ -113,9 +118,3 @@ class SgemmProbe:
         start = time.perf_counter()
         self._session.run(None, {"a": self._a})
         return self.size**3 / (time.perf_counter() - start) / 1e9
-
-
-def measured_sgemm_gflops(threads: int, size: int = 1536, repeats: int = 5) -> float:
-    """The best GFMA/s of `repeats` large fp32 MatMuls."""
-    probe = SgemmProbe(threads, size)
-    return max(probe.gfma_per_s() for _ in range(repeats))
