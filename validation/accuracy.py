@@ -46,7 +46,9 @@ def run_accuracy(
 
     Check the gate (each runtime against the reference) with `gate.raise_if_failed(report)`.
     """
-    tolerance = dict(gate.DEFAULT_ACCURACY_TOLERANCE if tolerance is None else tolerance)
+    tolerance = gate.check_tolerance(
+        gate.DEFAULT_ACCURACY_TOLERANCE if tolerance is None else tolerance, gate.ACCURACY_LIMITS
+    )
     num_classes = _num_classes(reference)
     everyone = [reference, *runners]
     tallies = {r.name: AccuracyTally(num_classes) for r in everyone}
@@ -145,6 +147,12 @@ def add_parser(subparsers: Any) -> None:
 
 
 def main(args: Any) -> int:
+    from .options import interruptible
+
+    return interruptible(_main, args)
+
+
+def _main(args: Any, written: dict[str, Path]) -> int:
     from .data import labelled_folder
     from .options import log, model_source, print_written, report_stem, runtime_options
     from .report import write_reports
@@ -171,7 +179,7 @@ def main(args: Any) -> int:
     finally:
         for runner in [reference, *runners]:
             runner.close()
-    written = write_reports(report, args.report_dir, report_stem(args, "accuracy", source))
+    written.update(write_reports(report, args.report_dir, report_stem(args, "accuracy", source)))
     ref = report["reference"]
     print(f"{ref['name']} (reference): top-1 {ref['top1']:.2f}%, top-5 {ref['top5']:.2f}% on {ref['images']} images")
     for name, entry in report["runtimes"].items():

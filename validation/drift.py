@@ -88,7 +88,9 @@ def run_drift(
     """
     if not runners:
         raise DatasetError("drift needs at least one runtime besides the native Paddle reference")
-    tolerance = dict(gate.DEFAULT_DRIFT_TOLERANCE if tolerance is None else tolerance)
+    tolerance = gate.check_tolerance(
+        gate.DEFAULT_DRIFT_TOLERANCE if tolerance is None else tolerance, gate.DRIFT_LIMITS
+    )
     config = reference.preprocess_config
     dataset: Dataset | None = None
     if inputs.folder is not None:
@@ -178,6 +180,12 @@ def add_parser(subparsers: Any) -> None:
 
 
 def main(args: Any) -> int:
+    from .options import interruptible
+
+    return interruptible(_main, args)
+
+
+def _main(args: Any, written: dict[str, Path]) -> int:
     from .options import log, model_source, print_written, report_stem, runtime_options
     from .report import write_reports
     from .runners import build_runners
@@ -204,7 +212,7 @@ def main(args: Any) -> int:
     finally:
         for runner in [reference, *runners]:
             runner.close()
-    written = write_reports(report, args.report_dir, report_stem(args, "drift", source))
+    written.update(write_reports(report, args.report_dir, report_stem(args, "drift", source)))
     for name, entry in report["runtimes"].items():
         stats = entry["outputs"][OUTPUT_NAME]
         print(
