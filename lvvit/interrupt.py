@@ -45,7 +45,8 @@ class Interrupted(KeyboardInterrupt):
 def interrupts_raise() -> Iterator[None]:
     """Within the block, SIGINT and SIGTERM raise `Interrupted` in the main thread (once; later ones are ignored).
 
-    Ignoring a second signal lets the clean-up (removing temporary files) finish.
+    Ignoring a second signal lets the clean-up (removing temporary files) finish. Any exception that leaves
+    the block after a signal came is turned into `Interrupted`: the signal is what broke the run.
     """
     import paddle  # noqa: F401  (Paddle installs its aborting SIGTERM handler at import: ours must come after)
 
@@ -62,8 +63,16 @@ def interrupts_raise() -> Iterator[None]:
 
     for sig in HANDLED:
         signal.signal(sig, _raise)
+    caught = len(_received)
     try:
         yield
+    except Interrupted:
+        raise
+    except BaseException as exc:
+        # Raised inside a C++ call, our exception comes back as another (Paddle's SystemError, for one).
+        if len(_received) > caught:
+            raise Interrupted(signal.Signals(_received[-1]).name) from exc
+        raise
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
