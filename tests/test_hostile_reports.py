@@ -76,6 +76,9 @@ def test_a_nan_tolerance_is_refused_before_the_run(digits_dir, runners):  # noqa
         (["--name", "../../x"], "argument --name: expected a file stem without path separators"),
         (["--name", "sub/x"], "argument --name: expected a file stem without path separators"),
         (["--name", ".."], "argument --name: expected a file stem without path separators"),
+        (["--resolution", "100000"], "argument --resolution: expected at most 1024, got 100000"),
+        (["--workers", "0"], "argument --workers: expected a positive integer, got 0"),
+        (["--workers", "100000"], "argument --workers: expected an integer within [1, 64], got 100000"),
     ],
 )
 def test_bad_report_options_are_refused_before_any_work(args, message, tmp_path):

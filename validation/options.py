@@ -46,6 +46,28 @@ def non_negative(value: str) -> int:
     return number
 
 
+def resolution(value: str) -> int:
+    """An input size within the exporter's limit (a multiple of 16 is checked with the preset)."""
+    from exporters.onnx.export import MAX_RESOLUTION
+
+    number = positive(value)
+    if number > MAX_RESOLUTION:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_RESOLUTION}, got {number}")
+    return number
+
+
+def at_most(limit: int) -> Callable[[str], int]:
+    """A positive integer no larger than `limit` (threads, batches read ahead)."""
+
+    def parse(value: str) -> int:
+        number = positive(value)
+        if number > limit:
+            raise argparse.ArgumentTypeError(f"expected an integer within [1, {limit}], got {number}")
+        return number
+
+    return parse
+
+
 def report_name(value: str) -> str:
     """A file stem inside --report-dir: no path separators, not empty, not '.' or '..'."""
     if not value or value in (".", "..") or any(sep in value for sep in ("/", "\\", "\0")):
@@ -58,7 +80,9 @@ def report_name(value: str) -> str:
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model (native Paddle is the reference; the runtimes load its exported files)")
     group.add_argument("--preset", metavar="NAME", help=f"one of {', '.join(list_presets())}")
-    group.add_argument("--resolution", type=int, default=None, help="input size other than the preset's")
+    group.add_argument(
+        "--resolution", type=resolution, default=None, help="input size other than the preset's (at most 1024)"
+    )
     group.add_argument(
         "--arch",
         action="append",
