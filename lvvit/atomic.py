@@ -21,8 +21,9 @@ from pathlib import Path
 
 from .errors import LvvitError
 
-# Errors that concern the output rather than the data being written.
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS, errno.EACCES, errno.EPERM}
+# Errors of a writer that concern the disk rather than the data (an unwritable folder fails earlier, at mkstemp;
+# EACCES or EIO inside the block may come from reading an input and are left as they are).
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
 class OutputPathError(LvvitError, OSError):
@@ -43,7 +44,22 @@ def _refuse_special(target: Path) -> None:
 
 
 def _write_error(target: Path, exc: OSError) -> OutputPathError:
-    return OutputPathError(f"{target}: cannot write ({exc.strerror or exc}); nothing was replaced")
+    elsewhere = exc.filename and not str(exc.filename).startswith(str(target.parent))  # not its own staging file
+    where = f" writing {exc.filename}" if elsewhere else ""
+    return OutputPathError(f"{target}: cannot write ({exc.strerror or exc}{where}); nothing was replaced")
+
+
+@contextlib.contextmanager
+def _write_errors_named(target: Path) -> Iterator[None]:
+    """A disk error of the writer (full, quota, too large) becomes `OutputPathError` naming `target`."""
+    try:
+        yield
+    except OutputPathError:
+        raise
+    except OSError as exc:
+        if exc.errno in _WRITE_ERRNOS:
+            raise _write_error(target, exc) from exc
+        raise
 
 
 def _make_room(folder: Path) -> None:
@@ -73,14 +89,8 @@ def atomic_output(target: str | Path) -> Iterator[Path]:
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; a result file gets the usual permissions
     try:
-        try:
+        with _write_errors_named(target):
             yield tmp
-        except OutputPathError:
-            raise
-        except OSError as exc:
-            if exc.errno in _WRITE_ERRNOS:
-                raise _write_error(target, exc) from exc
-            raise
         if not tmp.exists() or tmp.stat().st_size == 0:
             raise OutputPathError(f"{target}: the writer produced an empty file; nothing was written")
         try:
@@ -147,14 +157,8 @@ def atomic_files(folder: str | Path, stale: Iterable[str] = ()) -> Iterator[Path
     except OSError as exc:
         raise OutputPathError(f"{folder}: cannot write here ({exc.strerror or exc})") from exc
     try:
-        try:
+        with _write_errors_named(folder):
             yield staging
-        except OutputPathError:
-            raise
-        except OSError as exc:
-            if exc.errno in _WRITE_ERRNOS:
-                raise _write_error(folder, exc) from exc
-            raise
         with _signals_deferred():
             _commit(staging, folder, stale)
     finally:

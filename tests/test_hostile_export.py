@@ -103,7 +103,7 @@ def test_nan_logits_fail_verification_and_leave_the_older_file(tmp_path, monkeyp
         (["--batch", "100000"], "--batch must be 'dynamic' or an integer within [1, 64], got 100000"),
         (["--atol", "nan"], "argument --atol: expected a finite number within [0, inf], got 'nan'"),
         (["--atol", "-1"], "argument --atol: expected a finite number within [0, inf], got '-1'"),
-        (["--calibration-count", "0"], "argument --calibration-count: expected a positive integer, got 0"),
+        (["--calibration-count", "0"], "argument --calibration-count: the count must be at least 1, got 0"),
         (["--min-int8-agreement", "nan"], "argument --min-int8-agreement: expected a finite number within [0, 1]"),
     ],
 )

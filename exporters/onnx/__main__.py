@@ -27,18 +27,6 @@ from .fast_path import INT8_MIN_AGREEMENT, PRECISIONS, FastPath
 from .quantize import QUANTIZERS
 
 
-def _batch(value: str) -> int | None:
-    if value == "dynamic":
-        return None
-    try:
-        size = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'dynamic' or a positive integer, got {value!r}") from None
-    if size < 1:
-        raise argparse.ArgumentTypeError(f"batch size must be at least 1, got {size}")
-    return size
-
-
 def _finite_number(value: str, low: float, high: float = math.inf) -> float:
     try:
         number = float(value)
@@ -57,14 +45,18 @@ def _fraction(value: str) -> float:
     return _finite_number(value, 0.0, 1.0)
 
 
-def _count(value: str) -> int:
+def _count(value: str, name: str = "the count") -> int:
     try:
         number = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
     if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {number}")
+        raise argparse.ArgumentTypeError(f"{name} must be at least 1, got {number}")
     return number
+
+
+def _batch(value: str) -> int | None:
+    return None if value == "dynamic" else _count(value, "batch size")
 
 
 def build_parser() -> argparse.ArgumentParser:
