@@ -168,7 +168,11 @@ def test_odd_report_files_are_refused_in_bounded_time(tmp_path):
     partial.write_text(json.dumps({"kind": "accuracy", "inputs": {}}))
     fifo = tmp_path / "fifo.json"
     os.mkfifo(fifo)
+    huge = tmp_path / "huge.json"
+    with huge.open("wb") as file:
+        file.truncate(65 << 20)  # sparse: no disk used
     for path, message in (
+        (huge, "huge.json: larger than 64 MiB; not a report of this kit"),
         (deep, "deep.json: cannot read the JSON report (RecursionError"),
         (partial, "error: the accuracy report lacks or garbles a field the pages need (KeyError"),
         (fifo, "fifo.json: not a regular file"),
@@ -177,7 +181,7 @@ def test_odd_report_files_are_refused_in_bounded_time(tmp_path):
         run = _cli("report", str(path))
         assert run.returncode == 2 and message in run.stderr, run.stderr
         assert "Traceback" not in run.stderr and time.monotonic() - started < 60
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["deep.json", "fifo.json", "partial.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deep.json", "fifo.json", "huge.json", "partial.json"]
 
 
 # -- interrupts ------------------------------------------------------------------------------------------------------

@@ -404,7 +404,7 @@ def write_reports(report: dict[str, Any], out_dir: str | Path, stem: str) -> dic
     return _write_set(out_dir, stem, write)
 
 
-MAX_REPORT_BYTES = 256 << 20  # a report of a million images is ~100 MB (the unreadable lists dominate)
+MAX_REPORT_BYTES = 64 << 20  # reports are kilobytes to a few MB (unreadable files listed); parsed JSON takes ~10x
 
 
 def load_report(path: str | Path) -> dict[str, Any]:
