@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import paddle
 import pytest
@@ -224,6 +225,47 @@ def test_a_file_set_replaces_the_older_set_as_a_unit(tmp_path):
 
 
 # -- interrupts ------------------------------------------------------------------------------------------------------
+
+
+def _converter_of(parent: int) -> int | None:
+    """The pid of `parent`'s paddle2onnx child process, if it runs now (read from /proc)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == parent and b"paddle2onnx" in (stat.parent / "cmdline").read_bytes():
+                return int(stat.parent.name)
+        except (OSError, IndexError, ValueError):
+            continue  # a process that ended meanwhile
+    return None
+
+
+def test_an_export_interrupted_inside_the_converter_stops_it_too(tmp_path):
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    target = tmp_path / "m.onnx"
+    target.write_bytes(b"older")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "exporters.onnx", "--preset", "lvvit_s", "--resolution", "64", "--output", str(target)],
+        cwd=ROOT,
+        env=dict(os.environ, TMPDIR=str(tmpdir)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 180
+    converter = None
+    while converter is None and process.poll() is None and time.monotonic() < deadline:
+        converter = _converter_of(process.pid)
+        time.sleep(0.05)
+    assert converter is not None, "the converter's child process never started"
+    process.send_signal(signal.SIGTERM)
+    stderr = process.communicate(timeout=60)[1]
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert stderr.strip().splitlines()[-1].startswith("interrupted by SIGTERM: stopped; temporary files removed")
+    assert "Traceback" not in stderr and "FatalError" not in stderr
+    assert not Path(f"/proc/{converter}").exists()  # killed and reaped, not orphaned
+    assert _leftovers(tmpdir) == [] and target.read_bytes() == b"older"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "tmp"]
 
 
 @pytest.mark.parametrize(
