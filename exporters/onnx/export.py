@@ -20,7 +20,7 @@ from .verify import DriftCheck, verify_export
 
 DEFAULT_OPSET = 17  # the first opset with a native LayerNormalization
 DEFAULT_ATOL = 1e-4
-MIN_OPSET = 13  # the oldest opset the kit supports (unchanged here)
+MIN_OPSET = 13  # the oldest opset the kit supports
 MAX_OPSET = 21  # paddle2onnx 2.1 converts opsets 7..21 and aborts the process beyond
 MAX_RESOLUTION = 1024  # 4,096 patches: the verification's attention maps alone take gigabytes beyond
 MAX_BATCH = 64  # a fixed batch is verified at its own size: that many images through both runtimes
