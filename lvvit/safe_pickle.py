@@ -105,7 +105,8 @@ def short_repr(value: Any, limit: int = 80) -> str:
         if isinstance(item, (tuple, list, set, frozenset)):
             parts = [walk(v) for v, _ in zip(item, range(4), strict=False)]
             opening, closing = {tuple: "()", list: "[]"}.get(type(item), "{}")
-            return opening + ", ".join(parts) + (", ..." if len(item) > 4 else "") + closing
+            single = "," if len(item) == 1 and isinstance(item, tuple) else ""
+            return opening + ", ".join(parts) + single + (", ..." if len(item) > 4 else "") + closing
         return f"<{type(item).__name__}>"
 
     return clip(walk(value), limit)
@@ -143,12 +144,12 @@ class _DtypeBuilder:
 
 def _plain_dtype(spec: str, byteorder: str) -> np.dtype | str:
     """A numeric numpy dtype, or (for str, datetime, object, void, ...) its name as a string."""
-    if len(spec) > 4 or not spec[:1] or spec[0] not in _NUMBER_KINDS or not spec[1:].isdigit():
-        return spec
     try:
-        dtype = np.dtype(spec)
-    except TypeError:
+        dtype = np.dtype(spec)  # a short string (checked by the caller); only a number dtype is used for data
+    except (TypeError, ValueError, SyntaxError):
         return spec
+    if len(spec) > 4 or spec[0] not in _NUMBER_KINDS or not spec[1:].isdigit():
+        return str(dtype)
     return dtype.newbyteorder(byteorder) if byteorder in "<>" else dtype
 
 
@@ -390,7 +391,7 @@ class _PickleMachine:
 
     def number(self, value: int) -> None:
         if value.bit_length() > MAX_INT_BITS:
-            raise self.error(f"an integer of {value.bit_length()} bits; weights files use at most {MAX_INT_BITS}")
+            raise self.error(f"an integer of {value.bit_length():,} bits; weights files use at most {MAX_INT_BITS}")
         self.push(value)
 
     # torch tensors (used by the zip reader's persistent ids)
@@ -608,6 +609,8 @@ class _TorchZipMachine(_PickleMachine):
                 f"storage {name} declares {info.file_size:,} bytes, but its record says {numel:,} elements "
                 f"x {dtype.itemsize} bytes = {expected:,}"
             )
+        if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
+            raise self.error(f"storage {name} declares {info.file_size:,} bytes but stores {info.compress_size:,}")
         if info.compress_size > self.archive_bytes:
             raise self.error(
                 f"storage {name} declares {info.compress_size:,} stored bytes; the file has {self.archive_bytes:,}"
@@ -691,8 +694,10 @@ def _mapped(path: Path) -> Iterator[mmap.mmap]:
 def _run(machine: _PickleMachine, stream: Any, what: str) -> Any:
     try:
         return machine.run(stream)
-    except WeightsError:
-        raise
+    except WeightsError as exc:
+        if str(exc).startswith(f"{machine.source}: "):
+            raise
+        raise type(exc)(f"{machine.source}: {exc}") from None  # raised by a builder that does not know the file
     except Exception as exc:  # a truncated or foreign file, or memory that ran out: say which file and why
         raise WeightsError(f"{machine.source}: {what} ({type(exc).__name__}: {clip(str(exc), 200)})") from exc
 

@@ -16,10 +16,9 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import paddle
-import paddle.nn as nn
 
 from .atomic import atomic_output
 from .errors import WeightsError, WeightsMismatchError
@@ -45,6 +44,11 @@ MAX_SAFETENSORS_HEADER_BYTES = 16 << 20
 _SAFETENSORS_NUMPY_DTYPES = {"BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64", "F16", "F32", "F64", "C64"}
 
 _log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    import paddle.nn as nn
+# Paddle is imported where a model is touched: reading and checking a file needs only numpy, so the
+# hostile-input tests run the readers in small, memory-capped processes.
 
 
 @dataclass(frozen=True)
@@ -245,6 +249,8 @@ def read_state_dict(path: str | Path, checkpoint_key: str | None = None) -> tupl
 
 def linear_weight_names(model: nn.Layer) -> set[str]:
     """State-dict names of the model's nn.Linear weights (the ones whose layout differs from PyTorch)."""
+    import paddle.nn as nn
+
     return {
         f"{name}.weight" if name else "weight"
         for name, layer in model.named_sublayers()
@@ -275,6 +281,9 @@ def resample_pos_embed(pos_embed: np.ndarray, new_grid: int) -> np.ndarray:
     if old_grid * old_grid != grid_part.shape[1]:
         raise WeightsError(f"pos_embed has {grid_part.shape[1]} grid tokens, not a square grid")
     channels = grid_part.shape[-1]
+    import paddle
+    import paddle.nn as nn
+
     grid = paddle.to_tensor(grid_part.reshape(1, old_grid, old_grid, channels).transpose(0, 3, 1, 2).astype(np.float32))
     grid = nn.functional.interpolate(grid, size=[new_grid, new_grid], mode="bicubic", align_corners=False)
     grid_np = grid.numpy().transpose(0, 2, 3, 1).reshape(1, new_grid * new_grid, channels)
@@ -302,6 +311,8 @@ def check_fit(state: Mapping[str, np.ndarray], expected: Mapping[str, tuple[int,
 
 def load_weights(model: nn.Layer, path: str | Path, checkpoint_key: str | None = None) -> WeightsInfo:
     """Read, convert, resample and check a weights file, then load it into `model`."""
+    import paddle
+
     path = Path(path)
     state, layout, used_key, converted = _read_state_dict(path, checkpoint_key)
     if layout == "torch":
@@ -322,6 +333,8 @@ def load_weights(model: nn.Layer, path: str | Path, checkpoint_key: str | None =
 
 def save_state_dict(model: nn.Layer, target: str | Path) -> Path:
     """Write the model's weights as `.pdparams` or `.safetensors` (Paddle layout), atomically."""
+    import paddle
+
     target = Path(target)
     state = {k: v.numpy() for k, v in model.state_dict().items()}
     if target.name.endswith(".safetensors"):
