@@ -33,6 +33,7 @@ from .errors import UnsafeWeightsError, WeightsError
 # optimizer state is about 4x that, and its pickle runs some 30,000 opcodes.
 MAX_WEIGHTS_FILE_BYTES = 4 << 30  # a weights file, and the arrays read from one
 MAX_TORCH_PICKLE_BYTES = 64 << 20  # the data.pkl of a torch zip (structure only; tensors are separate entries)
+MAX_ZIP_DIRECTORY_BYTES = 16 << 20  # a zip's list of entries (~100 bytes each); zipfile holds ~6x that in memory
 MAX_PICKLE_OPCODES = 1_000_000  # about 1.5 s of decoding; lvvit_s.pdparams runs 5,632
 MAX_CONTAINER_DEPTH = 32  # a state dict nests 2-5 levels
 MAX_INT_BITS = 128  # PyTorch's legacy magic number has 80
@@ -99,6 +100,8 @@ def short_repr(value: Any, limit: int = 80) -> str:
             return repr(item)
         if isinstance(item, np.ndarray):
             return f"<array {item.dtype} {item.shape}>"
+        if isinstance(item, _Global):
+            return f"<{item.name}>"
         if isinstance(item, dict):
             pairs = [f"{walk(k)}: {walk(v)}" for (k, v), _ in zip(item.items(), range(4), strict=False)]
             return "{" + ", ".join(pairs) + (", ..." if len(item) > 4 else "") + "}"
@@ -195,6 +198,8 @@ def _build_array(builder: _ArrayBuilder, state: Any) -> None:
     if not isinstance(state, tuple) or len(state) not in (4, 5):
         raise WeightsError(f"numpy array state {short_repr(state)}: expected (version, shape, dtype, fortran, data)")
     shape, dtype, fortran, raw = state[-4:]
+    if isinstance(raw, str):  # a Python 2 pickle's data, read as latin-1 (what numpy itself does)
+        raw = raw.encode("latin1")
     shape = _ints(shape, "numpy array shape", max_len=32)
     if isinstance(dtype, str) or not isinstance(dtype, np.dtype) or dtype.kind not in _NUMBER_KINDS:
         builder.result = UnsupportedArray(str(dtype), shape)  # refused by name in `weights`, with its key
@@ -514,10 +519,6 @@ def _op_proto(machine: _PickleMachine, version: int) -> None:
         raise machine.error(f"unknown pickle protocol {version}")
 
 
-def _op_text(machine: _PickleMachine, value: Any) -> None:
-    machine.push(value if isinstance(value, str) else bytes(value).decode("ascii"))
-
-
 _M = _PickleMachine
 _HANDLERS: dict[str, Callable[[_PickleMachine, Any], None]] = {
     "PROTO": _op_proto,
@@ -528,7 +529,8 @@ _HANDLERS: dict[str, Callable[[_PickleMachine, Any], None]] = {
     **{name: _M.push for name in ("FLOAT", "BINFLOAT", "BININT", "BININT1", "BININT2")},
     **{name: _M.number for name in ("INT", "LONG", "LONG1", "LONG4")},
     **{name: _M.push for name in ("UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8")},
-    **{name: _op_text for name in ("STRING", "BINSTRING", "SHORT_BINSTRING")},
+    # Python 2's str, which pickletools decodes as latin-1 (numpy arrays pickled by Python 2 hold their data so)
+    **{name: _M.push for name in ("STRING", "BINSTRING", "SHORT_BINSTRING")},
     **{name: _M.push for name in ("BINBYTES", "SHORT_BINBYTES", "BINBYTES8")},
     "BYTEARRAY8": lambda m, a: m.push(bytes(a)),
     "EMPTY_TUPLE": lambda m, a: m.push(m.tuple_of([])),
@@ -702,6 +704,27 @@ def _run(machine: _PickleMachine, stream: Any, what: str) -> Any:
         raise WeightsError(f"{machine.source}: {what} ({type(exc).__name__}: {clip(str(exc), 200)})") from exc
 
 
+def _check_zip_directory(path: Path) -> None:
+    """Refuse a zip whose central directory is too large, before `zipfile` parses all of it into memory."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        handle.seek(max(0, size - (22 + 65535)))  # the end record and its longest comment
+        tail = handle.read()
+        end = tail.rfind(b"PK\x05\x06")
+        if end < 0:
+            return  # not found here: zipfile says what is wrong
+        directory = int.from_bytes(tail[end + 12 : end + 16], "little")
+        locator = tail[end - 20 : end] if end >= 20 else b""
+        if directory == 0xFFFFFFFF and locator[:4] == b"PK\x06\x07":  # zip64: the size is in another record
+            handle.seek(int.from_bytes(locator[8:16], "little"))
+            directory = int.from_bytes(handle.read(56)[40:48], "little")
+    if directory > MAX_ZIP_DIRECTORY_BYTES:
+        raise WeightsError(
+            f"{path}: its zip directory takes {directory:,} bytes; a checkpoint's takes far less than "
+            f"{MAX_ZIP_DIRECTORY_BYTES:,}"
+        )
+
+
 def load_pickle_data(path: Path) -> Any:
     """Unpickle a Paddle `.pdparams` (or any plain pickle of arrays) as data only."""
     path = Path(path)
@@ -722,6 +745,7 @@ def load_torch_checkpoint(path: Path) -> Any:
                 "re-save it with torch>=1.6 or as .safetensors"
             )
         return first
+    _check_zip_directory(path)
     try:
         with zipfile.ZipFile(path) as archive:
             pickles = [info for info in archive.infolist() if info.filename.rpartition("/")[2] == "data.pkl"]

@@ -59,11 +59,22 @@ class Frozen:
         self.items = items
 
 
-class StorageType:
-    """A bare GLOBAL `torch.<name>` (a storage type), not called."""
+class Build:
+    """`target` then BUILD with `state` (how numpy restores an array or a dtype)."""
 
-    def __init__(self, name: str) -> None:
-        self.name = name
+    def __init__(self, target: object, state: object) -> None:
+        self.target, self.state = target, state
+
+
+class Py2Str(bytes):
+    """Python 2's str (BINSTRING), as Python 2 pickled an array's data."""
+
+
+class Global:
+    """A bare GLOBAL `module.name`, not called (a storage type, numpy.ndarray)."""
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name = module, name
 
 
 class Pid:
@@ -97,6 +108,8 @@ def dumps(obj: object) -> bytes:
         elif isinstance(item, str):
             data = item.encode()
             out.extend(b"X" + struct.pack("<I", len(data)) + data)
+        elif isinstance(item, Py2Str):
+            out.extend(b"T" + struct.pack("<I", len(item)) + item)
         elif isinstance(item, bytes):
             out.extend(b"B" + struct.pack("<I", len(item)) + item)
         elif isinstance(item, tuple):
@@ -122,8 +135,12 @@ def dumps(obj: object) -> bytes:
             emit(item.args)
             out.extend(b"R")
             memoize(item)
-        elif isinstance(item, StorageType):
-            out.extend(f"ctorch\n{item.name}\n".encode())
+        elif isinstance(item, Build):
+            emit(item.target)
+            emit(item.state)
+            out.extend(b"b")
+        elif isinstance(item, Global):
+            out.extend(f"c{item.module}\n{item.name}\n".encode())
         elif isinstance(item, Pid):
             emit(item.value)
             out.extend(b"Q")
@@ -144,7 +161,7 @@ def doubling_tuple(levels: int) -> tuple:
 
 def torch_tensor(key: str, numel: int, offset: int, size: tuple, stride: tuple, storage: str = "FloatStorage") -> Call:
     """What torch.save writes for a tensor: `_rebuild_tensor_v2(storage record, offset, size, stride, ...)`."""
-    record = Pid(("storage", StorageType(storage), key, "cpu", numel))
+    record = Pid(("storage", Global("torch", storage), key, "cpu", numel))
     hooks = Call("collections", "OrderedDict")
     return Call("torch._utils", "_rebuild_tensor_v2", record, offset, size, stride, False, hooks)
 
@@ -332,6 +349,15 @@ def test_data_pkl_declaring_a_huge_size_is_refused(tmp_path):
     assert_refused(path, r"its data.pkl declares 3,221,225,472 bytes")
 
 
+def test_zip_directory_declaring_a_huge_size_is_refused_before_parsing(tmp_path):
+    path = write_torch_zip(tmp_path / "directory.pth.tar", dumps({}), {})
+    data = bytearray(path.read_bytes())
+    end = data.rfind(b"PK\x05\x06")
+    data[end + 12 : end + 16] = struct.pack("<I", 1 << 30)
+    path.write_bytes(bytes(data))
+    assert_refused(path, r"its zip directory takes 1,073,741,824 bytes")
+
+
 def test_safetensors_header_length_is_bounded(tmp_path):
     path = tmp_path / "header.safetensors"
     path.write_bytes(struct.pack("<Q", 1 << 40) + b"{}")
@@ -467,6 +493,20 @@ def test_codecs_beyond_latin1_bytes_are_refused(tmp_path, call, pattern):
     path = tmp_path / "codecs.pdparams"
     path.write_bytes(dumps({"head.weight": call}))
     assert_refused(path, pattern, UnsafeWeightsError)
+
+
+def test_python_2_array_data_loads(tmp_path):
+    # Python 2 pickled an array's bytes as its str; numpy reads them back as latin-1, and so does the reader.
+    values = np.array([0.5, -2.0, 3.25], dtype="<f4")
+    dtype = Build(Call("numpy", "dtype", "f4", False, True), (3, "<", None, None, None, -1, -1, 0))
+    array = Build(
+        Call("numpy.core.multiarray", "_reconstruct", Global("numpy", "ndarray"), (0,), Py2Str(b"b")),
+        (1, (3,), dtype, False, Py2Str(values.tobytes())),
+    )
+    path = tmp_path / "py2.pdparams"
+    path.write_bytes(dumps({"head.bias": array}))
+    state, _, _ = read_state_dict(path)
+    np.testing.assert_array_equal(state["head.bias"], values)
 
 
 # --- fuzz: mutated and generated files raise the kit's errors only, and never hang ------------------------
