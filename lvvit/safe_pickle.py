@@ -631,14 +631,21 @@ class _TorchZipMachine(_PickleMachine):
         self.storages[key] = _Storage(name, dtype, bfloat16, numel)
         return self.storages[key]
 
-    def storage_data(self, storage: _Storage) -> np.ndarray:
-        if storage.data is None:
+    def storage_data(self, storage: _Storage, elements: int) -> np.ndarray:
+        """At least the first `elements` of a storage: an entry is read only as far as its tensors reach.
+
+        A later tensor that reaches further re-reads the entry, at least doubling what is held, so that
+        the bytes read stay within twice the storage.
+        """
+        held = 0 if storage.data is None else len(storage.data)
+        if elements > held:
+            count = min(storage.numel, max(elements, 2 * held))
+            wanted = count * storage.dtype.itemsize
             with self.archive.open(storage.name) as handle:
-                raw = handle.read(storage.numel * storage.dtype.itemsize + 1)  # +1 reads to the end, checking the CRC
-            if len(raw) != storage.numel * storage.dtype.itemsize:
-                raise self.error(
-                    f"storage {storage.name} holds {len(raw):,} bytes, not the declared {storage.numel:,} elements"
-                )
+                # reading the whole entry goes one byte past it, to its end, where zipfile checks the CRC
+                raw = handle.read(wanted + 1 if count == storage.numel else wanted)
+            if len(raw) != wanted:
+                raise self.error(f"storage {storage.name} holds {len(raw):,} bytes, not the declared {wanted:,}")
             storage.data = np.frombuffer(raw, dtype=storage.dtype)
         return storage.data
 
@@ -666,7 +673,7 @@ class _TorchZipMachine(_PickleMachine):
             self.tensor_bytes += numel * storage.dtype.itemsize
             if self.tensor_bytes > MAX_WEIGHTS_FILE_BYTES:
                 raise self.error(f"its tensors take more than {MAX_WEIGHTS_FILE_BYTES:,} bytes in all")
-            data = self.storage_data(storage)
+            data = self.storage_data(storage, last + 1)
             itemsize = storage.dtype.itemsize
             view = np.lib.stride_tricks.as_strided(data[offset:], shape=size, strides=[s * itemsize for s in stride])
             array = np.ascontiguousarray(view)

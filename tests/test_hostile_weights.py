@@ -235,17 +235,37 @@ def test_tensor_outside_its_storage_is_refused(tmp_path, numel, offset, size, st
 
 
 def test_tensor_views_inside_their_storage_still_load(tmp_path):
+    storage = np.arange(1000, dtype="<f4")
     structure = dumps(
         {
-            "a": torch_tensor("0", 6, 1, (2, 2), (3, 1)),  # a strided view, last element 5 of 6
-            "b": torch_tensor("0", 6, 2, (3,), (0,)),  # a small stride-0 expansion (torch's expand)
+            "a": torch_tensor("0", 1000, 0, (2,), (1,)),  # the storage is read only this far, first
+            "b": torch_tensor("0", 1000, 1, (2, 2), (997, 1)),  # a strided view reaching the last element
+            "c": torch_tensor("0", 1000, 2, (3,), (0,)),  # a small stride-0 expansion (torch's expand)
         }
     )
-    path = write_torch_zip(tmp_path / "views.pth.tar", structure, {"0": np.arange(6, dtype="<f4").tobytes()})
-    state, layout, _ = read_state_dict(path)
-    np.testing.assert_array_equal(state["a"], [[1, 2], [4, 5]])
-    np.testing.assert_array_equal(state["b"], [2, 2, 2])
-    assert layout == "torch"
+    for compress in (False, True):
+        path = write_torch_zip(tmp_path / f"views{compress}.pth.tar", structure, {"0": storage.tobytes()}, compress)
+        state, layout, _ = read_state_dict(path)
+        np.testing.assert_array_equal(state["a"], [0, 1])
+        np.testing.assert_array_equal(state["b"], [[1, 2], [998, 999]])
+        np.testing.assert_array_equal(state["c"], [2, 2, 2])
+        assert layout == "torch"
+
+
+def test_a_storage_is_read_only_as_far_as_its_tensors_reach(tmp_path):
+    # A 1 GiB storage (as declared: 6 MB of deflated data, within the 200x bound) under a 10-float tensor.
+    # Reading the whole entry would fail (it holds 6 MB); reading the 40 bytes the tensor needs succeeds.
+    numel = 1 << 28
+    data = np.random.default_rng(0).integers(0, 256, 6 << 20, dtype=np.uint8).tobytes()
+    structure = dumps({"head.weight": torch_tensor("0", numel, 0, (10,), (1,))})
+    path = write_torch_zip(tmp_path / "prefix.pth.tar", structure, {"0": data}, compress=True)
+    declare_size(path, "archive/data/0", numel * 4)
+    code = (
+        f"from lvvit.weights import read_state_dict\nprint(read_state_dict({str(path)!r})[0]['head.weight'].tolist())"
+    )
+    result = run_bounded(code, memory_limit=MEMORY_LIMIT, timeout_s=60)
+    assert result.outcome == "returned", result.output[-3000:]
+    assert str(np.frombuffer(data[:40], dtype="<f4").tolist()) in result.output
 
 
 # --- hash bombs, deep nesting and reprs ---------------------------------------------------------------
