@@ -151,14 +151,14 @@ def _plain_dtype(spec: str, byteorder: str) -> np.dtype | str:
         dtype = np.dtype(spec)  # a short string (checked by the caller); only a number dtype is used for data
     except (TypeError, ValueError, SyntaxError):
         return spec
-    if len(spec) > 4 or spec[0] not in _NUMBER_KINDS or not spec[1:].isdigit():
+    if dtype.kind not in _NUMBER_KINDS:  # records and subarrays are kind "V"
         return str(dtype)
     return dtype.newbyteorder(byteorder) if byteorder in "<>" else dtype
 
 
 @dataclass
 class _Storage:
-    """A torch storage named by a persistent id: a zip entry read once, on first use, after its checks."""
+    """A torch storage named by a persistent id: a zip entry, checked when named, read when a tensor uses it."""
 
     name: str
     dtype: np.dtype
@@ -167,8 +167,8 @@ class _Storage:
     data: np.ndarray | None = None
 
 
-def _ints(value: Any, what: str, *, max_len: int | None = None) -> tuple[int, ...]:
-    if not isinstance(value, tuple) or (max_len is not None and len(value) > max_len):
+def _ints(value: Any, what: str, max_len: int = 32) -> tuple[int, ...]:
+    if not isinstance(value, tuple) or len(value) > max_len:
         raise WeightsError(f"{what} is {short_repr(value)}, not a tuple of at most {max_len} integers")
     if not all(type(v) is int and v >= 0 for v in value):
         raise WeightsError(f"{what} {short_repr(value)} holds something other than integers >= 0")
@@ -200,7 +200,7 @@ def _build_array(builder: _ArrayBuilder, state: Any) -> None:
     shape, dtype, fortran, raw = state[-4:]
     if isinstance(raw, str):  # a Python 2 pickle's data, read as latin-1 (what numpy itself does)
         raw = raw.encode("latin1")
-    shape = _ints(shape, "numpy array shape", max_len=32)
+    shape = _ints(shape, "numpy array shape")
     if isinstance(dtype, str) or not isinstance(dtype, np.dtype) or dtype.kind not in _NUMBER_KINDS:
         builder.result = UnsupportedArray(str(dtype), shape)  # refused by name in `weights`, with its key
         return
@@ -587,13 +587,13 @@ class _TorchZipMachine(_PickleMachine):
                 f"{self.source}: unexpected persistent id {short_repr(pid)} in a PyTorch checkpoint"
             )
         storage_type, key, _location, numel = pid[1:]
-        if not (isinstance(storage_type, _Global) and storage_type.name.startswith("torch.")):
+        kind = storage_type.name.removeprefix("torch.") if isinstance(storage_type, _Global) else None
+        if kind not in _TORCH_STORAGE_DTYPES:
             raise self.error(f"unsupported storage type {short_repr(storage_type)}")
         if not isinstance(key, str) or len(key) > 64 or type(numel) is not int or numel < 0:
             raise self.error(f"malformed storage record {short_repr(pid)}")
-        kind = _TORCH_STORAGE_DTYPES[storage_type.name.removeprefix("torch.")]
-        bfloat16 = kind == "bfloat16"
-        dtype = np.dtype("<u2" if bfloat16 else "<" + kind)
+        bfloat16 = _TORCH_STORAGE_DTYPES[kind] == "bfloat16"
+        dtype = np.dtype("<u2" if bfloat16 else "<" + _TORCH_STORAGE_DTYPES[kind])
         if key in self.storages:
             known = self.storages[key]
             if (known.dtype, known.bfloat16, known.numel) != (dtype, bfloat16, numel):
@@ -651,8 +651,8 @@ class _TorchZipMachine(_PickleMachine):
 
     def tensor(self, storage: _Storage, offset: Any, size: Any, stride: Any) -> np.ndarray:
         what = f"tensor over storage {storage.name}"
-        size = _ints(size, f"{what}: size", max_len=32)
-        stride = _ints(stride, f"{what}: stride", max_len=32)
+        size = _ints(size, f"{what}: size")
+        stride = _ints(stride, f"{what}: stride")
         if type(offset) is not int or offset < 0 or len(stride) != len(size):
             raise self.error(f"{what}: offset {short_repr(offset)} and {len(size)} sizes / {len(stride)} strides")
         numel = math.prod(size)

@@ -673,15 +673,26 @@ _SNIPPETS = [
     b"X\x06\x00\x00\x00latin1",
     b"cargparse\nNamespace\n",
     b"cos\nsystem\n",
+    b"ctorch\nFloatStorage\n",
+    b"ctorch._utils\n_rebuild_tensor_v2\n",
+    b"X\x07\x00\x00\x00storage",
+    b"X\x01\x00\x00\x000",
+    b"X\x03\x00\x00\x00cpu",
     b"\x8a\x01\x01",
     b"\x95\x00\x00\x00\x00\x00\x00\x00\x00",
 ]
 
 
 @FUZZ
-@given(program=st.lists(st.sampled_from(_SNIPPETS), max_size=40))
-def test_fuzz_generated_pickles_raise_only_kit_errors(tmp_path, program):
-    _read_only_kit_errors(tmp_path / "gen.pdparams", b"\x80\x04" + b"".join(program) + b".")
+@given(program=st.lists(st.sampled_from(_SNIPPETS), max_size=40), in_zip=st.booleans())
+def test_fuzz_generated_pickles_raise_only_kit_errors(tmp_path, program, in_zip):
+    data = b"\x80\x04" + b"".join(program) + b"."
+    if in_zip:  # as a torch checkpoint's data.pkl, beside a storage "0" of 6 floats
+        buffer = io.BytesIO()
+        write_torch_zip(buffer, data, {"0": np.arange(6, dtype="<f4").tobytes()})
+        _read_only_kit_errors(tmp_path / "gen.pth.tar", buffer.getvalue())
+    else:
+        _read_only_kit_errors(tmp_path / "gen.pdparams", data)
 
 
 def test_fuzz_seeds_are_valid_weights(tmp_path):
