@@ -45,10 +45,10 @@ _SAFETENSORS_NUMPY_DTYPES = {"BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U6
 
 _log = logging.getLogger(__name__)
 
-if TYPE_CHECKING:
-    import paddle.nn as nn
 # Paddle is imported where a model is touched: reading and checking a file needs only numpy, so the
 # hostile-input tests run the readers in small, memory-capped processes.
+if TYPE_CHECKING:
+    import paddle.nn as nn
 
 
 @dataclass(frozen=True)
@@ -123,20 +123,26 @@ def _listed(items: list[str], limit: int = 10) -> str:
     return shown + (f", ... and {len(items) - limit} more" if len(items) > limit else "")
 
 
+def _is_float_weight(value: object) -> bool:
+    if isinstance(value, BFloat16Array):
+        return True
+    return isinstance(value, np.ndarray) and value.dtype.kind == "f" and value.dtype.itemsize in (2, 4, 8)
+
+
+def _is_batch_counter(name: str, value: object) -> bool:
+    """PyTorch BatchNorm's integer `num_batches_tracked`: it passes here, and the conversion to Paddle drops it."""
+    return name.endswith("num_batches_tracked") and isinstance(value, np.ndarray) and value.dtype.kind in "iu"
+
+
 def _as_float32(state: Mapping[str, object], path: Path) -> tuple[StateDict, tuple[tuple[str, int], ...]]:
     """The dtype policy: float32 kept, float16/bfloat16/float64 converted (and logged), anything else refused.
 
-    `num_batches_tracked` (PyTorch BatchNorm's int64 counter) passes: the conversion to Paddle drops it.
     Non-finite values are refused, naming the tensors: a NaN weight makes every output NaN.
     """
     refused = [
         f"{clip(name)} ({value.dtype})"
         for name, value in state.items()
-        if not name.endswith("num_batches_tracked")
-        and (
-            isinstance(value, UnsupportedArray)
-            or not (isinstance(value, BFloat16Array) or (value.dtype.kind == "f" and value.dtype.itemsize in (2, 4, 8)))
-        )
+        if not (_is_float_weight(value) or _is_batch_counter(name, value))
     ]
     if refused:
         raise WeightsError(

@@ -432,6 +432,14 @@ def test_text_date_record_and_object_arrays_are_refused_naming_the_keys(tmp_path
     assert shown in message
 
 
+def test_only_an_integer_batch_counter_passes_the_policy(tmp_path):
+    counter = {"bn.num_batches_tracked": np.array(7, dtype=np.int64), "bn.weight": np.ones(2, dtype=np.float32)}
+    state, _, _ = read_state_dict(_torch(tmp_path / "w.pth.tar", counter))
+    assert state["bn.num_batches_tracked"] == 7
+    text = {"bn.num_batches_tracked": np.array(["x"]), "bn.weight": np.ones(2, dtype=np.float32)}
+    assert_refused(_pdparams(tmp_path / "w.pdparams", text), r"bn\.num_batches_tracked \(<U1\)")
+
+
 def test_non_string_keys_are_refused(tmp_path):
     path = _pdparams(tmp_path / "w.pdparams", {3: np.zeros(2, dtype=np.float32)})
     assert_refused(path, r"a key 3 is a int; weight names are strings")
