@@ -683,7 +683,8 @@ class _TorchZipMachine(_PickleMachine):
 # --- files ----------------------------------------------------------------------------------------
 
 
-def _check_size(path: Path) -> int:
+def check_file_size(path: Path) -> int:
+    """The size of a weights file, refused above `MAX_WEIGHTS_FILE_BYTES` or when empty."""
     size = path.stat().st_size
     if size > MAX_WEIGHTS_FILE_BYTES:
         raise WeightsError(f"{path}: {size:,} bytes, more than the {MAX_WEIGHTS_FILE_BYTES:,} a weights file may have")
@@ -695,7 +696,7 @@ def _check_size(path: Path) -> int:
 @contextmanager
 def _mapped(path: Path) -> Iterator[mmap.mmap]:
     """The file's bytes without copying them all: the machine copies only the strings and arrays it builds."""
-    _check_size(path)
+    check_file_size(path)
     with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
         yield data
 
@@ -742,7 +743,7 @@ def load_pickle_data(path: Path) -> Any:
 def load_torch_checkpoint(path: Path) -> Any:
     """Read a PyTorch `torch.save` zip checkpoint into numpy arrays, without importing torch."""
     path = Path(path)
-    _check_size(path)
+    check_file_size(path)
     if not zipfile.is_zipfile(path):
         with _mapped(path) as data:
             first = _run(_PickleMachine(path, _DATA_GLOBALS), data, "neither a PyTorch zip checkpoint nor a pickle")

@@ -27,6 +27,7 @@ from .safe_pickle import (
     BFloat16Array,
     UnsupportedArray,
     bfloat16_to_float32,
+    check_file_size,
     clip,
     load_pickle_data,
     load_torch_checkpoint,
@@ -181,9 +182,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, object], dict[str, str]]:
     """(name -> array, metadata), with the header's size checked before safetensors parses it."""
     from safetensors import SafetensorError, safe_open
 
-    size = path.stat().st_size
-    if size > MAX_WEIGHTS_FILE_BYTES:
-        raise WeightsError(f"{path}: {size:,} bytes, more than the {MAX_WEIGHTS_FILE_BYTES:,} a weights file may have")
+    size = check_file_size(path)
     with open(path, "rb") as handle:
         head = handle.read(8)
     header_bytes = int.from_bytes(head, "little") if len(head) == 8 else -1
@@ -193,6 +192,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, object], dict[str, str]]:
             f"{min(MAX_SAFETENSORS_HEADER_BYTES, size - 8):,} bytes"
         )
     state: dict[str, object] = {}
+    header: dict | None = None
     try:
         with safe_open(str(path), framework="np") as handle:
             meta = handle.metadata() or {}
@@ -200,7 +200,8 @@ def _read_safetensors(path: Path) -> tuple[dict[str, object], dict[str, str]]:
                 view = handle.get_slice(name)
                 dtype, shape = view.get_dtype(), tuple(view.get_shape())
                 if dtype == "BF16":
-                    state[name] = _read_bfloat16(path, header_bytes, name, shape)
+                    header = header or _read_header(path, header_bytes)
+                    state[name] = _read_bfloat16(path, header_bytes, header[name]["data_offsets"][0], shape)
                 elif dtype in _SAFETENSORS_NUMPY_DTYPES:
                     state[name] = handle.get_tensor(name)
                 else:
@@ -210,11 +211,15 @@ def _read_safetensors(path: Path) -> tuple[dict[str, object], dict[str, str]]:
     return state, meta
 
 
-def _read_bfloat16(path: Path, header_bytes: int, name: str, shape: tuple[int, ...]) -> BFloat16Array:
-    # safetensors' numpy reader has no bfloat16; the header (already validated by safe_open) gives the offsets.
+def _read_header(path: Path, header_bytes: int) -> dict:
+    """A safetensors header, already validated by `safe_open` (offsets inside the file, sizes matching shapes)."""
     with open(path, "rb") as handle:
         handle.seek(8)
-        start, _end = json.loads(handle.read(header_bytes))[name]["data_offsets"]
+        return json.loads(handle.read(header_bytes))
+
+
+def _read_bfloat16(path: Path, header_bytes: int, start: int, shape: tuple[int, ...]) -> BFloat16Array:
+    # safetensors' numpy reader has no bfloat16: read the raw bits where the header puts them.
     bits = np.fromfile(path, dtype="<u2", count=math.prod(shape), offset=8 + header_bytes + start)
     return bits.reshape(shape).view(BFloat16Array)
 
