@@ -119,13 +119,21 @@ def dumps(obj: object) -> bytes:
                 emit(value)
             out.extend(b"t")
             memoize(item)
-        elif isinstance(item, (list, Pairs, dict)):
-            out.extend(b"]" if isinstance(item, list) else b"}")
+        elif isinstance(item, list):
+            out.extend(b"]")
             memoize(item)
             out.extend(b"(")
-            for value in item if isinstance(item, list) else item.pairs if isinstance(item, Pairs) else item.items():
-                emit(value) if isinstance(item, list) else (emit(value[0]), emit(value[1]))
-            out.extend(b"e" if isinstance(item, list) else b"u")
+            for value in item:
+                emit(value)
+            out.extend(b"e")  # APPENDS
+        elif isinstance(item, (Pairs, dict)):
+            out.extend(b"}")
+            memoize(item)
+            out.extend(b"(")
+            for key, value in item.pairs if isinstance(item, Pairs) else item.items():
+                emit(key)
+                emit(value)
+            out.extend(b"u")  # SETITEMS
         elif isinstance(item, Frozen):
             out.extend(b"(")
             for value in item.items:
