@@ -163,6 +163,8 @@ def _parse_label_file(
     except (OSError, UnicodeDecodeError) as exc:
         raise LabelFileError(f"{label_file}: cannot read the label file ({exc})") from None
     lines = text.split("\n")
+    if lines[-1] == "":  # the newline that ends the last line
+        lines.pop()
     samples: list[Sample] = []
     bad: list[BadLine] = []
     seen: dict[str, int] = {}
