@@ -131,16 +131,20 @@ def _walk(folder: Path, seen: set[tuple[int, int]]) -> Iterator[tuple[Path, str 
         seen.add(key)
         try:
             with os.scandir(current) as entries:
-                children = [Path(entry.path) for entry in entries]
+                # DirEntry answers is_dir/is_file from the folder listing itself (no stat) unless it is a link.
+                children = [(Path(e.path), _is(e.is_dir), _is(e.is_file)) for e in entries]
         except OSError as exc:
             yield current, f"cannot list the folder ({exc.strerror or exc})"
             continue
-        for child in children:
-            try:
-                is_dir = child.is_dir()
-            except OSError:
-                is_dir = False
+        for child, is_dir, is_file in children:
             if is_dir:
                 stack.append(child)
             else:
-                yield child, classify(child)
+                yield child, None if is_file else classify(child)
+
+
+def _is(test) -> bool:
+    try:
+        return test()
+    except OSError:
+        return False
