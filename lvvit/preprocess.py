@@ -99,7 +99,7 @@ def load_image(source: ImageInput) -> Image.Image:
 
 
 # What PIL's decoders raise on crafted files besides OSError: a hostile file must be an ImageError, not a crash.
-_DECODER_ERRORS = (ValueError, SyntaxError, EOFError, IndexError, KeyError, TypeError, ZeroDivisionError, struct.error)
+_DECODER_ERRORS = (ValueError, SyntaxError, EOFError, IndexError, KeyError, TypeError, ArithmeticError, struct.error)
 
 
 def _load_file(path: Path) -> Image.Image:

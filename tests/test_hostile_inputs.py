@@ -8,6 +8,7 @@ the ones that could hang or allocate run in a child under a time and an address-
 from __future__ import annotations
 
 import functools
+import io
 import json
 import os
 import struct
@@ -164,6 +165,41 @@ def test_running_out_of_memory_on_one_image_is_a_listed_failure(tmp_path):
     assert result.outcome == "returned", f"{result.error_type}: {result.message}\n{result.output[-2000:]}"
 
 
+_SEEDS = {}
+
+
+def _seed_image(fmt: str) -> bytes:
+    """A small valid image file of `fmt`, the starting point of the byte mutations below."""
+    if fmt not in _SEEDS:
+        rng = np.random.default_rng(3)
+        buffer = io.BytesIO()
+        image = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8))
+        (image.convert("P") if fmt == "GIF" else image).save(buffer, format=fmt)
+        _SEEDS[fmt] = buffer.getvalue()
+    return _SEEDS[fmt]
+
+
+@settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    fmt=st.sampled_from(["PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM"]),
+    edits=st.lists(st.tuples(st.integers(0, 4000), st.integers(0, 255)), min_size=1, max_size=6),
+    cut=st.integers(0, 4000),
+)
+def test_fuzz_corrupted_images_give_only_image_errors(tmp_path, fmt, edits, cut):
+    """Valid small files with bytes overwritten and the tail cut: an image, or an ImageError naming the file."""
+    data = bytearray(_seed_image(fmt))
+    for position, value in edits:
+        data[position % len(data)] = value
+    path = tmp_path / f"fuzz.{fmt.lower()}"
+    path.write_bytes(bytes(data[: max(1, len(data) - cut % len(data))]))
+    try:
+        out = preprocess(path, CONFIG)
+    except ImageError as exc:
+        assert str(exc).startswith(str(path)), exc
+    else:
+        assert out.shape == (3, 32, 32) and np.isfinite(out).all()
+
+
 # -- folders -------------------------------------------------------------------------------------------------------
 
 
@@ -281,6 +317,9 @@ def test_a_label_file_that_is_a_fifo_or_too_big_is_refused(tmp_path):
         timeout_s=TIME_LIMIT_S,
     )
     _assert_clean(result, LabelFileError, "fifo.txt: cannot read the label file", "FIFO")
+    (tmp_path / "val_list.txt").symlink_to(tmp_path / "fifo.txt")
+    with pytest.raises(LabelFileError, match="val_list.txt: cannot read the label file .*FIFO"):
+        labelled_folder(tmp_path)
     sparse = tmp_path / "huge.txt"
     with sparse.open("wb") as f:
         f.truncate(300 << 20)  # 300 MB that take no disk

@@ -237,7 +237,7 @@ def labelled_folder(
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: no such data folder")
-    if label_file is None and (root / LABEL_FILE).is_file():
+    if label_file is None and os.path.lexists(root / LABEL_FILE):  # a FIFO or broken link there is an error, not "none"
         label_file = root / LABEL_FILE
     if label_file is not None:
         label_file = Path(label_file)
