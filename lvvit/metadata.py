@@ -116,7 +116,7 @@ MAX_NAME_CHARS = 256  # preset, labels, graph, precision
 CHANNEL_ORDERS = ("RGB",)
 LAYOUTS = ("NCHW",)
 _PREPROCESS_KEYS = {"input_size", "crop_pct", "interpolation", "mean", "std", "channel_order", "layout", "resize_size"}
-_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
+_STRINGS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')  # JSON strings, unrolled: linear, no backtracking
 
 
 def _shown(value: Any) -> str:
