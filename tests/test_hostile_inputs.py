@@ -462,12 +462,13 @@ def _tiny_onnx_bytes(props: tuple[tuple[str, str], ...], extra: int = 0) -> byte
 def test_every_runtime_checks_the_metadata_when_it_opens_the_model(tmp_path, runtime):
     import runtimes
 
+    predictor = getattr(runtimes, runtime)
+    good = _tiny_onnx(tmp_path / "good.onnx", _good_props())
     try:
-        predictor = getattr(runtimes, runtime)
+        with predictor(good) as opened:
+            assert opened.preprocess_config == CONFIG
     except runtimes.BackendNotInstalledError as exc:
         pytest.skip(str(exc))
-    good = _tiny_onnx(tmp_path / "good.onnx", _good_props())
-    assert predictor(good).preprocess_config == CONFIG
     for case in ("tiny crop_pct", "std zero", "NHWC"):
         props, fragment = HOSTILE_PROPS[case]
         path = _tiny_onnx(tmp_path / "bad.onnx", props)
