@@ -12,7 +12,6 @@ Importing this module imports Paddle; `runtimes` itself does not.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from lvvit.metadata import INPUT_NAME, OUTPUT_NAME, MetadataError, ModelMetadata
+from lvvit.metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata
 from lvvit.presets import PreprocessConfig, Preset
 from lvvit.versions import package_version
 
@@ -77,15 +76,7 @@ def find_artifact(model_path: str | Path) -> tuple[Path, Path, Path]:
 
 
 def _read_sidecar(sidecar: Path) -> ModelMetadata | None:
-    if not sidecar.is_file():
-        return None
-    try:
-        props = json.loads(sidecar.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise MetadataError(f"{sidecar}: unreadable metadata file ({exc})") from exc
-    if not isinstance(props, dict):
-        raise MetadataError(f"{sidecar}: expected a JSON object of metadata props, got {type(props).__name__}")
-    return ModelMetadata.from_props({str(k): str(v) for k, v in props.items()}, str(sidecar))
+    return ModelMetadata.from_json_file(sidecar) if sidecar.exists() else None
 
 
 class PaddlePredictor(Predictor):
