@@ -14,6 +14,8 @@ from validation.cpu_floor import detect_cpu, has_native_bf16
 
 from .conftest import ROOT
 
+pytest_plugins = ["tests.runtime_fixtures"]
+
 
 def test_lvvit_s_is_about_6_5_gmac():
     preset = get_preset("lvvit_s")
@@ -187,3 +189,18 @@ def test_bench_cli_on_a_tiny_model(tmp_path):
     assert "b1 x floor of its precision" in table
     assert by_name["ort-fp32"]["timings"]["1"]["x_floor"] > 0 and by_name["ort-int8"]["timings"]["1"]["x_floor"] > 0
     assert "timed in the same rounds" in table and "100 ms apart" in table
+
+
+def test_stream_latency_compares_each_runtime_with_one_stream(tiny, tmp_path, capsys):
+    pytest.importorskip("openvino")
+    from validation.stream_latency import main
+
+    out = tmp_path / "streams.json"
+    assert main([str(tiny.onnx), "--threads", "2", "--repeats", "2", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    table = capsys.readouterr().out
+    assert list(report["paths"]) == [
+        "onnxruntime streams=1", "onnxruntime streams=2", "openvino streams=1", "openvino streams=2"
+    ]  # fmt: skip
+    assert all(p["batch1"]["median_ms"] > 0 and p["batch8"]["images_per_s"] > 0 for p in report["paths"].values())
+    assert "| onnxruntime streams=2 |" in table and "batch 1 vs streams=1" in table
