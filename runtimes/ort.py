@@ -45,7 +45,9 @@ class OrtPredictor(Predictor):
         device: "cpu", "cuda", "tensorrt", or "auto" (CUDA if it really loads, else CPU).
         threads: intra-op threads in all (None: ONNX Runtime's default, one per physical core).
         streams: CPU only: run a batch as N parts at once, each on threads/N intra-op threads (default 1).
-            Higher throughput for batches; a model with a fixed batch size cannot be split.
+            Higher throughput for batches; a model with a fixed batch size cannot be split. A batch of fewer
+            than N images runs whole on a second session with all the threads (one more copy of the weights
+            in memory), so single images are as fast as with streams=1.
         batch_size: images per run in `predict`/`logits` (default 8, or the model's fixed batch).
         preset, resolution: the preprocessing of a model without kit metadata.
         preprocess: an explicit preprocessing config (overrides the metadata).
@@ -95,6 +97,10 @@ class OrtPredictor(Predictor):
         self._requested = device
         self.device = device  # the device that runs; "auto" is resolved below
         self._session, self.device = self._open_session(path, device, batch_size, metadata)
+        # batches smaller than `streams`: one session with all the threads (see runtimes.base)
+        self._whole_session = (
+            self._create_session(path, "cpu", batch_size, metadata, threads) if streams > 1 else None
+        )
         self.providers: list[str] = list(self._session.get_providers())
         self._provider_options = {k: dict(v) for k, v in self._session.get_provider_options().items()}
         self._io_binding = (device != "cpu") if io_binding is None else bool(io_binding)
@@ -122,7 +128,7 @@ class OrtPredictor(Predictor):
             raise DeviceUnavailableError(f"device={device!r}: {eps.why_not_loaded(ort, eps.PROVIDERS[device])}")
         if device == "auto":
             device = next(d for d in eps.AUTO_ORDER if eps.PROVIDERS[d] in available)
-        session = self._create_session(path, device, batch_size, metadata)
+        session = self._create_session(path, device, batch_size, metadata, self._stream_threads)
         loaded = session.get_providers()
         wanted = eps.PROVIDERS[device]
         if wanted in loaded:
@@ -136,11 +142,18 @@ class OrtPredictor(Predictor):
         self._auto_fallback = why  # auto allows the CPU, which this session already runs on
         return session, "cpu"
 
-    def _create_session(self, path: Path, device: str, batch_size: int | None, metadata: ModelMetadata | None) -> Any:
+    def _create_session(
+        self,
+        path: Path,
+        device: str,
+        batch_size: int | None,
+        metadata: ModelMetadata | None,
+        threads: int | None,
+    ) -> Any:
         ort = self._ort
         options = ort.SessionOptions()
-        if self._stream_threads is not None:
-            options.intra_op_num_threads = self._stream_threads
+        if threads is not None:
+            options.intra_op_num_threads = threads
         profile = None
         if device == "tensorrt" and metadata is not None and metadata.batch is None:
             size, most = metadata.resolution, batch_size or DEFAULT_BATCH_SIZE
@@ -169,7 +182,12 @@ class OrtPredictor(Predictor):
         return eps.precision(self.device, self._tf32, self._tensorrt["fp16"])
 
     def _logits_impl(self, batch: np.ndarray) -> np.ndarray:
-        session = self._session
+        return self._run_session(self._session, batch)
+
+    def _logits_whole(self, batch: np.ndarray) -> np.ndarray:
+        return self._run_session(self._whole_session or self._session, batch)
+
+    def _run_session(self, session: Any, batch: np.ndarray) -> np.ndarray:
         if not self._io_binding:
             return session.run([self.info.output_name], {self.info.input_name: batch})[0]
         ort_device = "cpu" if self.device == "cpu" else "cuda"
@@ -202,6 +220,7 @@ class OrtPredictor(Predictor):
 
     def _release(self) -> None:
         self._session = None
+        self._whole_session = None
 
 
 def _ort_distributions() -> dict[str, str]:

@@ -131,7 +131,9 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("data", type=Path, help="the labelled folder")
     data = parser.add_argument_group("data")
-    data.add_argument("--labels", type=Path, default=None, help="label file (default DATA/val_list.txt when present)")
+    data.add_argument(
+        "--labels", type=Path, default=None, help="label file, paths relative to DATA (default DATA/val_list.txt)"
+    )
     data.add_argument("--limit", type=positive, default=None, help="only the first N images")
     data.add_argument(
         "--skip-bad-lines",

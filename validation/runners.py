@@ -12,7 +12,6 @@ given file must say (in its metadata) it was made from the same weights.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -147,13 +146,7 @@ def read_file_metadata(path: Path) -> ModelMetadata | None:
     from runtimes.paddle_native import find_artifact
 
     _, _, sidecar = find_artifact(path)
-    if not sidecar.is_file():
-        return None
-    try:
-        props = json.loads(sidecar.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelSourceError(f"{sidecar}: unreadable metadata file ({exc})") from exc
-    return ModelMetadata.from_props({str(k): str(v) for k, v in props.items()}, str(sidecar))
+    return ModelMetadata.from_json_file(sidecar) if sidecar.exists() else None
 
 
 def check_same_model(source: ModelSource, path: Path, metadata: ModelMetadata | None) -> None:
