@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .errors import LvvitError
+from .interrupt import temporary
 
 # Errors of a writer that concern the disk rather than the data (an unwritable folder fails earlier, at mkstemp;
 # EACCES or EIO inside the block may come from reading an input and are left as they are).
@@ -84,21 +85,21 @@ def atomic_output(target: str | Path) -> Iterator[Path]:
     except OSError as exc:
         raise OutputPathError(f"{target}: cannot write here ({exc.strerror or exc})") from exc
     os.close(fd)
-    tmp = Path(tmp_name)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; a result file gets the usual permissions
-    try:
-        with _write_errors_named(target):
-            yield tmp
-        if not tmp.exists() or tmp.stat().st_size == 0:
-            raise OutputPathError(f"{target}: the writer produced an empty file; nothing was written")
+    with temporary(tmp_name) as tmp:  # removed by an interrupt too (lvvit.interrupt)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; a result file gets the usual permissions
         try:
-            os.replace(tmp, target)
-        except OSError as exc:
-            raise _write_error(target, exc) from exc
-    finally:
-        tmp.unlink(missing_ok=True)
+            with _write_errors_named(target):
+                yield tmp
+            if not tmp.exists() or tmp.stat().st_size == 0:
+                raise OutputPathError(f"{target}: the writer produced an empty file; nothing was written")
+            try:
+                os.replace(tmp, target)
+            except OSError as exc:
+                raise _write_error(target, exc) from exc
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -156,10 +157,11 @@ def atomic_files(folder: str | Path, stale: Iterable[str] = ()) -> Iterator[Path
         staging = Path(tempfile.mkdtemp(prefix=".lvvit-staging-", suffix=".part", dir=folder))
     except OSError as exc:
         raise OutputPathError(f"{folder}: cannot write here ({exc.strerror or exc})") from exc
-    try:
-        with _write_errors_named(folder):
-            yield staging
-        with _signals_deferred():
-            _commit(staging, folder, stale)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with temporary(staging):  # removed by an interrupt too (lvvit.interrupt)
+        try:
+            with _write_errors_named(folder):
+                yield staging
+            with _signals_deferred():
+                _commit(staging, folder, stale)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)

@@ -1,52 +1,74 @@
-"""SIGINT and SIGTERM as an exception, so that `finally` blocks remove temporary files and runs exit cleanly.
+"""SIGINT and SIGTERM end a run cleanly: temporary files removed, child processes stopped, one line said.
 
-Python turns SIGINT into KeyboardInterrupt but leaves SIGTERM to kill the
-process at once, and Paddle replaces the SIGTERM handler at import with one
-that prints a C++ "FatalError" and aborts: either way temporary folders and
-`.part` files stay behind. `interrupts_raise` installs one handler for both,
-after importing Paddle so that Paddle's does not win.
+Python turns SIGINT into KeyboardInterrupt and leaves SIGTERM to kill the
+process at once; Paddle replaces the SIGTERM handler at import with one that
+prints a C++ "FatalError" and aborts. Either way temporary folders and `.part`
+files stay behind. Raising an exception from the handler is not safe either:
+the signal often lands while Paddle's C++ runs (tracing, an operator), which
+turns the exception into a SystemError or crashes later (SIGSEGV seen here).
+So the handler does the clean-up itself and exits: whoever makes a temporary
+file or a child process registers it for the time it exists (`temporary`,
+`child_process`), and `interrupts_exit` removes, stops and reports.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import signal
+import subprocess
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 HANDLED = (signal.SIGINT, signal.SIGTERM)
 
-
-_received: list[int] = []  # the signals caught, latest last
-
-
-class Interrupted(KeyboardInterrupt):
-    """The run was stopped by a signal; `kept` says what it leaves behind (set by whoever knows).
-
-    The signal is looked up rather than passed: Paddle's dy2static re-creates an exception
-    raised while it traces from its message alone, so the constructor takes any arguments.
-    """
-
-    kept = "nothing new was written"
-
-    @property
-    def signum(self) -> int:
-        return _received[-1] if _received else signal.SIGINT
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum  # the shell's convention for a process ended by a signal
-
-    def line(self) -> str:
-        return f"interrupted by {signal.Signals(self.signum).name}: {self.kept}"
+_temporary: dict[Path, None] = {}  # files and folders to remove on an interrupt (insertion-ordered)
+_children: dict[subprocess.Popen, None] = {}  # child processes to stop on an interrupt
 
 
 @contextlib.contextmanager
-def interrupts_raise() -> Iterator[None]:
-    """Within the block, SIGINT and SIGTERM raise `Interrupted` in the main thread (once; later ones are ignored).
+def temporary(path: str | Path) -> Iterator[Path]:
+    """Within the block, `path` (a temporary file or folder) is removed if the run is interrupted."""
+    path = Path(path)
+    _temporary[path] = None
+    try:
+        yield path
+    finally:
+        _temporary.pop(path, None)
 
-    Ignoring a second signal lets the clean-up (removing temporary files) finish. Any exception that leaves
-    the block after a signal came is turned into `Interrupted`: the signal is what broke the run.
+
+@contextlib.contextmanager
+def child_process(process: subprocess.Popen) -> Iterator[subprocess.Popen]:
+    """Within the block, `process` is killed if the run is interrupted."""
+    _children[process] = None
+    try:
+        yield process
+    finally:
+        _children.pop(process, None)
+
+
+def _clean_up() -> None:
+    for process in list(_children):
+        with contextlib.suppress(OSError):
+            process.kill()
+            process.wait(timeout=10)
+    for path in reversed(list(_temporary)):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+@contextlib.contextmanager
+def interrupts_exit(kept: Callable[[], str]) -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM clean up, print `interrupted by SIG...: <kept()>` and exit 128 + N.
+
+    `kept()` says what the run leaves behind at that moment. Install it in the main thread of a command-line
+    entry point only: the process ends in the handler (`os._exit`, no unwinding through Paddle's C++).
     """
     import paddle  # noqa: F401  (Paddle installs its aborting SIGTERM handler at import: ours must come after)
 
@@ -55,24 +77,26 @@ def interrupts_raise() -> Iterator[None]:
         return
     previous = {sig: signal.getsignal(sig) for sig in HANDLED}
 
-    def _raise(signum: int, frame: object) -> None:
+    def _stop(signum: int, frame: object) -> None:
         for sig in HANDLED:
-            signal.signal(sig, signal.SIG_IGN)
-        _received.append(signum)
-        raise Interrupted(signal.Signals(signum).name)
+            signal.signal(sig, signal.SIG_IGN)  # a second signal must not cut the clean-up short
+        _clean_up()
+        try:
+            message = kept()
+        except Exception as exc:  # the line must come out whatever the callback does
+            message = f"(what was kept is unknown: {exc})"
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            # "\r" ends a progress bar's line on a pipe; on a terminal the bar is erased too.
+            sys.stderr.write("\r\x1b[K" if sys.stderr.isatty() else "\r")
+            sys.stderr.write(f"interrupted by {signal.Signals(signum).name}: {message}\n")
+            sys.stderr.flush()
+        os._exit(128 + signum)  # the shell's convention for a process ended by a signal
 
     for sig in HANDLED:
-        signal.signal(sig, _raise)
-    caught = len(_received)
+        signal.signal(sig, _stop)
     try:
         yield
-    except Interrupted:
-        raise
-    except BaseException as exc:
-        # Raised inside a C++ call, our exception comes back as another (Paddle's SystemError, for one).
-        if len(_received) > caught:
-            raise Interrupted(signal.Signals(_received[-1]).name) from exc
-        raise
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)

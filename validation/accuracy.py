@@ -9,7 +9,6 @@ warm-up batch (first-call setup such as oneDNN kernel creation is excluded).
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -59,24 +58,23 @@ def run_accuracy(
     batches = stream_batches(
         dataset.samples, reference.preprocess_config, batch_size, workers, prefetch, progress, "accuracy"
     )
-    with contextlib.closing(batches):  # on an interrupt, stop the reading threads and clear the progress bar at once
-        for batch in batches:
-            failures.extend(batch.failures)
-            if not len(batch.inputs):
-                continue
-            labels = batch.labels
-            if (labels < 0).any() or (labels >= num_classes).any():
-                bad = [s.name for s in batch.samples if s.label is None or not 0 <= s.label < num_classes]
-                raise DatasetError(
-                    f"labels outside 0..{num_classes - 1} for {bad[:5]} (the model has {num_classes} classes)"
-                )
-            for runner in everyone:
-                if not warmed:
-                    runner.logits(batch.inputs)
-                t0 = time.perf_counter()
-                logits = runner.logits(batch.inputs)
-                tallies[runner.name].add(logits, labels, time.perf_counter() - t0)
-            warmed = True
+    for batch in batches:
+        failures.extend(batch.failures)
+        if not len(batch.inputs):
+            continue
+        labels = batch.labels
+        if (labels < 0).any() or (labels >= num_classes).any():
+            bad = [s.name for s in batch.samples if s.label is None or not 0 <= s.label < num_classes]
+            raise DatasetError(
+                f"labels outside 0..{num_classes - 1} for {bad[:5]} (the model has {num_classes} classes)"
+            )
+        for runner in everyone:
+            if not warmed:
+                runner.logits(batch.inputs)
+            t0 = time.perf_counter()
+            logits = runner.logits(batch.inputs)
+            tallies[runner.name].add(logits, labels, time.perf_counter() - t0)
+        warmed = True
     wall = time.perf_counter() - started
     evaluated = sum(len(t) for t in tallies[reference.name].labels)
     if evaluated == 0:

@@ -14,7 +14,6 @@ import os
 import sys
 
 from lvvit.errors import LvvitError
-from lvvit.interrupt import Interrupted
 
 from .errors import GateFailure
 
@@ -40,9 +39,6 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = ["python", "-m", "validation", *argv]
     try:
         return args.func(args)
-    except Interrupted as exc:  # SIGINT or SIGTERM: one line saying what was kept, no traceback
-        print(exc.line(), file=sys.stderr)
-        return exc.exit_code
     except GateFailure as exc:
         print(f"FAILED: {exc}", file=sys.stderr)
         return 1

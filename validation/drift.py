@@ -8,7 +8,6 @@ runtime (4 MB for 1,000 ImageNet images), so limit large folders with `limit`.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -104,16 +103,15 @@ def run_drift(
     seconds = dict.fromkeys(outputs, 0.0)
     names: list[str] = []
     failures: list[Failure] = []
-    with contextlib.closing(batches):  # on an interrupt, stop the reading threads and clear the progress bar at once
-        for batch in batches:
-            failures.extend(batch.failures)
-            if not len(batch.inputs):
-                continue
-            names.extend(s.name for s in batch.samples)
-            for runner in everyone:
-                started = time.perf_counter()
-                outputs[runner.name].append(runner.logits(batch.inputs))
-                seconds[runner.name] += time.perf_counter() - started
+    for batch in batches:
+        failures.extend(batch.failures)
+        if not len(batch.inputs):
+            continue
+        names.extend(s.name for s in batch.samples)
+        for runner in everyone:
+            started = time.perf_counter()
+            outputs[runner.name].append(runner.logits(batch.inputs))
+            seconds[runner.name] += time.perf_counter() - started
     if not names:
         shown = "; ".join(f"{f.name}: {f.reason}" for f in failures[:5])
         raise DatasetError(f"{inputs.folder}: none of the {len(failures)} images could be read ({shown})")

@@ -235,25 +235,25 @@ def report_stem(args: argparse.Namespace, command: str, source: ModelSource) -> 
 
 
 def interruptible(run: Callable[[argparse.Namespace, dict[str, Path]], int], args: argparse.Namespace) -> int:
-    """`run(args, written)` with SIGINT and SIGTERM raising `Interrupted`, whose `kept` then says what was kept.
+    """`run(args, written)`, ended cleanly by SIGINT or SIGTERM with one line saying what was kept.
 
     `run` fills `written` once the report set is in place (it is written as a unit, so it is all there or not).
     """
-    from lvvit.interrupt import Interrupted, interrupts_raise
+    from lvvit.interrupt import interrupts_exit
 
     written: dict[str, Path] = {}
-    try:
-        with interrupts_raise():
-            return run(args, written)
-    except Interrupted as exc:
+
+    def kept() -> str:
+        if written:
+            return f"the reports were written ({written['json']})"
         work_dir = args.work_dir or args.report_dir / "models"
-        exc.kept = (
-            f"the reports were written ({written['json']})"
-            if written
-            else f"no report written (older reports in {args.report_dir} are untouched); "
+        return (
+            f"no report written (older reports in {args.report_dir} are untouched); "
             f"models exported before the interrupt stay in {work_dir}"
         )
-        raise
+
+    with interrupts_exit(kept):
+        return run(args, written)
 
 
 def print_written(written: dict[str, Path]) -> None:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from lvvit.errors import LvvitError
-from lvvit.interrupt import Interrupted, interrupts_raise
+from lvvit.interrupt import interrupts_exit
 from lvvit.presets import get_preset, list_presets
 
 from .export import (
@@ -168,6 +168,9 @@ def _print_presets() -> None:
         print(f"{name:<13} {p.resolution:>4}px  crop {p.preprocess.crop_pct:<4} {p.params_m:>7.2f}M  top-1 {p.top1}")
 
 
+_KEPT = "stopped; temporary files removed, nothing written, any older file at the target untouched"
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GLOG_minloglevel", "2")  # Paddle's C++ info logs drown the progress lines
     parser = build_parser()
@@ -188,12 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         check_options(args.batch, args.opset, args.resolution)  # before Paddle is imported and the model built
-        with interrupts_raise():
+        with interrupts_exit(lambda: _KEPT):
             result = _export(args, common)
-    except Interrupted as exc:
-        exc.kept = "stopped; temporary files removed, nothing written, any older file at the target untouched"
-        print(exc.line(), file=sys.stderr)
-        return exc.exit_code
     except LvvitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import onnx
 
+from lvvit.interrupt import child_process, temporary
 from lvvit.metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata
 
 from ..errors import ConversionError
@@ -61,13 +62,19 @@ _LOG_SHOWN = 3000  # characters of the converter's output kept in an error messa
 
 def _convert_in_child(program: Path, params: Path, opset: int, output: Path) -> tuple[int, str]:
     """Run paddle2onnx on `program`/`params` into `output`; returns the child's exit status and its output."""
-    run = subprocess.run(
+    process = subprocess.Popen(
         [sys.executable, "-c", _CONVERTER, str(program), str(params), str(opset), str(output)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    return run.returncode, run.stdout.decode("utf-8", "replace")
+    with process, child_process(process):  # killed if the export is interrupted
+        try:
+            out = process.communicate()[0]
+        except BaseException:
+            process.kill()
+            raise
+    return process.returncode, out.decode("utf-8", "replace")
 
 
 def _exit_status(code: int) -> str:
@@ -134,7 +141,7 @@ def _use_state_dict_names(proto: onnx.ModelProto, names: dict[str, str]) -> None
 
 def paddle_to_onnx(model, metadata: ModelMetadata) -> onnx.ModelProto:
     """Export `model` (an `LVViT` from `create_model`) at `metadata`'s batch and opset (metadata not stamped)."""
-    with tempfile.TemporaryDirectory(prefix="lvvit-export-") as workdir:
+    with tempfile.TemporaryDirectory(prefix="lvvit-export-") as workdir, temporary(workdir):
         prefix = Path(workdir) / "model"
         names = save_inference_model(model, prefix, metadata.batch)
         raw = _run_paddle2onnx(model_file(prefix), prefix.with_name("model.pdiparams"), metadata.opset)

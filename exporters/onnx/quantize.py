@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 
 from lvvit.errors import ImageError
+from lvvit.interrupt import temporary
 from lvvit.metadata import INPUT_NAME
 from lvvit.preprocess import image_files, preprocess
 from lvvit.presets import PreprocessConfig
@@ -148,7 +149,7 @@ def _quantize_ort(proto: onnx.ModelProto, calibration: CalibrationSet, config: P
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    with tempfile.TemporaryDirectory(prefix="lvvit-int8-") as work:
+    with tempfile.TemporaryDirectory(prefix="lvvit-int8-") as work, temporary(work):
         source, prepared, target = (Path(work) / name for name in ("fp32.onnx", "pre.onnx", "int8.onnx"))
         onnx.save(proto, str(source))
         try:
