@@ -311,3 +311,29 @@ def test_an_interrupted_export_exits_cleanly_and_leaves_nothing(sig, fmt, marker
     assert "Traceback" not in stderr and "FatalError" not in stderr
     assert _leftovers(tmpdir) == []
     assert target.read_bytes() == b"older" and [p.name for p in out.iterdir()] == [target.name]
+
+
+def test_the_interrupt_handler_removes_what_is_registered_and_stops_children(tmp_path):
+    script = f"""
+import os, signal, subprocess, sys, time
+from pathlib import Path
+from lvvit.interrupt import child_process, interrupts_exit, temporary
+folder = Path({str(tmp_path)!r})
+(folder / "work").mkdir()
+(folder / "work" / "big.part").write_bytes(b"x" * 1000)
+sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+(folder / "sleeper.pid").write_text(str(sleeper.pid))
+with interrupts_exit(lambda: "nothing kept"), temporary(folder / "work"), child_process(sleeper):
+    print("ready", flush=True)
+    time.sleep(300)
+"""
+    process = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert process.stdout.readline() == "ready\n"
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM
+    assert stderr.splitlines()[-1] == "interrupted by SIGTERM: nothing kept" and "Traceback" not in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sleeper.pid"]
+    assert not Path(f"/proc/{(tmp_path / 'sleeper.pid').read_text()}").exists()
