@@ -172,6 +172,12 @@ class OrtPredictor(Predictor):
         return session
 
     @property
+    def session(self) -> Any:
+        """The `onnxruntime.InferenceSession`, for tools that bind buffers already on the device (benchmarks)."""
+        self._check_open()
+        return self._session
+
+    @property
     def precision(self) -> str:
         """The math the session uses: "fp32", "tf32", "fp16" or "int8" (see `ort_providers.precision`)."""
         return eps.precision(self.device, self._tf32, self._tensorrt["fp16"], self._graph_precision)
@@ -223,4 +229,3 @@ class OrtPredictor(Predictor):
 
     def _release(self) -> None:
         self._session = None
-
