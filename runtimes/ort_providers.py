@@ -132,7 +132,11 @@ def why_not_loaded(ort_module: Any, provider: str) -> str:
         return f"{library.name} is missing from {library.parent} (onnxruntime {version} was built without it)"
     error = try_load(library)
     if error is not None:
-        return f"{library.name} cannot load: {error}"
+        return (
+            f"{library.name} cannot load: {error} (CUDA and cuDNN from pip's nvidia-* packages are found only "
+            "after onnxruntime.preload_dlls() or `import torch` in this process, or with their lib folders on "
+            "LD_LIBRARY_PATH)"
+        )
     driver = _DRIVER[1 if sys.platform == "win32" else 0]
     error = try_load(driver)
     if error is not None:

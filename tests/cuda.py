@@ -19,15 +19,17 @@ def _identity_model() -> bytes:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
 
 
-def cuda_usable() -> bool:
-    """True when a session asked for CUDA keeps the CUDA provider (a GPU, its driver and the CUDA libraries)."""
-    if eps.CUDA not in ort.get_available_providers():
-        return False
-    try:
-        session = ort.InferenceSession(_identity_model(), providers=[eps.CUDA, eps.CPU])
-    except Exception:  # onnxruntime raises its own classes straight from C++
-        return False
-    return eps.CUDA in session.get_providers()
+def cuda_unusable_reason() -> str | None:
+    """None when a session asked for CUDA keeps the CUDA provider (a GPU, its driver, the CUDA libraries), else why."""
+    if eps.CUDA in ort.get_available_providers():
+        try:
+            session = ort.InferenceSession(_identity_model(), providers=[eps.CUDA, eps.CPU])
+        except Exception as exc:  # onnxruntime raises its own classes straight from C++
+            return f"{type(exc).__name__}: {exc}"
+        if eps.CUDA in session.get_providers():
+            return None
+    return eps.why_not_loaded(ort, eps.CUDA)
 
 
-CUDA_USABLE = cuda_usable()
+CUDA_UNUSABLE = cuda_unusable_reason()
+CUDA_USABLE = CUDA_UNUSABLE is None

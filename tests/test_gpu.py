@@ -3,7 +3,7 @@
 These run from a staged folder (`gpu/stage.py`, packed by `gpu/prepare.sh`, unpacked by `gpu/run.sh`) with
 nothing but onnxruntime-gpu, numpy and pillow: the GPU machine has no Paddle to export with, so the models
 and the CPU fp32 reference logits come with it. `LVVIT_GPU_STAGE` names the folder (default `.gpu/payload`).
-They skip where CUDA does not load. `LVVIT_GPU_TEST_DEVICE=cpu` runs the numeric ones on the CPU instead: a
+They skip where CUDA does not load, saying why. `LVVIT_GPU_TEST_DEVICE=cpu` runs the numeric ones on the CPU instead: a
 dry run of the staging and of these tests' plumbing for machines without a GPU (the CUDA-only ones skip).
 """
 
@@ -22,7 +22,7 @@ import pytest
 from lvvit.preprocess import preprocess_batch
 from runtimes import DeviceUnavailableError, OrtPredictor
 from runtimes import ort_providers as eps
-from tests.cuda import CUDA_USABLE
+from tests.cuda import CUDA_UNUSABLE, CUDA_USABLE
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGE = Path(os.environ.get("LVVIT_GPU_STAGE", ROOT / ".gpu" / "payload"))
@@ -31,9 +31,14 @@ PRESET = "lvvit_s"
 TINY_ATOL = 1e-4  # fp32 on CUDA with TF32 off against fp32 on the CPU
 MIN_FP16_AGREEMENT = 0.99
 
+# LVVIT_GPU_REQUIRE=1 (gpu/run.sh sets it): on the GPU machine a CUDA that does not load fails every test, naming
+# what is missing, instead of skipping them all
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(DEVICE == "cuda" and not CUDA_USABLE, reason="needs onnxruntime-gpu and a usable CUDA GPU"),
+    pytest.mark.skipif(
+        DEVICE == "cuda" and not CUDA_USABLE and os.environ.get("LVVIT_GPU_REQUIRE") != "1",
+        reason=f"needs onnxruntime-gpu and a usable CUDA GPU: {CUDA_UNUSABLE}",
+    ),
 ]
 cuda_only = pytest.mark.skipif(DEVICE != "cuda", reason="a CUDA-only check (LVVIT_GPU_TEST_DEVICE=cpu dry run)")
 

@@ -91,7 +91,8 @@ def test_the_missing_library_is_named(tiny, gpu_wheel_listing, monkeypatch, tmp_
         pytest.warns(UserWarning),
         pytest.raises(
             DeviceUnavailableError,
-            match=r"libonnxruntime_providers_cuda\.so cannot load: libcublasLt\.so\.12: cannot open",
+            match=r"libonnxruntime_providers_cuda\.so cannot load: libcublasLt\.so\.12: cannot open.* \(CUDA and "
+            r"cuDNN from pip's nvidia-\* packages are found only after onnxruntime\.preload_dlls\(\)",
         ),
     ):
         OrtPredictor(tiny.onnx, device="cuda")
