@@ -230,6 +230,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "device_name": name,
         "model": args.model,
         "preset": meta.preset,
+        "arch": meta.arch,
         "resolution": size,
         "weights": manifest["weights"],
         "flops_per_image": flops_per_image,
@@ -270,7 +271,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [
-        f"{result['preset']} at {result['resolution']} px on {result['device_name']} ({result['device']}), "
+        f"{result['model']} ({result['preset']} layout, embed_dim {result['arch']['embed_dim']}, depth "
+        f"{result['arch']['depth']}) at {result['resolution']} px on {result['device_name']} ({result['device']}), "
         f"{result['weights']}; ms per batch = median of {result['settings']['repeats']} rounds; "
         "ratio = images/s over torch eager AMP at the same batch.",
         "",
