@@ -15,7 +15,7 @@ import onnxruntime as ort
 import pytest
 
 from lvvit.synthetic import synthetic_batch
-from runtimes import BackendNotInstalledError, ConfigurationError, DeviceUnavailableError, OrtPredictor
+from runtimes import ConfigurationError, DeviceUnavailableError, OrtPredictor
 from runtimes import ort_providers as eps
 from tests.cuda import CUDA_USABLE
 
@@ -164,25 +164,6 @@ def test_a_gpu_provider_failing_during_a_run_is_not_retried_on_the_cpu(tiny):
                 r"\(CUDA failure 700: an illegal memory access\); not retried on the CPU",
             ):
                 predictor.logits(x)
-
-
-def test_without_onnxruntime_the_predictor_names_the_two_extras(tiny, monkeypatch):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_onnxruntime(name, *args, **kwargs):
-        if name == "onnxruntime":
-            raise ImportError("No module named 'onnxruntime'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
-    with pytest.raises(
-        BackendNotInstalledError,
-        match=r"no onnxruntime module is installed: pip install 'lvvit-deploy\[cpu\]' \(the onnxruntime wheel\) "
-        r"or 'lvvit-deploy\[gpu\]' \(onnxruntime-gpu\), one of them",
-    ):
-        OrtPredictor(tiny.onnx)
 
 
 def test_both_onnxruntime_wheels_installed_is_named(monkeypatch):
