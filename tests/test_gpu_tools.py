@@ -67,3 +67,23 @@ def test_bench_rejects_bad_batch_sizes(tmp_path):
         [sys.executable, "gpu/bench.py", "--batch-sizes", "0,2"], cwd=ROOT, capture_output=True, text=True
     )
     assert done.returncode == 2 and "--batch-sizes must be positive integers, got '0,2'" in done.stderr
+
+
+def test_the_fp16_peak_is_chosen_by_the_device_name(monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_bench", ROOT / "gpu" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)  # its dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    peaks = {name: bench.fp16_dense_peak(name) for name in (
+        "NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe", "NVIDIA H100 NVL", "NVIDIA H200", "NVIDIA H200 NVL", "NVIDIA A100",
+    )}  # fmt: skip
+    assert peaks == {
+        "NVIDIA H100 80GB HBM3": 989.5,
+        "NVIDIA H100 PCIe": 756.5,
+        "NVIDIA H100 NVL": 835.5,
+        "NVIDIA H200": 989.5,
+        "NVIDIA H200 NVL": 835.5,
+        "NVIDIA A100": None,  # not in the table: the share is not reported rather than guessed
+    }
