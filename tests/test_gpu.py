@@ -133,7 +133,8 @@ def test_four_threads_sharing_one_predictor_give_the_serial_results(manifest):
         with ThreadPoolExecutor(4) as pool:
             threaded = list(pool.map(predictor.logits, batches))
     for i, (a, b) in enumerate(zip(serial, threaded, strict=True)):
-        np.testing.assert_allclose(b, a, rtol=0, atol=1e-6, err_msg=f"run {i} of a batch of {len(batches[i])}")
+        # the same shapes give the same kernels; a race would mix images, far beyond float rounding
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5, err_msg=f"run {i} of a batch of {len(batches[i])}")
 
 
 @cuda_only
