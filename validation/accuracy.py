@@ -9,6 +9,7 @@ warm-up batch (first-call setup such as oneDNN kernel creation is excluded).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,9 @@ def run_accuracy(
 
     Check the gate (each runtime against the reference) with `gate.raise_if_failed(report)`.
     """
-    tolerance = dict(gate.DEFAULT_ACCURACY_TOLERANCE if tolerance is None else tolerance)
+    tolerance = gate.check_tolerance(
+        gate.DEFAULT_ACCURACY_TOLERANCE if tolerance is None else tolerance, gate.ACCURACY_LIMITS
+    )
     num_classes = _num_classes(reference)
     everyone = [reference, *runners]
     tallies = {r.name: AccuracyTally(num_classes) for r in everyone}
@@ -56,23 +59,24 @@ def run_accuracy(
     batches = stream_batches(
         dataset.samples, reference.preprocess_config, batch_size, workers, prefetch, progress, "accuracy"
     )
-    for batch in batches:
-        failures.extend(batch.failures)
-        if not len(batch.inputs):
-            continue
-        labels = batch.labels
-        if (labels < 0).any() or (labels >= num_classes).any():
-            bad = [s.name for s in batch.samples if s.label is None or not 0 <= s.label < num_classes]
-            raise DatasetError(
-                f"labels outside 0..{num_classes - 1} for {bad[:5]} (the model has {num_classes} classes)"
-            )
-        for runner in everyone:
-            if not warmed:
-                runner.logits(batch.inputs)
-            t0 = time.perf_counter()
-            logits = runner.logits(batch.inputs)
-            tallies[runner.name].add(logits, labels, time.perf_counter() - t0)
-        warmed = True
+    with contextlib.closing(batches):  # on an interrupt, stop the reading threads and clear the progress bar at once
+        for batch in batches:
+            failures.extend(batch.failures)
+            if not len(batch.inputs):
+                continue
+            labels = batch.labels
+            if (labels < 0).any() or (labels >= num_classes).any():
+                bad = [s.name for s in batch.samples if s.label is None or not 0 <= s.label < num_classes]
+                raise DatasetError(
+                    f"labels outside 0..{num_classes - 1} for {bad[:5]} (the model has {num_classes} classes)"
+                )
+            for runner in everyone:
+                if not warmed:
+                    runner.logits(batch.inputs)
+                t0 = time.perf_counter()
+                logits = runner.logits(batch.inputs)
+                tallies[runner.name].add(logits, labels, time.perf_counter() - t0)
+            warmed = True
     wall = time.perf_counter() - started
     evaluated = sum(len(t) for t in tallies[reference.name].labels)
     if evaluated == 0:
@@ -116,7 +120,7 @@ def run_accuracy(
 
 
 def add_parser(subparsers: Any) -> None:
-    from .options import add_model_options, add_report_options, add_runtime_options
+    from .options import add_model_options, add_report_options, add_runtime_options, at_most, non_negative, positive
 
     parser = subparsers.add_parser(
         "accuracy",
@@ -130,14 +134,14 @@ def add_parser(subparsers: Any) -> None:
     data.add_argument(
         "--labels", type=Path, default=None, help="label file, paths relative to DATA (default DATA/val_list.txt)"
     )
-    data.add_argument("--limit", type=int, default=None, help="only the first N images")
+    data.add_argument("--limit", type=positive, default=None, help="only the first N images")
     data.add_argument(
         "--skip-bad-lines",
         action="store_true",
         help="evaluate the good lines of a label file with malformed or missing-file lines (listed in the report)",
     )
-    data.add_argument("--workers", type=int, default=4, help="threads reading images ahead (default 4)")
-    data.add_argument("--prefetch", type=int, default=2, help="batches read ahead (default 2)")
+    data.add_argument("--workers", type=at_most(64), default=4, help="threads reading images ahead, 1..64 (default 4)")
+    data.add_argument("--prefetch", type=non_negative, default=2, help="batches read ahead (default 2)")
     add_model_options(parser)
     add_runtime_options(parser, batch_size=32)
     limits = ", ".join(gate.ACCURACY_LIMITS)
@@ -147,6 +151,12 @@ def add_parser(subparsers: Any) -> None:
 
 
 def main(args: Any) -> int:
+    from .options import interruptible
+
+    return interruptible(_main, args)
+
+
+def _main(args: Any, written: dict[str, Path]) -> int:
     from .data import labelled_folder
     from .options import log, model_source, print_written, report_stem, runtime_options
     from .report import write_reports
@@ -173,7 +183,7 @@ def main(args: Any) -> int:
     finally:
         for runner in [reference, *runners]:
             runner.close()
-    written = write_reports(report, args.report_dir, report_stem(args, "accuracy", source))
+    written.update(write_reports(report, args.report_dir, report_stem(args, "accuracy", source)))
     ref = report["reference"]
     print(f"{ref['name']} (reference): top-1 {ref['top1']:.2f}%, top-5 {ref['top5']:.2f}% on {ref['images']} images")
     for name, entry in report["runtimes"].items():

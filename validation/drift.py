@@ -8,6 +8,7 @@ runtime (4 MB for 1,000 ImageNet images), so limit large folders with `limit`.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -88,7 +89,9 @@ def run_drift(
     """
     if not runners:
         raise DatasetError("drift needs at least one runtime besides the native Paddle reference")
-    tolerance = dict(gate.DEFAULT_DRIFT_TOLERANCE if tolerance is None else tolerance)
+    tolerance = gate.check_tolerance(
+        gate.DEFAULT_DRIFT_TOLERANCE if tolerance is None else tolerance, gate.DRIFT_LIMITS
+    )
     config = reference.preprocess_config
     dataset: Dataset | None = None
     if inputs.folder is not None:
@@ -101,15 +104,16 @@ def run_drift(
     seconds = dict.fromkeys(outputs, 0.0)
     names: list[str] = []
     failures: list[Failure] = []
-    for batch in batches:
-        failures.extend(batch.failures)
-        if not len(batch.inputs):
-            continue
-        names.extend(s.name for s in batch.samples)
-        for runner in everyone:
-            started = time.perf_counter()
-            outputs[runner.name].append(runner.logits(batch.inputs))
-            seconds[runner.name] += time.perf_counter() - started
+    with contextlib.closing(batches):  # on an interrupt, stop the reading threads and clear the progress bar at once
+        for batch in batches:
+            failures.extend(batch.failures)
+            if not len(batch.inputs):
+                continue
+            names.extend(s.name for s in batch.samples)
+            for runner in everyone:
+                started = time.perf_counter()
+                outputs[runner.name].append(runner.logits(batch.inputs))
+                seconds[runner.name] += time.perf_counter() - started
     if not names:
         shown = "; ".join(f"{f.name}: {f.reason}" for f in failures[:5])
         raise DatasetError(f"{inputs.folder}: none of the {len(failures)} images could be read ({shown})")
@@ -154,7 +158,7 @@ def _timing(seconds: float, images: int) -> dict[str, float | None]:
 
 
 def add_parser(subparsers: Any) -> None:
-    from .options import add_model_options, add_report_options, add_runtime_options
+    from .options import add_model_options, add_report_options, add_runtime_options, at_most, positive
 
     parser = subparsers.add_parser(
         "drift",
@@ -166,9 +170,9 @@ def add_parser(subparsers: Any) -> None:
     inputs = parser.add_argument_group("inputs (one of)")
     source = inputs.add_mutually_exclusive_group()
     source.add_argument("--images", type=Path, default=None, help="a folder of images (searched recursively)")
-    source.add_argument("--synthetic", type=int, default=None, metavar="N", help="N synthetic images (default 16)")
-    inputs.add_argument("--limit", type=int, default=None, help="only the first N images of --images")
-    inputs.add_argument("--workers", type=int, default=4, help="threads reading images (default 4)")
+    source.add_argument("--synthetic", type=positive, default=None, metavar="N", help="N synthetic images (default 16)")
+    inputs.add_argument("--limit", type=positive, default=None, help="only the first N images of --images")
+    inputs.add_argument("--workers", type=at_most(64), default=4, help="threads reading images, 1..64 (default 4)")
     add_model_options(parser)
     add_runtime_options(parser, batch_size=16)
     limits = ", ".join(gate.DRIFT_LIMITS)
@@ -178,6 +182,12 @@ def add_parser(subparsers: Any) -> None:
 
 
 def main(args: Any) -> int:
+    from .options import interruptible
+
+    return interruptible(_main, args)
+
+
+def _main(args: Any, written: dict[str, Path]) -> int:
     from .options import log, model_source, print_written, report_stem, runtime_options
     from .report import write_reports
     from .runners import build_runners
@@ -204,7 +214,7 @@ def main(args: Any) -> int:
     finally:
         for runner in [reference, *runners]:
             runner.close()
-    written = write_reports(report, args.report_dir, report_stem(args, "drift", source))
+    written.update(write_reports(report, args.report_dir, report_stem(args, "drift", source)))
     for name, entry in report["runtimes"].items():
         stats = entry["outputs"][OUTPUT_NAME]
         print(

@@ -7,6 +7,7 @@ replaces one default; `NAME=none` switches it off.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -63,6 +64,16 @@ ACCURACY_LIMITS: dict[str, Limit] = {
 DEFAULT_ACCURACY_TOLERANCE: dict[str, float] = {"top1_diff": 0.2, "agreement": 99.5}
 
 
+def check_tolerance(tolerance: Mapping[str, float], limits: Mapping[str, Limit]) -> dict[str, float]:
+    """The limits in force, each a known name with a finite value >= 0 (a NaN limit would switch its gate off)."""
+    for name, value in tolerance.items():
+        if name not in limits:
+            raise ToleranceError(f"unknown tolerance {name!r}; valid: {', '.join(limits)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0.0 <= value < math.inf):
+            raise ToleranceError(f"tolerance {name}: {value!r} is not a finite number >= 0 (or 'none')")
+    return {name: float(value) for name, value in tolerance.items()}
+
+
 def parse_tolerance(
     items: Iterable[str], limits: Mapping[str, Limit], defaults: Mapping[str, float]
 ) -> dict[str, float]:
@@ -82,25 +93,31 @@ def parse_tolerance(
             tolerance[name] = float(value)
         except ValueError:
             raise ToleranceError(f"tolerance {name}: {value!r} is not a number (or 'none')") from None
-    return tolerance
+    return check_tolerance(tolerance, limits)
 
 
 def check(
     limits: Mapping[str, Limit], tolerance: Mapping[str, float], stats: Mapping[str, Any]
 ) -> list[dict[str, Any]]:
-    """One entry per limit in force: name, kind, limit, value, passed."""
+    """One entry per limit in force: name, kind, limit, value, passed (never for a NaN or an infinite value)."""
     checks = []
-    for name, bound in tolerance.items():
+    for name, bound in check_tolerance(tolerance, limits).items():
         limit = limits[name]
         value = limit.value_of(stats)
-        passed = value <= bound if limit.kind == "max" else value >= bound
+        within = value <= bound if limit.kind == "max" else value >= bound
+        passed = math.isfinite(value) and within
         checks.append({"name": name, "kind": limit.kind, "limit": bound, "value": value, "passed": bool(passed)})
     return checks
 
 
+def _shown(value: Any, spec: str) -> str:
+    """A number as `spec`; the JSON report stores NaN and infinities as null."""
+    return format(value, spec) if isinstance(value, (int, float)) else "not a number"
+
+
 def describe_check(entry: Mapping[str, Any]) -> str:
     sign = "<=" if entry["kind"] == "max" else ">="
-    return f"{entry['name']} = {entry['value']:.6g} (limit {sign} {entry['limit']:g})"
+    return f"{entry['name']} = {_shown(entry['value'], '.6g')} (limit {sign} {_shown(entry['limit'], 'g')})"
 
 
 def raise_if_failed(report: Mapping[str, Any]) -> None:

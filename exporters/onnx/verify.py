@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,6 +20,13 @@ class Tolerance:
 
     atol: float | None
     min_top1: float = 1.0
+
+    def __post_init__(self) -> None:
+        # Written as `not (... <= ...)` so that NaN is refused too.
+        if self.atol is not None and not (0.0 <= self.atol < math.inf):
+            raise ExportError(f"the tolerance (--atol) must be a finite number >= 0, got {self.atol}")
+        if not (0.0 <= self.min_top1 <= 1.0):
+            raise ExportError(f"the least top-1 agreement must be within [0, 1], got {self.min_top1}")
 
     def describe(self) -> str:
         bound = f"max abs {self.atol:g}" if self.atol is not None else "no max-abs bound"
@@ -46,7 +54,10 @@ class DriftCheck:
         )
 
     def passes(self, tolerance: Tolerance) -> bool:
-        if tolerance.atol is not None and self.max_abs > tolerance.atol:
+        """Within the gate; a NaN or an infinity anywhere fails (comparisons written so that NaN is False)."""
+        if tolerance.atol is not None and not (self.max_abs <= tolerance.atol):
+            return False
+        if not (math.isfinite(self.max_abs) and math.isfinite(self.mean_abs)):
             return False
         return self.top1_agreement + self.near_ties / self.batch >= tolerance.min_top1
 
