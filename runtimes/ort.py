@@ -18,7 +18,6 @@ import numpy as np
 
 from lvvit.metadata import INPUT_NAME, ModelMetadata
 from lvvit.presets import PreprocessConfig
-from lvvit.versions import package_version
 
 from . import ort_providers as eps
 from .base import DEFAULT_BATCH_SIZE, LabelsArg, Predictor, check_threads_and_streams
@@ -32,7 +31,8 @@ def _import_onnxruntime() -> Any:
         import onnxruntime
     except ImportError as exc:
         raise BackendNotInstalledError(
-            f"OrtPredictor needs ONNX Runtime: pip install onnxruntime (or onnxruntime-gpu) ({exc})"
+            "OrtPredictor needs ONNX Runtime, and no onnxruntime module is installed: pip install "
+            f"'lvvit-deploy[cpu]' (the onnxruntime wheel) or 'lvvit-deploy[gpu]' (onnxruntime-gpu), one of them ({exc})"
         ) from exc
     return onnxruntime
 
@@ -96,6 +96,7 @@ class OrtPredictor(Predictor):
         self._tensorrt = {"fp16": tensorrt_fp16, "cache": str(tensorrt_cache) if tensorrt_cache else None}
         self._requested = device
         self.device = device  # the device that runs; "auto" is resolved below
+        self._graph_precision = metadata.precision if metadata is not None else "fp32"
         self._session, self.device = self._open_session(path, device, batch_size, metadata)
         # batches smaller than `streams`: one session with all the threads (see runtimes.base)
         self._whole_session = (
@@ -103,7 +104,8 @@ class OrtPredictor(Predictor):
         )
         self.providers: list[str] = list(self._session.get_providers())
         self._provider_options = {k: dict(v) for k, v in self._session.get_provider_options().items()}
-        self._io_binding = (device != "cpu") if io_binding is None else bool(io_binding)
+        # from the device that runs, not the one asked for: "auto" may have resolved to the CPU
+        self._io_binding = (self.device != "cpu") if io_binding is None else bool(io_binding)
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:
             raise ModelFileError(
@@ -139,8 +141,10 @@ class OrtPredictor(Predictor):
                 f"device={self._requested!r}: onnxruntime created the session with {loaded} only, "
                 f"without {wanted}: {why}"
             )
-        self._auto_fallback = why  # auto allows the CPU, which this session already runs on
-        return session, "cpu"
+        self._auto_fallback = why
+        # auto allows the CPU. The session onnxruntime left (or re-created itself after a provider error) has the
+        # GPU's graph optimizations and options; a CPU session is built the way device="cpu" builds it.
+        return self._create_session(path, "cpu", batch_size, metadata, self._stream_threads), "cpu"
 
     def _create_session(
         self,
@@ -164,7 +168,7 @@ class OrtPredictor(Predictor):
         chain = eps.provider_chain(device, self._device_id, self._tf32, self._tensorrt["fp16"], cache, profile)
         self._disabled_fusions = eps.CPU_DISABLED_FUSIONS if device == "cpu" else ()
         try:
-            return ort.InferenceSession(
+            session = ort.InferenceSession(
                 str(path),
                 sess_options=options,
                 providers=[name for name, _ in chain],
@@ -175,11 +179,21 @@ class OrtPredictor(Predictor):
             raise ModelFileError(
                 f"{path}: onnxruntime cannot create a {device} session for this model ({type(exc).__name__}: {exc})"
             ) from exc
+        # Otherwise `run` answers a GPU provider's failure (EPFail) by printing it and re-running on the CPU for
+        # the rest of the session's life, while `providers` still names the GPU.
+        session.disable_fallback()
+        return session
+
+    @property
+    def session(self) -> Any:
+        """The `onnxruntime.InferenceSession`, for tools that bind buffers already on the device (benchmarks)."""
+        self._check_open()
+        return self._session
 
     @property
     def precision(self) -> str:
-        """The math the session uses: "fp32", "tf32" or "fp16" (see `ort_providers.precision`)."""
-        return eps.precision(self.device, self._tf32, self._tensorrt["fp16"])
+        """The math the session uses: "fp32", "tf32", "fp16" or "int8" (see `ort_providers.precision`)."""
+        return eps.precision(self.device, self._tf32, self._tensorrt["fp16"], self._graph_precision)
 
     def _logits_impl(self, batch: np.ndarray) -> np.ndarray:
         return self._run_session(self._session, batch)
@@ -188,8 +202,18 @@ class OrtPredictor(Predictor):
         return self._run_session(self._whole_session or self._session, batch)
 
     def _run_session(self, session: Any, batch: np.ndarray) -> np.ndarray:
-        if not self._io_binding:
-            return session.run([self.info.output_name], {self.info.input_name: batch})[0]
+        try:
+            if not self._io_binding:
+                return session.run([self.info.output_name], {self.info.input_name: batch})[0]
+            return self._run_bound(session, batch)
+        except self._ort.capi.onnxruntime_pybind11_state.EPFail as exc:  # an Exception, not a RuntimeError
+            raise DeviceUnavailableError(
+                f"device={self.device!r}: {self.providers[0]} failed during the run of a batch of {len(batch)} "
+                f"({exc}); not retried on the CPU"
+            ) from exc
+
+    def _run_bound(self, session: Any, batch: np.ndarray) -> np.ndarray:
+        """One run through I/O binding: the output is allocated by the session for this batch's (dynamic) size."""
         ort_device = "cpu" if self.device == "cpu" else "cuda"
         binding = session.io_binding()  # one per call: bindings are not shared between threads
         if ort_device == "cpu":
@@ -212,7 +236,10 @@ class OrtPredictor(Predictor):
             "streams": self.streams,
             "io_binding": self._io_binding,
             "disabled_fusions": list(self._disabled_fusions),
-            "versions": {"onnxruntime": self._ort.__version__, **_ort_distributions()},
+            "versions": {
+                "onnxruntime": self._ort.__version__,
+                **{f"{name} (distribution)": v for name, v in eps.installed_distributions().items()},
+            },
         }
         if self._auto_fallback:
             details["auto_note"] = f"CUDA listed but not loaded: {self._auto_fallback}"
@@ -221,9 +248,3 @@ class OrtPredictor(Predictor):
     def _release(self) -> None:
         self._session = None
         self._whole_session = None
-
-
-def _ort_distributions() -> dict[str, str]:
-    """Which onnxruntime wheel is installed (the CPU and GPU wheels share the module name)."""
-    found = {name: package_version(name) for name in ("onnxruntime", "onnxruntime-gpu")}
-    return {f"{name} (distribution)": v for name, v in found.items() if v != "not installed"}

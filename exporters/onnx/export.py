@@ -79,7 +79,7 @@ def _metadata(
         batch=batch,
         opset=opset,
         weights=weights_provenance(model, seed),
-        versions=tool_versions("paddlepaddle", "paddle2onnx", "onnx", "onnxruntime"),
+        versions=tool_versions("paddlepaddle", "paddle2onnx", "onnx", "onnxruntime", "onnxruntime-gpu"),
         arch=spec.arch.to_kwargs(),
         graph=graph,
         precision=precision,

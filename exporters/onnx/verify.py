@@ -102,7 +102,13 @@ def verify_export(
     Inputs are synthetic photo-like images, or `images` (a preprocessed real batch) when given.
     `name` is what messages call the file (the target, while `path` is still its temporary copy).
     """
-    import onnxruntime as ort
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:  # the base install leaves the choice of ONNX Runtime wheel to the extras
+        raise ExportError(
+            f"verifying {name or path.name} needs ONNX Runtime: pip install 'lvvit-deploy[cpu]' (or [gpu], not both), "
+            f"or export with --no-verify ({exc})"
+        ) from exc
 
     name = name or path.name
     check_onnx_file(path, name)
