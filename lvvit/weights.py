@@ -8,7 +8,6 @@ grid part of `pos_embed` bicubically and keeps the class token's part.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import paddle
 import paddle.nn as nn
 
 from .atomic import atomic_output
+from .digest import sha256_of
 from .errors import WeightsError, WeightsMismatchError
 from .safe_pickle import load_pickle_data, load_torch_checkpoint
 
@@ -47,14 +47,6 @@ class WeightsInfo:
             "checkpoint_key": self.checkpoint_key,
             "resampled_pos_embed": list(self.resampled_pos_embed) if self.resampled_pos_embed else None,
         }
-
-
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _as_state_dict(obj: object, path: Path, checkpoint_key: str | None) -> tuple[StateDict, str | None]:

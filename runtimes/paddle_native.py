@@ -76,7 +76,7 @@ def find_artifact(model_path: str | Path) -> tuple[Path, Path, Path]:
     return programs[0], params, base.with_name(stem + ".lvvit.json")
 
 
-def _read_sidecar(sidecar: Path) -> ModelMetadata | None:
+def read_sidecar(sidecar: Path) -> ModelMetadata | None:
     if not sidecar.is_file():
         return None
     try:
@@ -126,7 +126,7 @@ class PaddlePredictor(Predictor):
         if streams > 1 and device != "cpu":
             raise ConfigurationError(f"streams apply to device='cpu' only, not {device!r}")
         program, params, sidecar = find_artifact(model_path)
-        metadata = _read_sidecar(sidecar)
+        metadata = read_sidecar(sidecar)
         paddle = _import_paddle()
         _check_gpu(paddle, device)
         engine_threads = per_stream if streams > 1 else threads

@@ -1,66 +1,37 @@
-"""Tolerance gates: named limits on a runtime's numbers, checked after the report is written.
+"""The tolerance gate on the command line and on a report; the limits and the check are `lvvit.comparison`'s.
 
-Drift limits read `metrics.DriftStats`; accuracy limits read the per-runtime
-accuracy summary (percent and percentage points). `--tolerance NAME=VALUE`
-replaces one default; `NAME=none` switches it off.
+Drift limits read `DriftStats`; accuracy limits read the per-runtime accuracy
+summary (percent and percentage points). `--tolerance NAME=VALUE` replaces one
+default; `NAME=none` switches it off.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 from typing import Any
+
+from lvvit.comparison import (
+    ACCURACY_LIMITS,
+    DEFAULT_ACCURACY_TOLERANCE,
+    DEFAULT_DRIFT_TOLERANCE,
+    DRIFT_LIMITS,
+    GateCheck,
+    Limit,
+    checked_bound,
+    failed_lines,
+)
+from lvvit.comparison import ToleranceError as _CoreToleranceError
 
 from .errors import GateFailure, ToleranceError
 
-
-@dataclass(frozen=True)
-class Limit:
-    name: str
-    kind: str  # "max": the value must not exceed the limit; "min": it must reach it
-    help: str
-    value_of: Callable[[Mapping[str, Any]], float]
-
-
-def _field(name: str) -> Callable[[Mapping[str, Any]], float]:
-    return lambda stats: float(stats[name])
-
-
-def _top1_excusing_ties(stats: Mapping[str, Any]) -> float:
-    return 1.0 - (stats["top1_disagreements"] - stats["near_ties"]) / stats["samples"]
-
-
-DRIFT_LIMITS: dict[str, Limit] = {
-    limit.name: limit
-    for limit in (
-        Limit("max_abs", "max", "largest absolute logit error", _field("max_abs")),
-        Limit("p99_abs", "max", "99th percentile of the absolute logit error", _field("p99_abs")),
-        Limit("mean_abs", "max", "mean absolute logit error", _field("mean_abs")),
-        Limit("max_rel", "max", "largest per-image max error / max |reference logit|", _field("max_rel")),
-        Limit("min_cosine", "min", "smallest per-image cosine similarity", _field("min_cosine")),
-        Limit(
-            "top1_agreement", "min", "fraction of images with the same top-1, near-ties excused", _top1_excusing_ties
-        ),
-        Limit("top5_overlap", "min", "mean fraction of shared top-5 classes", _field("top5_overlap")),
-        Limit("max_kl", "max", "largest per-image KL divergence of the softmax", _field("max_kl")),
-    )
-}
-DEFAULT_DRIFT_TOLERANCE: dict[str, float] = {"max_rel": 1e-3, "min_cosine": 0.9999, "top1_agreement": 1.0}
-
-ACCURACY_LIMITS: dict[str, Limit] = {
-    limit.name: limit
-    for limit in (
-        Limit(
-            "top1_diff", "max", "|top-1 - native Paddle's top-1| in percentage points", lambda s: abs(s["top1_diff"])
-        ),
-        Limit(
-            "top5_diff", "max", "|top-5 - native Paddle's top-5| in percentage points", lambda s: abs(s["top5_diff"])
-        ),
-        Limit("agreement", "min", "percent of images whose top-1 equals native Paddle's", _field("agreement")),
-        Limit("top1", "min", "top-1 accuracy in percent", _field("top1")),
-    )
-}
-DEFAULT_ACCURACY_TOLERANCE: dict[str, float] = {"top1_diff": 0.2, "agreement": 99.5}
+__all__ = [
+    "ACCURACY_LIMITS",
+    "DEFAULT_ACCURACY_TOLERANCE",
+    "DEFAULT_DRIFT_TOLERANCE",
+    "DRIFT_LIMITS",
+    "parse_tolerance",
+    "raise_if_failed",
+]
 
 
 def parse_tolerance(
@@ -79,36 +50,20 @@ def parse_tolerance(
             tolerance.pop(name, None)
             continue
         try:
-            tolerance[name] = float(value)
+            number = float(value)
         except ValueError:
             raise ToleranceError(f"tolerance {name}: {value!r} is not a number (or 'none')") from None
+        try:
+            tolerance[name] = checked_bound(name, number)
+        except _CoreToleranceError as exc:
+            raise ToleranceError(str(exc)) from None
     return tolerance
-
-
-def check(
-    limits: Mapping[str, Limit], tolerance: Mapping[str, float], stats: Mapping[str, Any]
-) -> list[dict[str, Any]]:
-    """One entry per limit in force: name, kind, limit, value, passed."""
-    checks = []
-    for name, bound in tolerance.items():
-        limit = limits[name]
-        value = limit.value_of(stats)
-        passed = value <= bound if limit.kind == "max" else value >= bound
-        checks.append({"name": name, "kind": limit.kind, "limit": bound, "value": value, "passed": bool(passed)})
-    return checks
-
-
-def describe_check(entry: Mapping[str, Any]) -> str:
-    sign = "<=" if entry["kind"] == "max" else ">="
-    return f"{entry['name']} = {entry['value']:.6g} (limit {sign} {entry['limit']:g})"
 
 
 def raise_if_failed(report: Mapping[str, Any]) -> None:
     """`GateFailure` listing every failed check of every runtime in `report["runtimes"]`."""
-    lines = []
-    for name, entry in report["runtimes"].items():
-        failed = [c for c in entry.get("gate", []) if not c["passed"]]
-        if failed:
-            lines.append(f"{name}: " + "; ".join(describe_check(c) for c in failed))
+    lines = failed_lines(
+        (name, [GateCheck.from_dict(c) for c in entry.get("gate", [])]) for name, entry in report["runtimes"].items()
+    )
     if lines:
         raise GateFailure("outside the tolerance:\n  " + "\n  ".join(lines))

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from lvvit.presets import get_preset, list_presets
+from runtimes.spec import read_model_metadata
 
 from .errors import ModelSourceError
-from .runners import RUNTIMES, ModelSource, RuntimeOptions, read_file_metadata, spec_from_metadata
+from .runners import RUNTIMES, ModelSource, RuntimeOptions, spec_from_metadata
 
 
 def log(message: str) -> None:
@@ -108,6 +109,30 @@ def add_report_options(parser: argparse.ArgumentParser, tolerance_help: str) -> 
     group.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("engine (validation at scale)")
+    group.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: threads in this process; ray: Ray Data with an actor pool per runtime (pip install "
+        "'lvvit-deploy[ray]'), embedded on this machine unless --ray-address (default local)",
+    )
+    group.add_argument(
+        "--ray-address",
+        default=None,
+        help="join this Ray cluster instead of starting Ray here: 'auto' (a cluster started with ray start on this "
+        "machine) or ray://HOST:10001",
+    )
+    group.add_argument(
+        "--shard-size",
+        type=positive,
+        default=1000,
+        help="images per shard (default 1000); finished shards are kept in REPORT_DIR/NAME.shards, and the same "
+        "command resumes an interrupted run from them",
+    )
+
+
 def parse_arch(items: list[str]) -> dict[str, Any]:
     """`["embed_dim=32,depth=2", "mlp_ratio=3.0"]` -> typed values (int, float, bool, or a string)."""
     overrides: dict[str, Any] = {}
@@ -166,7 +191,7 @@ def model_source(args: argparse.Namespace) -> ModelSource:
             )
         if args.resolution is not None or arch:
             raise ModelSourceError("--resolution and --arch need --preset (an exported file's metadata has its own)")
-        metadata = read_file_metadata(exported)
+        metadata = read_model_metadata(exported)
         if metadata is None:
             raise ModelSourceError(f"{exported}: has no LV-ViT kit metadata; pass --preset (and --resolution/--arch)")
         spec = spec_from_metadata(metadata)

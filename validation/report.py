@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from lvvit.atomic import atomic_output
+from lvvit.comparison import GateCheck
 
 from . import plots
 from .document import Block, Bullets, Code, Figure, Heading, Paragraph, Table, Verdict, to_html, to_markdown
 from .errors import ValidationError
-from .gate import describe_check
 
 _SHOWN_FILES = 200  # unreadable/skipped files listed on the pages (the JSON has all)
 
@@ -140,7 +140,7 @@ def _gate_verdicts(report: dict[str, Any], what: str) -> list[Block]:
     for name, entry in report["runtimes"].items():
         checks = entry.get("gate", [])
         passed = all(c["passed"] for c in checks)
-        detail = "; ".join(describe_check(c) for c in checks) or "no limits set"
+        detail = "; ".join(GateCheck.from_dict(c).describe() for c in checks) or "no limits set"
         blocks.append(Verdict(passed, f"{name} vs native Paddle {what}: {detail}"))
     return blocks
 
