@@ -1,0 +1,151 @@
+"""Validation at scale without Ray: predictor specs, shards that merge exactly, a resumed run that redoes nothing."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+
+from exporters.onnx import export_onnx
+from runtimes import ModelFileError, PredictorSpec, read_model_metadata
+from validation import ModelSource, RuntimeOptions, run_accuracy, run_drift
+from validation import shards as shard_module
+from validation.data import labelled_folder
+from validation.datasets import digits
+from validation.drift import DriftInputs
+from validation.engines import engine_for
+from validation.runners import runner_specs
+from validation.shards import ShardError
+
+QUIET = {"log": lambda message: None}
+TIMING = {"seconds", "images_per_second", "describe", "gate"}
+
+
+def write_digits_subset(folder, count: int):
+    """An ImageNet-layout folder (`val/` + `val_list.txt`) of the first `count` digits."""
+    images, labels = digits.load_digits()
+    (folder / "val").mkdir(parents=True)
+    lines = []
+    for i in range(count):
+        digits.digit_image(images[i]).save(folder / "val" / f"digit_{i:04d}.png")
+        lines.append(f"val/digit_{i:04d}.png {labels[i]}")
+    (folder / "val_list.txt").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def digits_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("scale")
+    onnx = export_onnx(digits.digits_spec(), weights=digits.WEIGHTS, output=folder / "model" / "digits.onnx", **QUIET)
+    data = write_digits_subset(folder / "data", 45)
+    source = ModelSource(spec=digits.digits_spec(), weights=digits.WEIGHTS, onnx=onnx.path)
+    specs = runner_specs(["ort"], source, RuntimeOptions(batch_size=8, threads=1), lambda m: None)
+    return onnx.path, data, specs
+
+
+def numbers(entry: dict) -> dict:
+    """A report entry without what differs between two runs of the same inputs (timings, descriptions)."""
+    return {k: v for k, v in entry.items() if k not in TIMING}
+
+
+def test_a_spec_pickles_small_opens_and_checks_its_bytes(digits_model, tmp_path):
+    onnx, _, _ = digits_model
+    spec = PredictorSpec.for_model("ort", onnx, threads=1, batch_size=4)
+    assert len(pickle.dumps(spec)) < 2000 and spec.files[0].sha256 and spec.describe()["options"]["threads"] == 1
+    x = np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32)
+    with spec.open() as predictor:
+        expected = predictor.logits(x)
+    # shipped: the bytes, checked, in another folder; the driver's copy is gone
+    moved = tmp_path / "driver"
+    moved.mkdir()
+    blobs = spec.read_files()
+    shutil.copy(onnx, moved / onnx.name)
+    worker_spec = PredictorSpec.for_model("ort", moved / onnx.name, threads=1, batch_size=4)
+    (moved / onnx.name).unlink()
+    with pytest.raises(ModelFileError, match="missing on this machine"):
+        worker_spec.open()
+    opened = worker_spec.materialize(blobs, tmp_path / "worker")
+    with opened.open() as predictor:
+        np.testing.assert_array_equal(predictor.logits(x), expected)
+    with pytest.raises(ModelFileError, match=r"the shipped bytes hash to [0-9a-f]{64}, the spec says"):
+        worker_spec.materialize({onnx.name: blobs[onnx.name][:-1]}, tmp_path / "bad")
+    # a file changed after the spec was made is refused with both sizes and hashes
+    changed = tmp_path / "changed.onnx"
+    shutil.copy(onnx, changed)
+    changed_spec = PredictorSpec.for_model("ort", changed)
+    with changed.open("ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ModelFileError, match=r"changed\.onnx: \d+ bytes, .*the spec was made for \d+ bytes"):
+        changed_spec.open()
+
+
+def test_public_metadata_reader(digits_model, tmp_path):
+    onnx, _, _ = digits_model
+    metadata = read_model_metadata(onnx)
+    assert metadata.preset == "lvvit_s" and metadata.resolution == 32
+    assert metadata.weights["sha256"] == PredictorSpec.eager(digits.digits_spec(), digits.WEIGHTS).files[0].sha256
+    with pytest.raises(ModelFileError, match="not an ONNX model"):
+        (tmp_path / "text.onnx").write_text("hello")
+        read_model_metadata(tmp_path / "text.onnx")
+
+
+def test_one_shard_and_many_shards_give_the_same_report(digits_model):
+    _, data, specs = digits_model
+    dataset = labelled_folder(data, num_classes=10)
+    with engine_for(specs, batch_size=8) as (reference, others, engine):
+        whole = run_accuracy(reference, others, dataset, engine=engine, shard_size=1000, progress=False)
+        cut = run_accuracy(reference, others, dataset, engine=engine, shard_size=7, progress=False)
+        drift_whole = run_drift(reference, others, DriftInputs(folder=data), engine=engine, shard_size=1000)
+        # shards of whole batches, so that every runtime sees the very batches of the single run
+        drift_cut = run_drift(reference, others, DriftInputs(folder=data), engine=engine, shard_size=16)
+    assert cut["shards"]["count"] == 7 and whole["shards"]["count"] == 1
+    assert numbers(cut["runtimes"]["ort"]) == numbers(whole["runtimes"]["ort"])
+    assert numbers(cut["reference"]) == numbers(whole["reference"])
+    # drift statistics, p99 and histogram included, are equal, not approximately equal
+    assert drift_cut["runtimes"]["ort"]["outputs"] == drift_whole["runtimes"]["ort"]["outputs"]
+
+
+def test_a_run_stopped_halfway_resumes_without_redoing_a_shard(digits_model, tmp_path, monkeypatch):
+    _, data, specs = digits_model
+    dataset = labelled_folder(data, num_classes=10)
+    folder = tmp_path / "acc.shards"
+    saved: list[int] = []
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_three(shard):
+        saved.append(shard.index)
+        if len(saved) == 3:
+            raise Stop  # as a killed process would: the third shard is on disk, nothing after it
+
+    monkeypatch.setattr(shard_module, "shard_saved_hooks", [stop_after_three])
+    with engine_for(specs, batch_size=8) as (reference, others, engine):
+        with pytest.raises(Stop):
+            run_accuracy(reference, others, dataset, engine=engine, shard_dir=folder, shard_size=5, progress=False)
+        assert sorted(p.name for p in folder.glob("shard-*.jsonl")) == [f"shard-0000{i}.jsonl" for i in range(3)]
+        monkeypatch.setattr(shard_module, "shard_saved_hooks", [lambda shard: saved.append(shard.index)])
+        resumed = run_accuracy(reference, others, dataset, engine=engine, shard_dir=folder, shard_size=5)
+        assert saved == list(range(9))  # each of the 9 shards computed exactly once across both runs
+        fresh = run_accuracy(reference, others, dataset, engine=engine, shard_size=5, progress=False)
+    assert resumed["shards"]["computed"] == 6 and fresh["shards"]["computed"] == 9
+    assert numbers(resumed["runtimes"]["ort"]) == numbers(fresh["runtimes"]["ort"])
+    assert numbers(resumed["reference"]) == numbers(fresh["reference"])
+    assert resumed["inputs"] == fresh["inputs"]
+
+
+def test_a_shard_folder_of_another_run_is_refused(digits_model, tmp_path):
+    _, data, specs = digits_model
+    folder = tmp_path / "s"
+    with engine_for(specs, batch_size=8) as (reference, others, engine):
+        run_accuracy(reference, others, labelled_folder(data, num_classes=10), engine=engine, shard_dir=folder)
+        with pytest.raises(ShardError, match="holds the shards of another run .*differs in samples"):
+            dataset = labelled_folder(data, num_classes=10).limited(10)
+            run_accuracy(reference, others, dataset, engine=engine, shard_dir=folder)
+        run = json.loads((folder / "run.json").read_text())
+        (folder / "shard-00000.jsonl").write_text('{"key": "' + run["key"] + '", "shard": 0}\n')
+        with pytest.raises(ShardError, match=r"shard-00000\.jsonl: not a shard file of this kit \(KeyError"):
+            run_accuracy(reference, others, labelled_folder(data, num_classes=10), engine=engine, shard_dir=folder)
