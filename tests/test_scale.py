@@ -149,3 +149,79 @@ def test_a_shard_folder_of_another_run_is_refused(digits_model, tmp_path):
         (folder / "shard-00000.jsonl").write_text('{"key": "' + run["key"] + '", "shard": 0}\n')
         with pytest.raises(ShardError, match=r"shard-00000\.jsonl: not a shard file of this kit \(KeyError"):
             run_accuracy(reference, others, labelled_folder(data, num_classes=10), engine=engine, shard_dir=folder)
+
+
+# -- the reference cache ---------------------------------------------------------------------------------------------
+
+
+def test_a_cached_reference_runs_no_paddle_and_gives_the_same_drift(digits_model, tmp_path, monkeypatch):
+    from runtimes import paddle_native
+    from validation.reference import ReferenceCache, reference_key
+
+    onnx, data, specs = digits_model
+    source = ModelSource(spec=digits.digits_spec(), weights=digits.WEIGHTS, onnx=onnx)
+    calls = []
+    real_run = paddle_native._EagerEngine.run
+    monkeypatch.setattr(paddle_native._EagerEngine, "run", lambda self, x: calls.append(len(x)) or real_run(self, x))
+    cache = ReferenceCache.create(tmp_path / "cache", reference_key(source), classes=10)
+    dataset = labelled_folder(data, num_classes=10)
+    with engine_for({"paddle": specs["paddle"]}, batch_size=8) as (_, _, engine):
+        assert cache.build(dataset.samples, 16, engine) == 3
+        assert cache.build(dataset.samples, 16, engine) == 0  # resumed: nothing left
+    assert sum(calls) == 45 + 8  # every image once, and the untimed warm-up batch
+    with engine_for(specs, batch_size=8) as (reference, others, engine):
+        live = run_drift(reference, others, DriftInputs(folder=data), engine=engine, shard_size=16)
+    calls.clear()
+    opened = ReferenceCache.open(tmp_path / "cache", reference_key(source))
+    with engine_for({"ort": specs["ort"]}, batch_size=8, reference_cache=opened) as (reference, others, engine):
+        cached = run_drift(reference, others, DriftInputs(folder=data), engine=engine, shard_size=16)
+        accuracy = run_accuracy(reference, others, dataset, engine=engine, progress=False)
+    assert calls == []  # not one Paddle call
+    assert cached["runtimes"]["ort"]["outputs"] == live["runtimes"]["ort"]["outputs"]
+    assert cached["reference"]["describe"]["cached"] == str(tmp_path / "cache")
+    assert accuracy["runtimes"]["ort"]["agreement"] == 100.0 and accuracy["reference"]["images"] == 45
+
+
+def test_a_stale_reference_cache_is_refused_naming_what_differs(digits_model, tmp_path):
+    from dataclasses import replace
+
+    from validation.reference import ReferenceCache, ReferenceCacheError, reference_key
+
+    onnx, _, _ = digits_model
+    source = ModelSource(spec=digits.digits_spec(), weights=digits.WEIGHTS, onnx=onnx)
+    ReferenceCache.create(tmp_path / "cache", reference_key(source), classes=10)
+    other_weights = tmp_path / "other.safetensors"
+    other_weights.write_bytes(digits.WEIGHTS.read_bytes() + b" ")
+    with pytest.raises(ReferenceCacheError, match=r"differs in weights_sha256: cache '[0-9a-f]{64}', this run '"):
+        ReferenceCache.open(tmp_path / "cache", reference_key(replace(source, weights=other_weights)))
+    spec = digits.digits_spec()
+    cropped = replace(spec, preprocess=replace(spec.preprocess, crop_pct=1.0))
+    with pytest.raises(ReferenceCacheError, match=r"differs in preprocess: cache \{.*'crop_pct': 0\.9"):
+        ReferenceCache.open(tmp_path / "cache", reference_key(replace(source, spec=cropped)))
+
+
+def test_reference_and_accuracy_command_lines_with_a_cache(digits_model, tmp_path):
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    onnx, data, _ = digits_model
+    model = [*digits.cli_model_args(), "--onnx", str(onnx)]
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "validation", *args], capture_output=True, text=True, cwd=ROOT)
+
+    made = cli("reference", str(data), *digits.cli_model_args(), "--cache", str(tmp_path / "c"), "--shard-size", "20")
+    assert made.returncode == 0, made.stderr
+    assert "logits of 45 images (3 shard(s) computed now)" in made.stdout
+    run = cli("accuracy", str(data), *model, "--reference-cache", str(tmp_path / "c"), "--report-dir", str(tmp_path))
+    assert run.returncode == 0, run.stderr
+    report = json.loads((tmp_path / "accuracy_lvvit_s_32.json").read_text())
+    assert report["reference"]["describe"]["cached"] == str(tmp_path / "c") and report["passed"]
+    again = cli("accuracy", str(data), *model, "--reference-cache", str(tmp_path / "c"), "--report-dir", str(tmp_path))
+    resumed = json.loads((tmp_path / "accuracy_lvvit_s_32.json").read_text())
+    assert again.returncode == 0 and resumed["shards"]["computed"] == 0  # the same command: every shard was done
+    assert numbers(resumed["runtimes"]["ort"]) == numbers(report["runtimes"]["ort"])
+    stale = cli("accuracy", str(data), "--onnx", str(onnx), "--reference-cache", str(tmp_path / "c"))
+    assert stale.returncode == 2 and "differs in" in stale.stderr and "weights_sha256" in stale.stderr

@@ -119,7 +119,13 @@ def run_accuracy(
 
 
 def add_parser(subparsers: Any) -> None:
-    from .options import add_engine_options, add_model_options, add_report_options, add_runtime_options
+    from .options import (
+        add_engine_options,
+        add_model_options,
+        add_reference_cache_option,
+        add_report_options,
+        add_runtime_options,
+    )
 
     parser = subparsers.add_parser(
         "accuracy",
@@ -141,6 +147,7 @@ def add_parser(subparsers: Any) -> None:
     data.add_argument("--prefetch", type=int, default=2, help="batches read ahead (default 2)")
     add_model_options(parser)
     add_engine_options(parser)
+    add_reference_cache_option(parser)
     add_runtime_options(parser, batch_size=32)
     limits = ", ".join(gate.ACCURACY_LIMITS)
     defaults = ", ".join(f"{k}={v:g}" for k, v in gate.DEFAULT_ACCURACY_TOLERANCE.items())
@@ -151,18 +158,19 @@ def add_parser(subparsers: Any) -> None:
 def main(args: Any) -> int:
     from .data import labelled_folder
     from .engines import engine_for
-    from .options import log, model_source, print_written, report_stem, runtime_options
+    from .options import log, model_source, print_written, report_stem
+    from .reference import specs_and_cache
     from .report import write_reports
-    from .runners import runner_specs
 
     tolerance = gate.parse_tolerance(args.tolerance, gate.ACCURACY_LIMITS, gate.DEFAULT_ACCURACY_TOLERANCE)
     source = model_source(args)
     classes = source.spec.arch.num_classes
     dataset = labelled_folder(args.data, args.labels, classes, args.skip_bad_lines).limited(args.limit)
     stem = report_stem(args, "accuracy", source)
-    specs = runner_specs(args.runtime or ["ort"], source, runtime_options(args), log)
+    specs, cache = specs_and_cache(args, source, log)
     engine_options = {"batch_size": args.batch_size, "workers": args.workers, "prefetch": args.prefetch}
-    with engine_for(specs, args.engine, ray_address=args.ray_address, **engine_options) as (reference, runners, engine):
+    running = engine_for(specs, args.engine, ray_address=args.ray_address, reference_cache=cache, **engine_options)
+    with running as (reference, runners, engine):
         report = run_accuracy(
             reference,
             runners,

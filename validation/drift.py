@@ -150,7 +150,13 @@ def _timing(seconds: float, images: int) -> dict[str, float | None]:
 
 
 def add_parser(subparsers: Any) -> None:
-    from .options import add_engine_options, add_model_options, add_report_options, add_runtime_options
+    from .options import (
+        add_engine_options,
+        add_model_options,
+        add_reference_cache_option,
+        add_report_options,
+        add_runtime_options,
+    )
 
     parser = subparsers.add_parser(
         "drift",
@@ -167,6 +173,7 @@ def add_parser(subparsers: Any) -> None:
     inputs.add_argument("--workers", type=int, default=4, help="threads reading images (default 4)")
     add_model_options(parser)
     add_engine_options(parser)
+    add_reference_cache_option(parser)
     add_runtime_options(parser, batch_size=16)
     limits = ", ".join(gate.DRIFT_LIMITS)
     defaults = ", ".join(f"{k}={v:g}" for k, v in gate.DEFAULT_DRIFT_TOLERANCE.items())
@@ -176,9 +183,9 @@ def add_parser(subparsers: Any) -> None:
 
 def main(args: Any) -> int:
     from .engines import engine_for
-    from .options import log, model_source, print_written, report_stem, runtime_options
+    from .options import log, model_source, print_written, report_stem
+    from .reference import specs_and_cache
     from .report import write_reports
-    from .runners import runner_specs
 
     tolerance = gate.parse_tolerance(args.tolerance, gate.DRIFT_LIMITS, gate.DEFAULT_DRIFT_TOLERANCE)
     if args.limit is not None and args.images is None:
@@ -187,9 +194,10 @@ def main(args: Any) -> int:
     inputs = DriftInputs(args.images, None if args.images else synthetic, args.seed, args.limit)
     source = model_source(args)
     stem = report_stem(args, "drift", source)
-    specs = runner_specs(args.runtime or ["ort"], source, runtime_options(args), log)
+    specs, cache = specs_and_cache(args, source, log)
     engine_options = {"batch_size": args.batch_size, "workers": args.workers, "synthetic": args.images is None}
-    with engine_for(specs, args.engine, ray_address=args.ray_address, **engine_options) as (reference, runners, engine):
+    running = engine_for(specs, args.engine, ray_address=args.ray_address, reference_cache=cache, **engine_options)
+    with running as (reference, runners, engine):
         report = run_drift(
             reference,
             runners,

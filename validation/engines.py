@@ -11,11 +11,13 @@ for, so the base install needs no Ray.
 from __future__ import annotations
 
 import contextlib
+import json
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,11 +26,19 @@ from lvvit.synthetic import synthetic_batch
 from runtimes.spec import PredictorSpec
 
 from .data import Batch, Failure, Sample, stream_batches
+from .errors import ValidationError
 from .runners import Participant, Runner, open_runners
 from .shards import Engine, ShardLogits, ShardRecords, ShardStore, run_shards
 
+if TYPE_CHECKING:
+    from .reference import ReferenceCache
+
 ENGINES = ("local", "ray")
 DEFAULT_SHARD_SIZE = 1000  # images per shard: what an interrupted run can lose, and one file each
+
+
+class EngineError(ValidationError, RuntimeError):
+    """An engine that cannot run: unknown, not installed, or fed runtimes whose inputs differ."""
 
 
 def synthetic_samples(count: int, seed: int) -> list[Sample]:
@@ -139,26 +149,53 @@ def engine_for(
     workers: int = 4,
     prefetch: int = 2,
     synthetic: bool = False,
+    reference_cache: ReferenceCache | None = None,
 ) -> Iterator[tuple[Participant, list[Participant], Engine]]:
     """(the reference, the other runtimes, the engine) for `specs` (the reference's first); closes all at the end.
 
     `local` opens the predictors here; `ray` starts Ray embedded (or joins `ray_address`) and opens them in actors.
+    With `reference_cache`, `specs` holds only the runtimes, and the reference's logits come from the cache.
     """
+    with _engine(specs, kind, ray_address, batch_size, workers, prefetch, synthetic) as (participants, engine):
+        if reference_cache is None:
+            yield participants[0], participants[1:], engine
+            return
+        from .reference import CachedReference, WithCachedReference
+
+        config = participants[0].preprocess_config
+        if json.loads(json.dumps(config.to_dict())) != reference_cache.key["preprocess"]:  # tuples as JSON lists
+            raise EngineError(
+                f"{participants[0].name} preprocesses as {config.to_dict()}, the cached reference as "
+                f"{reference_cache.key['preprocess']}; the same inputs cannot feed both"
+            )
+        yield CachedReference(reference_cache, config), participants, WithCachedReference(engine, reference_cache)
+
+
+@contextlib.contextmanager
+def _engine(
+    specs: Mapping[str, PredictorSpec],
+    kind: str,
+    ray_address: str | None,
+    batch_size: int,
+    workers: int,
+    prefetch: int,
+    synthetic: bool,
+) -> Iterator[tuple[list[Participant], Engine]]:
     if kind == "local":
-        reference, others = open_runners(specs)
+        first, others = open_runners(specs)
+        runners = [first, *others]
         try:
-            everyone = {r.name: r for r in [reference, *others]}
-            config = reference.preprocess_config
-            yield reference, others, LocalEngine(everyone, config, batch_size, workers, prefetch, synthetic)
+            everyone = {r.name: r for r in runners}
+            config = first.preprocess_config
+            yield list(runners), LocalEngine(everyone, config, batch_size, workers, prefetch, synthetic)
         finally:
-            for runner in [reference, *others]:
+            for runner in runners:
                 runner.close()
         return
     if kind == "ray":
         from .ray_engine import RayEngine
 
         with RayEngine.start(specs, ray_address, batch_size=batch_size, synthetic=synthetic) as engine:
-            participants = engine.participants()
-            yield participants[0], participants[1:], engine
+            yield engine.participants(), engine
         return
-    raise ValueError(f"unknown engine {kind!r}; valid: {', '.join(ENGINES)}")
+    raise EngineError(f"unknown engine {kind!r}; valid: {', '.join(ENGINES)}")

@@ -133,6 +133,17 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_reference_cache_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--reference-cache",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="native Paddle's logits stored by 'python -m validation reference': Paddle is not run; a cache made "
+        "with other weights or preprocessing is refused",
+    )
+
+
 def parse_arch(items: list[str]) -> dict[str, Any]:
     """`["embed_dim=32,depth=2", "mlp_ratio=3.0"]` -> typed values (int, float, bool, or a string)."""
     overrides: dict[str, Any] = {}

@@ -234,15 +234,19 @@ def runner_spec(name: str, source: ModelSource, options: RuntimeOptions, log: Lo
 
 
 def runner_specs(
-    names: Sequence[str], source: ModelSource, options: RuntimeOptions, log: Log
+    names: Sequence[str], source: ModelSource, options: RuntimeOptions, log: Log, reference: bool = True
 ) -> dict[str, PredictorSpec]:
-    """The reference's spec first, then the other runtimes' in the order asked (their files exported if needed)."""
+    """The reference's spec first (unless `reference` is False), then the other runtimes' in the order asked.
+
+    Their files are exported when none was given.
+    """
     unknown = [n for n in names if n not in RUNTIMES]
     if unknown:
         raise ModelSourceError(f"unknown runtime(s) {unknown}; valid: {', '.join(RUNTIMES)}")
     check_given_files(source)
     others = list(dict.fromkeys(n for n in names if n != REFERENCE))
-    return {name: runner_spec(name, source, options, log) for name in [REFERENCE, *others]}
+    names = [REFERENCE, *others] if reference else others
+    return {name: runner_spec(name, source, options, log) for name in names}
 
 
 def open_runners(specs: Mapping[str, PredictorSpec]) -> tuple[Runner, list[Runner]]:
