@@ -9,46 +9,21 @@ import shutil
 import numpy as np
 import pytest
 
-from exporters.onnx import export_onnx
 from runtimes import ModelFileError, PredictorSpec, read_model_metadata
-from validation import ModelSource, RuntimeOptions, run_accuracy, run_drift
+from validation import ModelSource, run_accuracy, run_drift
 from validation import shards as shard_module
 from validation.data import labelled_folder
 from validation.datasets import digits
 from validation.drift import DriftInputs
 from validation.engines import engine_for
-from validation.runners import runner_specs
 from validation.shards import ShardError
 
-QUIET = {"log": lambda message: None}
-TIMING = {"seconds", "images_per_second", "describe", "gate"}
-
-
-def write_digits_subset(folder, count: int):
-    """An ImageNet-layout folder (`val/` + `val_list.txt`) of the first `count` digits."""
-    images, labels = digits.load_digits()
-    (folder / "val").mkdir(parents=True)
-    lines = []
-    for i in range(count):
-        digits.digit_image(images[i]).save(folder / "val" / f"digit_{i:04d}.png")
-        lines.append(f"val/digit_{i:04d}.png {labels[i]}")
-    (folder / "val_list.txt").write_text("\n".join(lines) + "\n")
-    return folder
+from .scale_fixtures import make_digits_model, numbers
 
 
 @pytest.fixture(scope="module")
 def digits_model(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("scale")
-    onnx = export_onnx(digits.digits_spec(), weights=digits.WEIGHTS, output=folder / "model" / "digits.onnx", **QUIET)
-    data = write_digits_subset(folder / "data", 45)
-    source = ModelSource(spec=digits.digits_spec(), weights=digits.WEIGHTS, onnx=onnx.path)
-    specs = runner_specs(["ort"], source, RuntimeOptions(batch_size=8, threads=1), lambda m: None)
-    return onnx.path, data, specs
-
-
-def numbers(entry: dict) -> dict:
-    """A report entry without what differs between two runs of the same inputs (timings, descriptions)."""
-    return {k: v for k, v in entry.items() if k not in TIMING}
+    return make_digits_model(tmp_path_factory.mktemp("scale"))
 
 
 def test_a_spec_pickles_small_opens_and_checks_its_bytes(digits_model, tmp_path):

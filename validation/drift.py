@@ -93,7 +93,7 @@ def run_drift(
         samples = synthetic_samples(inputs.synthetic or 0, inputs.seed)
     everyone = [reference, *runners]
     if engine is None:
-        engine = LocalEngine({r.name: r for r in everyone}, config, batch_size, workers, synthetic=dataset is None)
+        engine = LocalEngine({r.name: r for r in everyone}, config, batch_size, workers)
     classes = num_classes_of(reference)
     run = {
         "kind": "drift",
@@ -195,7 +195,7 @@ def main(args: Any) -> int:
     source = model_source(args)
     stem = report_stem(args, "drift", source)
     specs, cache = specs_and_cache(args, source, log)
-    engine_options = {"batch_size": args.batch_size, "workers": args.workers, "synthetic": args.images is None}
+    engine_options = {"batch_size": args.batch_size, "workers": args.workers}
     running = engine_for(specs, args.engine, ray_address=args.ray_address, reference_cache=cache, **engine_options)
     with running as (reference, runners, engine):
         report = run_drift(

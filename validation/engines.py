@@ -43,28 +43,24 @@ class EngineError(ValidationError, RuntimeError):
 
 def synthetic_samples(count: int, seed: int) -> list[Sample]:
     """`count` synthetic images as samples: image k is `lvvit.synthetic.synthetic_image(seed + k)`."""
-    return [Sample(Path(f"synthetic-{seed + k}"), f"synthetic #{seed + k}") for k in range(count)]
-
-
-def synthetic_index(sample: Sample) -> int:
-    return int(sample.path.name.removeprefix("synthetic-"))
+    return [Sample(Path(f"synthetic-{seed + k}"), f"synthetic #{seed + k}", synthetic=seed + k) for k in range(count)]
 
 
 def load_batches(
-    samples: list[Sample],
-    config: PreprocessConfig,
-    batch_size: int,
-    workers: int = 4,
-    prefetch: int = 2,
-    synthetic: bool = False,
+    samples: list[Sample], config: PreprocessConfig, batch_size: int, workers: int = 4, prefetch: int = 2
 ) -> Iterator[Batch]:
     """Preprocessed batches of `samples` in order: image files, or synthetic images (`synthetic_samples`)."""
-    if not synthetic:
+    if not any(s.synthetic is not None for s in samples):
         yield from stream_batches(samples, config, batch_size, workers, prefetch, progress=False)
         return
+    if not all(s.synthetic is not None for s in samples):
+        raise EngineError("a run mixes synthetic images with image files")
     for start in range(0, len(samples), batch_size):
         chunk = samples[start : start + batch_size]
-        yield Batch(chunk, synthetic_batch(len(chunk), config, seed=synthetic_index(chunk[0])), [])
+        first = chunk[0].synthetic or 0
+        if [s.synthetic for s in chunk] != list(range(first, first + len(chunk))):
+            raise EngineError(f"synthetic images {[s.synthetic for s in chunk]} are not consecutive")
+        yield Batch(chunk, synthetic_batch(len(chunk), config, seed=first), [])
 
 
 @dataclass
@@ -76,7 +72,6 @@ class LocalEngine:
     batch_size: int = 16
     workers: int = 4
     prefetch: int = 2
-    synthetic: bool = False
     _warm: set[str] = field(default_factory=set)
 
     def __call__(self, pending: Sequence[tuple[int, list[Sample]]]) -> Iterator[ShardLogits]:
@@ -88,7 +83,7 @@ class LocalEngine:
         failures: list[Failure] = []
         outputs: dict[str, list[np.ndarray]] = {name: [] for name in self.runners}
         seconds = dict.fromkeys(self.runners, 0.0)
-        batches = load_batches(samples, self.config, self.batch_size, self.workers, self.prefetch, self.synthetic)
+        batches = load_batches(samples, self.config, self.batch_size, self.workers, self.prefetch)
         for batch in batches:
             failures.extend(batch.failures)
             if not len(batch.inputs):
@@ -148,7 +143,6 @@ def engine_for(
     batch_size: int = 16,
     workers: int = 4,
     prefetch: int = 2,
-    synthetic: bool = False,
     reference_cache: ReferenceCache | None = None,
 ) -> Iterator[tuple[Participant, list[Participant], Engine]]:
     """(the reference, the other runtimes, the engine) for `specs` (the reference's first); closes all at the end.
@@ -156,7 +150,7 @@ def engine_for(
     `local` opens the predictors here; `ray` starts Ray embedded (or joins `ray_address`) and opens them in actors.
     With `reference_cache`, `specs` holds only the runtimes, and the reference's logits come from the cache.
     """
-    with _engine(specs, kind, ray_address, batch_size, workers, prefetch, synthetic) as (participants, engine):
+    with _engine(specs, kind, ray_address, batch_size, workers, prefetch) as (participants, engine):
         if reference_cache is None:
             yield participants[0], participants[1:], engine
             return
@@ -179,7 +173,6 @@ def _engine(
     batch_size: int,
     workers: int,
     prefetch: int,
-    synthetic: bool,
 ) -> Iterator[tuple[list[Participant], Engine]]:
     if kind == "local":
         first, others = open_runners(specs)
@@ -187,7 +180,7 @@ def _engine(
         try:
             everyone = {r.name: r for r in runners}
             config = first.preprocess_config
-            yield list(runners), LocalEngine(everyone, config, batch_size, workers, prefetch, synthetic)
+            yield list(runners), LocalEngine(everyone, config, batch_size, workers, prefetch)
         finally:
             for runner in runners:
                 runner.close()
@@ -195,7 +188,7 @@ def _engine(
     if kind == "ray":
         from .ray_engine import RayEngine
 
-        with RayEngine.start(specs, ray_address, batch_size=batch_size, synthetic=synthetic) as engine:
+        with RayEngine.start(specs, ray_address, batch_size=batch_size) as engine:
             yield engine.participants(), engine
         return
     raise EngineError(f"unknown engine {kind!r}; valid: {', '.join(ENGINES)}")
