@@ -114,3 +114,10 @@ def test_bench_cli_on_a_tiny_model(tmp_path):
     table = (tmp_path / "bench.md").read_text()
     assert "x Paddle Inference" in table and "Arithmetic floor (fp32, batch 1)" in table
     assert "timed in the same rounds" in table and "100 ms apart" in table
+    again = subprocess.run(
+        [sys.executable, "-m", "validation", "report", str(tmp_path / "bench.json"), "--output-dir",
+         str(tmp_path / "r")],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "r" / "bench.md").read_text() == table  # the JSON alone redraws the same page

@@ -264,8 +264,8 @@ def test_cli_help_and_usage_errors():
 
 def test_report_command_refuses_other_json(tmp_path):
     path = tmp_path / "other.json"
-    path.write_text(json.dumps({"kind": "bench"}))
+    path.write_text(json.dumps({"kind": "recipe"}))
     run = subprocess.run(
         [sys.executable, "-m", "validation", "report", str(path)], capture_output=True, text=True, cwd=ROOT
     )
-    assert run.returncode == 2 and "not a validation report (kind 'bench'" in run.stderr
+    assert run.returncode == 2 and "not a validation report (kind 'recipe'" in run.stderr

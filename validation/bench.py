@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,15 +17,19 @@ from typing import Any
 import numpy as np
 
 from lvvit.comparison import image_errors, summarize_drift
+from lvvit.presets import Preset
+from runtimes.spec import PredictorSpec
+
+from .document import Block, Heading, Paragraph, Table
 
 REFERENCES = ("paddle-inference", "paddle-inference-streams")  # ratios use the faster of the two
 
 
 @dataclass
-class PathSpec:
+class BenchPath:
     name: str
     what: str
-    open: Callable[[], Any]  # -> a runtimes.Predictor
+    spec: PredictorSpec | None  # None with `unavailable`
     precision: str = "fp32"
     unavailable: str | None = None  # why this path cannot run here (reported, not silently dropped)
 
@@ -42,9 +45,8 @@ class PathResult:
     skipped: str | None = None
 
 
-def bench_paths(artifacts, model, threads: int, streams: int, include: set[str] | None) -> list[PathSpec]:
-    from runtimes import OpenVinoPredictor, OrtPredictor, PaddlePredictor
-
+def bench_paths(artifacts, preset: Preset, weights: Path | None, threads: int, streams: int, include: set[str] | None):
+    """Every path as a predictor spec; those this CPU cannot run carry the reason instead."""
     from .cpu_floor import has_native_bf16
 
     run = {"threads": threads, "streams": streams}
@@ -53,58 +55,69 @@ def bench_paths(artifacts, model, threads: int, streams: int, include: set[str] 
         if has_native_bf16()
         else "this CPU has no native bf16 (avx512_bf16 / amx_bf16); OpenVINO would emulate it, far slower than f32"
     )
-    specs = [
-        PathSpec("paddle-eager", "Paddle dynamic graph (drift reference)", lambda: PaddlePredictor.from_model(model)),
-        PathSpec(
-            "paddle-inference", "Paddle Inference, oneDNN", lambda: PaddlePredictor(artifacts.paddle, threads=threads)
+    paddle, onnx = artifacts.paddle, artifacts.onnx
+    paths = [
+        BenchPath("paddle-eager", "Paddle dynamic graph (drift reference)", PredictorSpec.eager(preset, weights)),
+        BenchPath(
+            "paddle-inference",
+            "Paddle Inference, oneDNN",
+            PredictorSpec.for_model("paddle-inference", paddle, threads=threads),
         ),
-        PathSpec(
+        BenchPath(
             "paddle-inference-streams",
             f"Paddle Inference, oneDNN, {streams} streams",
-            lambda: PaddlePredictor(artifacts.paddle, **run),
+            PredictorSpec.for_model("paddle-inference", paddle, **run),
         ),
-        PathSpec("ort-fp32", "ONNX Runtime, exported graph", lambda: OrtPredictor(artifacts.onnx, **run)),
-        PathSpec("ort-fused", "ONNX Runtime, fused graph (--optimize)", lambda: OrtPredictor(artifacts.fused, **run)),
-        PathSpec("openvino-f32", "OpenVINO f32", lambda: OpenVinoPredictor(artifacts.onnx, "f32", **run)),
-        PathSpec(
-            "openvino-bf16", "OpenVINO bf16", lambda: OpenVinoPredictor(artifacts.onnx, "bf16", **run), "bf16", no_bf16
+        BenchPath("ort-fp32", "ONNX Runtime, exported graph", PredictorSpec.for_model("ort", onnx, **run)),
+        BenchPath(
+            "ort-fused",
+            "ONNX Runtime, fused graph (--optimize)",
+            PredictorSpec.for_model("ort", artifacts.fused, **run),
         ),
-        PathSpec(
+        BenchPath("openvino-f32", "OpenVINO f32", PredictorSpec.for_model("openvino", onnx, precision="f32", **run)),
+        BenchPath(
+            "openvino-bf16",
+            "OpenVINO bf16",
+            None if no_bf16 else PredictorSpec.for_model("openvino", onnx, precision="bf16", **run),
+            "bf16",
+            no_bf16,
+        ),
+        BenchPath(
             "ort-int8",
             "ONNX Runtime, int8 QDQ (ort quantizer)",
-            lambda: OrtPredictor(artifacts.int8_ort, **run),
+            PredictorSpec.for_model("ort", artifacts.int8_ort, **run),
             "int8",
         ),
-        PathSpec(
+        BenchPath(
             "openvino-int8",
             "OpenVINO, int8 QDQ (nncf)",
-            lambda: OpenVinoPredictor(artifacts.int8, "f32", **run),
+            PredictorSpec.for_model("openvino", artifacts.int8, precision="f32", **run),
             "int8",
         ),
     ]
     if streams == 1:  # the same as paddle-inference
-        specs = [s for s in specs if s.name != "paddle-inference-streams"]
-    return [s for s in specs if include is None or s.name in include]
+        paths = [p for p in paths if p.name != "paddle-inference-streams"]
+    return [p for p in paths if include is None or p.name in include]
 
 
-def _open_all(specs: list[PathSpec], log) -> tuple[dict[str, Any], list[PathResult]]:
+def _open_all(paths: list[BenchPath], log) -> tuple[dict[str, Any], list[PathResult]]:
     from runtimes import PredictorError
 
     opened, results = {}, []
-    for spec in specs:
-        result = PathResult(spec.name, spec.what, spec.precision)
+    for path in paths:
+        result = PathResult(path.name, path.what, path.precision)
         results.append(result)
-        if spec.unavailable:
-            result.skipped = spec.unavailable
-            log(f"  {spec.name}: not run ({spec.unavailable})")
+        if path.unavailable or path.spec is None:
+            result.skipped = path.unavailable
+            log(f"  {path.name}: not run ({path.unavailable})")
             continue
         try:
-            predictor = spec.open()
+            predictor = path.spec.open()
         except PredictorError as exc:  # e.g. bf16 on a CPU without it: reported, never silently replaced
             result.skipped = str(exc)
-            log(f"  {spec.name}: not run ({exc})")
+            log(f"  {path.name}: not run ({exc})")
         else:
-            opened[spec.name] = predictor
+            opened[path.name] = predictor
             result.describe = predictor.describe()
     return opened, results
 
@@ -191,7 +204,7 @@ def run_bench(
     settle_ms: int = DEFAULT_SETTLE_MS,
 ) -> dict[str, Any]:
     """Export the paths' files (or reuse them), time each path per batch size, measure drift; return a report."""
-    from lvvit import create_model
+    from lvvit import resolve_preset
     from lvvit.macs import count_macs
     from lvvit.preprocess import image_files, preprocess_batch
 
@@ -201,13 +214,13 @@ def run_bench(
     threads = threads or len(os.sched_getaffinity(0))
     streams = streams or threads
     artifacts = prepare_artifacts(preset, weights, resolution, Path(workdir), images, log)
-    model = create_model(preset, weights=weights, resolution=resolution)
-    config = model.preset.preprocess
-    paths = image_files(artifacts.images)[:limit_images]
-    real = preprocess_batch(paths, config)
-    specs = bench_paths(artifacts, model, threads, streams, include)
-    log(f"opening {len(specs)} paths with {threads} threads ({streams} streams where batched)")
-    opened, results = _open_all(specs, log)
+    spec = resolve_preset(preset, resolution)
+    config = spec.preprocess
+    image_paths = image_files(artifacts.images)[:limit_images]
+    real = preprocess_batch(image_paths, config)
+    paths = bench_paths(artifacts, spec, weights, threads, streams, include)
+    log(f"opening {len(paths)} paths with {threads} threads ({streams} streams where batched)")
+    opened, results = _open_all(paths, log)
     by_name = {r.name: r for r in results}
     log(f"drift against Paddle eager on {len(real)} real images")
     if "paddle-eager" in opened:
@@ -228,11 +241,12 @@ def run_bench(
     for predictor in opened.values():
         predictor.close()
     cpu = detect_cpu(threads)
-    macs = count_macs(model.preset.arch, model.preset.resolution)
+    macs = count_macs(spec.arch, spec.resolution)
     sgemm = float(np.median(sgemm_rates))
     return {
-        "preset": model.preset.name,
-        "resolution": model.preset.resolution,
+        "kind": "bench",
+        "preset": spec.name,
+        "resolution": spec.resolution,
         "weights": str(weights) if weights else "random-init (seed 0)",
         "threads": threads,
         "streams": streams,
@@ -253,52 +267,58 @@ def run_bench(
     }
 
 
+def _timings(path: dict[str, Any]) -> dict[int, dict[str, float]]:
+    """Timings by batch size (JSON turns the int keys into strings; a re-rendered report reads them back)."""
+    return {int(b): t for b, t in path["timings"].items()}
+
+
 def reference_throughput(paths: list[dict[str, Any]], batch: int) -> tuple[str, float] | None:
     """The faster Paddle Inference configuration at `batch`: (name, images/s)."""
     candidates = [
-        (p["name"], p["timings"][batch]["images_per_s"])
+        (p["name"], _timings(p)[batch]["images_per_s"])
         for p in paths
-        if p["name"] in REFERENCES and not p["skipped"] and batch in p["timings"]
+        if p["name"] in REFERENCES and not p["skipped"] and batch in _timings(p)
     ]
     return max(candidates, key=lambda c: c[1]) if candidates else None
 
 
 def _ratio(result: dict[str, Any], paths: list[dict[str, Any]], batch: int) -> float | None:
     reference = reference_throughput(paths, batch)
-    if reference is None or batch not in result["timings"]:
+    if reference is None or batch not in _timings(result):
         return None
-    return result["timings"][batch]["images_per_s"] / reference[1]
+    return _timings(result)[batch]["images_per_s"] / reference[1]
 
 
-def render_markdown(report: dict[str, Any]) -> str:
+def bench_blocks(report: dict[str, Any]) -> tuple[str, list[Block]]:
     """The side-by-side table, the ratios against Paddle inference, and the arithmetic floor."""
     paths = report["paths"]
-    batches = report["batch_sizes"]
+    batches = [int(b) for b in report["batch_sizes"]]
     header = ["path", "precision"]
     for b in batches:
         header += [f"b{b} median ms (IQR)", f"b{b} img/s", f"b{b} x Paddle Inference"]
     header += ["max abs vs eager", "top-1 agreement"]
-    lines = [
-        f"# Benchmark: {report['preset']} at {report['resolution']}px, {report['threads']} threads",
-        "",
-        f"Batched runs use {report['streams']} streams (the batch split into parallel parts) on every runtime; "
-        "ratios are throughput over the faster Paddle Inference configuration (one stream or the streams).",
-        "",
-        f"CPU: {report['cpu']['model_name']}; weights: {report['weights']}; "
-        f"{report['warmup']} warm-up + {report['repeats']} interleaved repeats per path and batch size, "
-        f"{report['settle_ms']} ms apart; "
-        f"drift on {report['images']['count']} real images ({report['images']['folder']}).",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
+    title = f"Benchmark: {report['preset']} at {report['resolution']}px, {report['threads']} threads"
+    blocks: list[Block] = [
+        Heading(title, 1),
+        Paragraph(
+            f"Batched runs use {report['streams']} streams (the batch split into parallel parts) on every runtime; "
+            "ratios are throughput over the faster Paddle Inference configuration (one stream or the streams)."
+        ),
+        Paragraph(
+            f"CPU: {report['cpu']['model_name']}; weights: {report['weights']}; "
+            f"{report['warmup']} warm-up + {report['repeats']} interleaved repeats per path and batch size, "
+            f"{report['settle_ms']} ms apart; "
+            f"drift on {report['images']['count']} real images ({report['images']['folder']})."
+        ),
     ]
+    rows = []
     for p in paths:
         if p["skipped"]:
-            lines.append(f"| {p['name']} | not run: {p['skipped']} |")
+            rows.append([p["name"], f"not run: {p['skipped']}"] + [""] * (len(header) - 2))
             continue
         row = [p["name"], p["precision"]]
         for b in batches:
-            t = p["timings"].get(b)
+            t = _timings(p).get(b)
             ratio = _ratio(p, paths, b)
             row += (
                 [f"{t['median_ms']:.1f} ({t['p25_ms']:.1f}-{t['p75_ms']:.1f})", f"{t['images_per_s']:.2f}"]
@@ -308,15 +328,16 @@ def render_markdown(report: dict[str, Any]) -> str:
             row.append(f"{ratio:.2f}x" if ratio else "-")
         d = p["drift"]
         row += [f"{d['max_abs']:.2e}", f"{d['top1_agreement']:.1%}"] if d else ["-", "-"]
-        lines.append("| " + " | ".join(row) + " |")
-    fp32 = [p for p in paths if p["precision"] == "fp32" and not p["skipped"] and 1 in p["timings"]]
+        rows.append(row)
+    blocks.append(Table(header, rows))
+    fp32 = [p for p in paths if p["precision"] == "fp32" and not p["skipped"] and 1 in _timings(p)]
+    notes = []
     if fp32:
-        best = min(fp32, key=lambda p: p["timings"][1]["median_ms"])
-        latency = best["timings"][1]["median_ms"]
+        best = min(fp32, key=lambda p: _timings(p)[1]["median_ms"])
+        latency = _timings(best)[1]["median_ms"]
         sgemm = report["measured_sgemm_gfma_per_s"]
         low, high = report["measured_sgemm_gfma_per_s_range"]
-        lines += [
-            "",
+        notes += [
             f"Arithmetic floor (fp32, batch 1): {report['floor_working']}.",
             f"Fastest fp32 path at batch 1: {best['name']}, {latency:.1f} ms = "
             f"{latency / report['floor_ms_batch1']:.2f}x the floor.",
@@ -327,8 +348,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         ]
     margin = next((p["drift"]["reference_median_top2_margin"] for p in paths if p["drift"]), None)
     if margin is not None:
-        lines.append(f"Median top-1/top-2 logit margin of the reference on these images: {margin:.3g}.")
-    return "\n".join(lines) + "\n"
+        notes.append(f"Median top-1/top-2 logit margin of the reference on these images: {margin:.3g}.")
+    blocks += [Paragraph(note) for note in notes]
+    return title, blocks
 
 
 def add_parser(subparsers) -> None:
@@ -389,13 +411,15 @@ def add_parser(subparsers) -> None:
         help="where the exported files are made and reused (default build/bench)",
     )
     parser.add_argument(
-        "--output", type=Path, default=None, help="folder for bench.json and bench.md (default: the workdir)"
+        "--output",
+        type=Path,
+        default=None,
+        help="folder for bench.json, bench.md and bench.html (default: the workdir)",
     )
     parser.set_defaults(func=_main)
 
 
 def _main(args) -> int:
-    import json
     import sys
 
     include = set(args.paths.split(",")) if args.paths else None
@@ -411,11 +435,9 @@ def _main(args) -> int:
         limit_images=args.limit_images,
         settle_ms=args.settle_ms,
     )  # fmt: skip
-    out = args.output or args.workdir
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(report, indent=2, default=str))
-    markdown = render_markdown(report)
-    (out / "bench.md").write_text(markdown)
-    print(markdown)
-    print(f"wrote {out / 'bench.json'} and {out / 'bench.md'}")
+    from .report import write_reports
+
+    written = write_reports(report, args.output or args.workdir, "bench")
+    print(written["markdown"].read_text(encoding="utf-8"))
+    print(f"wrote {written['json']}, {written['markdown']} and {written['html']}")
     return 0

@@ -17,6 +17,7 @@ from lvvit.atomic import atomic_output
 from lvvit.comparison import GateCheck
 
 from . import plots
+from .bench import bench_blocks
 from .document import Block, Bullets, Code, Figure, Heading, Paragraph, Table, Verdict, to_html, to_markdown
 from .errors import ValidationError
 
@@ -329,6 +330,7 @@ def accuracy_blocks(report: dict[str, Any]) -> tuple[str, list[Block]]:
 _BUILDERS: dict[str, Callable[[dict[str, Any]], tuple[str, list[Block]]]] = {
     "drift": drift_blocks,
     "accuracy": accuracy_blocks,
+    "bench": bench_blocks,
 }
 
 
@@ -401,10 +403,10 @@ def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "report",
         help="render the Markdown and HTML pages of a JSON report again",
-        description="Draw the Markdown (+ PNG figures) and self-contained HTML pages from a drift or accuracy "
+        description="Draw the Markdown (+ PNG figures) and self-contained HTML pages from a drift, accuracy or bench "
         "JSON report, e.g. after editing the renderer or on another machine.",
     )
-    parser.add_argument("json", type=Path, help="a report written by drift or accuracy")
+    parser.add_argument("json", type=Path, help="a report written by drift, accuracy or bench")
     parser.add_argument("--output-dir", type=Path, default=None, help="where the pages go (default: beside the JSON)")
     parser.set_defaults(func=main)
 
