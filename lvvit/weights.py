@@ -18,8 +18,8 @@ import paddle
 import paddle.nn as nn
 
 from .atomic import atomic_output
-from .digest import sha256_of
 from .errors import WeightsError, WeightsMismatchError
+from .provenance import sha256_of
 from .safe_pickle import load_pickle_data, load_torch_checkpoint
 
 StateDict = dict[str, np.ndarray]

@@ -22,6 +22,7 @@ import numpy as np
 
 from lvvit.metadata import INPUT_NAME, OUTPUT_NAME, MetadataError, ModelMetadata
 from lvvit.presets import PreprocessConfig, Preset
+from lvvit.provenance import weights_provenance
 from lvvit.versions import package_version
 
 from .base import LabelsArg, Predictor, check_threads_and_streams
@@ -300,7 +301,7 @@ class _EagerEngine:
             "device": self.device,
             "engine": "eager",
             "preset": spec.name,
-            "weights": {"source": "file", **info.to_dict()} if info is not None else {"source": "random-init"},
+            "weights": weights_provenance(info, seed=None),  # the eager model does not know its seed
             "arch": spec.arch.to_kwargs(),
         }
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from lvvit.digest import sha256_of
 from lvvit.metadata import ModelMetadata
 from lvvit.presets import Preset
+from lvvit.provenance import sha256_of
 
 from .base import Predictor
 from .errors import ConfigurationError, ModelFileError

@@ -18,6 +18,7 @@ import numpy as np
 
 from lvvit.comparison import image_errors, summarize_drift
 from lvvit.presets import Preset
+from lvvit.provenance import RANDOM_INIT
 from runtimes.spec import PredictorSpec
 
 from .document import Block, Heading, Paragraph, Table
@@ -247,7 +248,7 @@ def run_bench(
         "kind": "bench",
         "preset": spec.name,
         "resolution": spec.resolution,
-        "weights": str(weights) if weights else "random-init (seed 0)",
+        "weights": str(weights) if weights else f"{RANDOM_INIT} (seed 0)",
         "threads": threads,
         "streams": streams,
         "batch_sizes": list(batch_sizes),
@@ -354,16 +355,14 @@ def bench_blocks(report: dict[str, Any]) -> tuple[str, list[Block]]:
 
 
 def add_parser(subparsers) -> None:
-    from .options import non_negative, positive, positive_list
+    from .options import add_preset_options, non_negative, positive, positive_list
 
     parser = subparsers.add_parser(
         "bench",
         help="time every runtime path side by side (same inputs, threads, warm-up) with drift and ratios",
         description=__doc__,
     )
-    parser.add_argument("--preset", required=True, help="model to benchmark, e.g. lvvit_s")
-    parser.add_argument("--weights", type=Path, default=None, help="weights file (default: random init, seed 0)")
-    parser.add_argument("--resolution", type=positive, default=None, help="input size (default: the preset's)")
+    add_preset_options(parser, required=True)
     parser.add_argument(
         "--images",
         type=Path,

@@ -46,10 +46,16 @@ def non_negative(value: str) -> int:
     return number
 
 
+def add_preset_options(group: Any, required: bool = False) -> None:
+    """--preset, --resolution and --weights: the model of every command (drift, accuracy, reference, bench)."""
+    group.add_argument("--preset", metavar="NAME", required=required, help=f"one of {', '.join(list_presets())}")
+    group.add_argument("--resolution", type=positive, default=None, help="input size other than the preset's")
+    group.add_argument("--weights", type=Path, default=None, help=".pdparams, .safetensors or .pth.tar; none: random")
+
+
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model (native Paddle is the reference; the runtimes load its exported files)")
-    group.add_argument("--preset", metavar="NAME", help=f"one of {', '.join(list_presets())}")
-    group.add_argument("--resolution", type=int, default=None, help="input size other than the preset's")
+    add_preset_options(group)
     group.add_argument(
         "--arch",
         action="append",
@@ -57,7 +63,6 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE[,KEY=VALUE]",
         help="architecture override, e.g. embed_dim=32,depth=2,num_heads=4,num_classes=10 (repeatable)",
     )
-    group.add_argument("--weights", type=Path, default=None, help=".pdparams, .safetensors or .pth.tar; none: random")
     group.add_argument("--checkpoint-key", default=None, help="entry of a wrapped checkpoint")
     group.add_argument("--seed", type=int, default=0, help="seed of a random initialisation and of synthetic inputs")
     group.add_argument(

@@ -11,21 +11,20 @@ given file must say (in its metadata) it was made from the same weights.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from lvvit.digest import sha256_of
 from lvvit.metadata import ModelMetadata
 from lvvit.presets import ArchConfig, PreprocessConfig, Preset, get_preset
+from lvvit.progress import Log
+from lvvit.provenance import RANDOM_INIT, sha256_of
 from runtimes.spec import REFERENCE, RUNTIMES, PredictorSpec, read_model_metadata
 
 from .errors import ModelSourceError
-
-Log = Callable[[str], None]
 
 
 @runtime_checkable
@@ -149,7 +148,7 @@ def check_same_model(source: ModelSource, path: Path, metadata: ModelMetadata | 
                 f"{path}: was exported from {made_from} (sha256 {recorded.get('sha256')}), not from "
                 f"{source.weights} (sha256 {expected}); compare files of the same weights"
             )
-    elif recorded.get("source") != "random-init" or recorded.get("seed") != source.seed:
+    elif recorded.get("source") != RANDOM_INIT or recorded.get("seed") != source.seed:
         raise ModelSourceError(
             f"{path}: holds {recorded.get('file_name') or recorded}, but the reference is a random initialisation "
             f"(seed {source.seed}); pass --weights"

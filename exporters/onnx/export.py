@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lvvit.atomic import OutputPathError, atomic_output
 from lvvit.metadata import ModelMetadata
 from lvvit.presets import Preset
+from lvvit.progress import Log, to_stderr
 
 from ..errors import ExportError
 from ..provenance import tool_versions, weights_provenance
@@ -24,11 +23,6 @@ DEFAULT_OPSET = 17  # the first opset with a native LayerNormalization
 DEFAULT_ATOL = 1e-4
 MIN_OPSET = 13
 
-Log = Callable[[str], None]
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -111,7 +105,7 @@ def export_onnx(
     checkpoint_key: str | None = None,
     seed: int = 0,
     fast: FastPath | None = None,
-    log: Log = _stderr,
+    log: Log = to_stderr,
     **arch_overrides,
 ) -> ExportResult:
     """Export `preset` to one ONNX file and (unless `verify=False`) prove it matches Paddle.
@@ -170,7 +164,7 @@ def export_paddle_inference(
     batch: int | None = None,
     checkpoint_key: str | None = None,
     seed: int = 0,
-    log: Log = _stderr,
+    log: Log = to_stderr,
     **arch_overrides,
 ) -> ExportResult:
     """Save Paddle's inference artifact: `<stem>.json` (or `.pdmodel`), `.pdiparams`, `.lvvit.json` (metadata).
