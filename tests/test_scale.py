@@ -200,3 +200,22 @@ def test_reference_and_accuracy_command_lines_with_a_cache(digits_model, tmp_pat
     assert numbers(resumed["runtimes"]["ort"]) == numbers(report["runtimes"]["ort"])
     stale = cli("accuracy", str(data), "--onnx", str(onnx), "--reference-cache", str(tmp_path / "c"))
     assert stale.returncode == 2 and "differs in" in stale.stderr and "weights_sha256" in stale.stderr
+
+
+def test_the_ray_engine_without_ray_says_how_to_install_it(monkeypatch):
+    import sys
+
+    from validation.engines import EngineError
+    from validation.ray_engine import _import_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as in a base install
+    with pytest.raises(EngineError, match=r"--engine ray needs Ray: pip install 'lvvit-deploy\[ray\]'"):
+        _import_ray()
+
+
+def test_validation_imports_no_ray():
+    import subprocess
+    import sys
+
+    code = "import sys, validation, validation.engines, validation.accuracy; assert 'ray' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0

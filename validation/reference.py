@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from lvvit.versions import KIT_DISTRIBUTION, package_version
 from .data import Sample
 from .errors import ValidationError
 from .runners import REFERENCE, ModelSource
-from .shards import Engine, ShardLogits, shard_ranges
+from .shards import MAX_SHARD_FILE_BYTES, Engine, ShardLogits, shard_ranges
 
 KEY_FILE = "reference.json"
 MAX_KEY_BYTES = 1 << 20
@@ -69,6 +69,7 @@ class ReferenceCache:
     folder: Path
     key: dict[str, Any]
     classes: int
+    _index: tuple[dict[str, tuple[int, int, int]], list[Any]] | None = field(default=None, init=False, repr=False)
 
     # -- making one ---------------------------------------------------------------------------------------------------
 
@@ -135,6 +136,8 @@ class ReferenceCache:
         while self._logits(index).is_file():
             images_path = self._images(index)
             try:
+                if images_path.stat().st_size > MAX_SHARD_FILE_BYTES:
+                    raise ValueError(f"{images_path.stat().st_size} bytes, more than a shard's list of images")
                 images = json.loads(images_path.read_text(encoding="utf-8"))["images"]
                 logits = np.load(self._logits(index), mmap_mode="r", allow_pickle=False)
             except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -149,11 +152,18 @@ class ReferenceCache:
 
     def lookup(self, samples: Sequence[Sample]) -> np.ndarray:
         """The cached logits of `samples`, in order; every image must be in the cache with the same size."""
-        where: dict[str, tuple[int, int, int]] = {}
-        shards = list(self._shards())
-        for s, (images, _) in enumerate(shards):
-            for row, image in enumerate(images):
-                where[str(image["name"])] = (s, row, int(image["bytes"]))
+        if self._index is None:  # read once: every shard of a run looks its images up here
+            shards = list(self._shards())
+            try:
+                where = {
+                    str(image["name"]): (s, row, int(image["bytes"]))
+                    for s, (images, _) in enumerate(shards)
+                    for row, image in enumerate(images)
+                }
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ReferenceCacheError(f"{self.folder}: a list of cached images is malformed ({exc!r})") from None
+            self._index = (where, shards)
+        where, shards = self._index
         missing = [x.name for x in samples if x.name not in where]
         if missing:
             raise ReferenceCacheError(

@@ -120,6 +120,8 @@ class ShardStore:
 
     def _check_same_run(self, run_file: Path) -> None:
         try:
+            if run_file.stat().st_size > MAX_SHARD_FILE_BYTES:
+                raise ValueError(f"{run_file.stat().st_size} bytes, more than a run file holds")
             stored = json.loads(run_file.read_text(encoding="utf-8"))
             other = stored["run"]
             key = stored["key"]
