@@ -219,3 +219,12 @@ def test_validation_imports_no_ray():
 
     code = "import sys, validation, validation.engines, validation.accuracy; assert 'ray' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def test_a_ray_client_address_is_refused_with_the_way_that_works():
+    from validation.engines import EngineError
+    from validation.ray_engine import RayEngine
+
+    with pytest.raises(EngineError, match=r"Ray Data does not run through Ray Client .*--ray-address auto"):
+        with RayEngine.start({}, "ray://head:10001"):
+            pass

@@ -126,8 +126,8 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--ray-address",
         default=None,
-        help="join this Ray cluster instead of starting Ray here: 'auto' (a cluster started with ray start on this "
-        "machine) or ray://HOST:10001",
+        help="join this Ray cluster instead of starting Ray here: 'auto' (the cluster this machine is a node of, "
+        "started with ray start) or HOST:6379; Ray Client (ray://) is refused, Ray Data does not run through it",
     )
     group.add_argument(
         "--shard-size",

@@ -4,8 +4,9 @@
         -> map_batches(SpecActor, ActorPoolStrategy) for each runtime -> rows back to the driver, in order
 
 Without an address, Ray starts embedded in this process on this machine's cores
-(`ray.init` with no dashboard and a small object store); `--ray-address auto` or
-`ray://host:port` joins a cluster. Models are exported once, on the driver; their
+(`ray.init` with no dashboard and a small object store); `--ray-address auto` (or
+`HOST:6379`) joins a cluster from one of its nodes. Ray Client addresses (`ray://`) are
+refused: Ray Data does not run through Ray Client. Models are exported once, on the driver; their
 bytes go into Ray's object store, and each actor writes them into its own
 temporary folder after checking their SHA-256 (`PredictorSpec.materialize`), so a
 worker on another node never needs the driver's disk. Actors and read tasks ask
@@ -161,6 +162,12 @@ class RayEngine:
         actors_per_runtime: int = 1,
     ) -> Iterator[RayEngine]:
         """Start Ray embedded (or join `address`), ship the models' bytes, check every runtime opens on a worker."""
+        if address is not None and address.startswith("ray://"):
+            # measured with Ray 2.60: Ray Data's executor fails under Ray Client ('Worker' has no 'core_worker')
+            raise EngineError(
+                f"--ray-address {address}: Ray Data does not run through Ray Client (ray://); run the command on a "
+                "node of the cluster with --ray-address auto, or submit it there with 'ray job submit'"
+            )
         ray = _import_ray()
         started_here = not ray.is_initialized()
         if started_here:
