@@ -197,6 +197,9 @@ def test_reference_and_accuracy_command_lines_with_a_cache(digits_model, tmp_pat
     again = cli("accuracy", str(data), *model, "--reference-cache", str(tmp_path / "c"), "--report-dir", str(tmp_path))
     resumed = json.loads((tmp_path / "accuracy_lvvit_s_32.json").read_text())
     assert again.returncode == 0 and resumed["shards"]["computed"] == 0  # the same command: every shard was done
+    markdown = (tmp_path / "accuracy_lvvit_s_32.md").read_text()
+    assert "engine: local; 1 shard(s) of 1000 images, 0 computed in this run, the others resumed from" in markdown
+    assert "(Paddle was not run)" in markdown
     assert numbers(resumed["runtimes"]["ort"]) == numbers(report["runtimes"]["ort"])
     stale = cli("accuracy", str(data), "--onnx", str(onnx), "--reference-cache", str(tmp_path / "c"))
     assert stale.returncode == 2 and "differs in" in stale.stderr and "weights_sha256" in stale.stderr

@@ -63,6 +63,22 @@ def _model_lines(model: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _run_lines(report: dict[str, Any]) -> list[str]:
+    """How the run was executed: the engine, the shards, and a cached reference (older reports have none)."""
+    engine, shards = report.get("engine"), report.get("shards")
+    if not engine or not shards:
+        return []
+    where = f" at {engine['address']}" if engine.get("address") else ""
+    lines = [
+        f"engine: {engine['name']}{where}; {shards['count']} shard(s) of {shards['size']} images, "
+        f"{shards['computed']} computed in this run"
+        + (f", the others resumed from {shards['folder']}" if shards["computed"] < shards["count"] else "")
+    ]
+    if engine.get("reference"):
+        lines.append(f"reference: native Paddle's logits {engine['reference']} (Paddle was not run)")
+    return lines
+
+
 def _runtime_rows(report: dict[str, Any]) -> list[list[str]]:
     rows = []
     entries = [(report["reference"]["name"], report["reference"]["describe"])]
@@ -184,7 +200,7 @@ def drift_blocks(report: dict[str, Any]) -> tuple[str, list[Block]]:
     names = list(report["runtimes"])
     title = f"Drift report: {model.get('preset', 'model')} {', '.join(names)} vs native Paddle"
     blocks: list[Block] = [Heading(title, 1), Paragraph(_inputs_sentence(report["inputs"]))]
-    blocks += [Bullets(_model_lines(model))] if model else []
+    blocks += [Bullets(_model_lines(model) + _run_lines(report))] if model or _run_lines(report) else []
     blocks.append(Heading("Verdict", 2))
     blocks += _gate_verdicts(report, "(tolerance gate)")
     output = report["output"]
@@ -283,7 +299,7 @@ def accuracy_blocks(report: dict[str, Any]) -> tuple[str, list[Block]]:
             + f"{report['num_classes']} classes; wall time {report['wall_seconds']:.1f}s."
         ),
     ]
-    blocks += [Bullets(_model_lines(model))] if model else []
+    blocks += [Bullets(_model_lines(model) + _run_lines(report))] if model or _run_lines(report) else []
     blocks.append(Heading("Verdict", 2))
     blocks += _accuracy_summary(report)
     blocks += _gate_verdicts(report, "(accuracy gate)")
