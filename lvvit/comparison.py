@@ -47,7 +47,7 @@ class ComparisonError(LvvitError, ValueError):
 
 
 class ToleranceError(LvvitError, ValueError):
-    """An unknown tolerance name, or a limit that is not a finite, non-negative number."""
+    """An unknown tolerance name, or a limit that is not a finite number >= 0."""
 
 
 # -- logits ---------------------------------------------------------------------------------------------------------
@@ -355,13 +355,21 @@ class GateCheck:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> GateCheck:
-        return cls(
-            str(data["name"]), str(data["kind"]), float(data["limit"]), float(data["value"]), bool(data["passed"])
-        )
+        """From a JSON report, which stores NaN and infinities as null (read back as NaN)."""
+
+        def number(value: Any) -> float:
+            return math.nan if value is None else float(value)
+
+        name, kind, passed = str(data["name"]), str(data["kind"]), bool(data["passed"])
+        return cls(name, kind, number(data["limit"]), number(data["value"]), passed)
 
     def describe(self) -> str:
         sign = "<=" if self.kind == "max" else ">="
-        return f"{self.name} = {self.value:.6g} (limit {sign} {self.limit:g})"
+        return f"{self.name} = {_shown(self.value, '.6g')} (limit {sign} {_shown(self.limit, 'g')})"
+
+
+def _shown(value: float, spec: str) -> str:
+    return "not a number" if math.isnan(value) else format(value, spec)
 
 
 def _field(name: str) -> Callable[[Mapping[str, Any]], float]:
@@ -409,10 +417,9 @@ DEFAULT_ACCURACY_TOLERANCE: dict[str, float] = {"top1_diff": 0.2, "agreement": 9
 
 def checked_bound(name: str, value: float) -> float:
     """A limit's bound as a float; NaN, inf and negative numbers are refused (a NaN bound would pass anything)."""
-    bound = float(value)
-    if not math.isfinite(bound) or bound < 0:
-        raise ToleranceError(f"tolerance {name}: {value!r} is not a finite, non-negative number")
-    return bound
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0.0 <= value < math.inf):
+        raise ToleranceError(f"tolerance {name}: {value!r} is not a finite number >= 0")
+    return float(value)
 
 
 def check_gate(

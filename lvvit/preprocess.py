@@ -4,10 +4,18 @@ RGB (any PIL mode converted; alpha dropped as the authors' loader does), resize
 the shorter side to `floor(input_size / crop_pct)` with PIL bicubic, center crop
 `input_size` square, scale to [0, 1], normalise with mean/std, HWC -> CHW.
 This mirrors timm's eval transform, which the authors used for their numbers.
+
+Images come from strangers, so the work per image is bounded: a file is opened
+only if it is a regular file (a FIFO named `.jpg` would block forever), an image
+over `MAX_IMAGE_PIXELS` is refused before it is decoded, and so is one whose
+resized copy would exceed `MAX_RESIZED_PIXELS` (a 20000x1 strip resizes to
+4.96M x 248 for lvvit_s: 1.2G pixels). Both, and running out of memory, are an
+`ImageError` naming the file.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Union
@@ -17,8 +25,16 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import ImageError
 from .presets import PreprocessConfig
+from .regular_files import open_regular, walk_regular_files
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray]  # noqa: UP007 (a runtime alias)
+
+# PIL's own decompression-bomb limit (its default Image.MAX_IMAGE_PIXELS, 89.5M pixels, ~268 MB as RGB),
+# enforced here whatever a program sets PIL's global to; PIL only warns between 1x and 2x of it.
+MAX_IMAGE_PIXELS = 89_478_485
+# The resized image before the center crop: 2^25 pixels (~100 MB as RGB). For lvvit_s (shorter side 248)
+# this allows a 545:1 aspect ratio; for lvvit_l_512 (512), 128:1.
+MAX_RESIZED_PIXELS = 1 << 25
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
@@ -28,14 +44,18 @@ IMAGE_SUFFIXES = frozenset(
 )
 
 
+def is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
 def image_files(folder: Path) -> list[Path]:
-    """Every file under `folder` (recursive) with an image suffix, sorted by path."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    """Every regular file under `folder` (recursive) with an image suffix, sorted by path."""
+    return [p for p in walk_regular_files(folder)[0] if is_image_name(p)]
 
 
 def _high_bit_depth_to_l(img: Image.Image) -> Image.Image:
     """16-bit / 32-bit gray -> 8-bit L by scaling, not clipping (PIL's convert would saturate)."""
-    values = np.asarray(img, dtype=np.float64)
+    values = np.asarray(img, dtype=np.float32)  # float32: half the memory of float64, exact for 16-bit values
     if img.mode in _SIXTEEN_BIT_MODES or values.max(initial=0) > 255:
         values = values / 257.0
     elif img.mode == "F" and values.max(initial=0) <= 1.0:
@@ -74,28 +94,70 @@ def load_image(source: ImageInput) -> Image.Image:
         array = source[:, :, 0] if source.ndim == 3 and source.shape[2] == 1 else source
         return to_rgb(Image.fromarray(array))
     if isinstance(source, (str, Path)):
-        path = Path(source)
-        try:
-            with Image.open(path) as img:
-                img.load()  # decode now, so a truncated file fails here and names itself
-                return to_rgb(img)
-        except FileNotFoundError:
-            raise ImageError(f"{path}: no such image file") from None
-        except UnidentifiedImageError:
-            raise ImageError(f"{path}: not an image (unrecognised format)") from None
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-            raise ImageError(f"{path}: unreadable image ({exc})") from exc
+        return _load_file(Path(source))
     raise ImageError(f"cannot read an image from a {type(source).__name__}; give a path, a PIL image or a uint8 array")
 
 
-def resize_and_crop(img: Image.Image, config: PreprocessConfig) -> Image.Image:
+# What PIL's decoders raise on crafted files besides OSError: a hostile file must be an ImageError, not a crash.
+_DECODER_ERRORS = (ValueError, SyntaxError, EOFError, IndexError, KeyError, TypeError, ArithmeticError, struct.error)
+
+
+def _load_file(path: Path) -> Image.Image:
+    try:
+        file = open_regular(path)
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such image file") from None
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot open the image file ({exc.strerror or exc})") from None
+    with file:
+        try:
+            with Image.open(file) as img:
+                width, height = img.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise ImageError(
+                        f"{path}: unreadable image: {width}x{height} is {width * height} pixels, over the "
+                        f"decompression-bomb limit of {MAX_IMAGE_PIXELS}"
+                    )
+                img.load()  # decode now, so a truncated file fails here and names itself
+                return to_rgb(img)
+        except ImageError:
+            raise
+        except UnidentifiedImageError:
+            raise ImageError(f"{path}: not an image (unrecognised format)") from None
+        except Image.DecompressionBombError as exc:
+            raise ImageError(f"{path}: unreadable image: over the decompression-bomb limit ({exc})") from None
+        except MemoryError:
+            raise ImageError(f"{path}: unreadable image: out of memory while decoding it") from None
+        except (OSError, *_DECODER_ERRORS) as exc:
+            raise ImageError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from exc
+
+
+def _resized_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """Shorter side to `size`, the aspect ratio kept (timm's Resize(int))."""
+    if width <= height:
+        return size, int(size * height / width)
+    return int(size * width / height), size
+
+
+def check_image_size(width: int, height: int, config: PreprocessConfig, name: str = "image") -> None:
+    """Refuse an image whose resized copy would exceed `MAX_RESIZED_PIXELS` (`ImageError` naming it)."""
+    if width < 1 or height < 1:
+        raise ImageError(f"{name}: unreadable image: it is {width}x{height} pixels (empty)")
+    new_w, new_h = _resized_size(width, height, config.resize_size)
+    if new_w * new_h > MAX_RESIZED_PIXELS:
+        raise ImageError(
+            f"{name}: unreadable image: {width}x{height} "
+            f"(aspect ratio {max(width, height) / min(width, height):.0f}:1) "
+            f"would resize to {new_w}x{new_h} = {new_w * new_h} pixels before the crop, over the limit of "
+            f"{MAX_RESIZED_PIXELS}"
+        )
+
+
+def resize_and_crop(img: Image.Image, config: PreprocessConfig, name: str = "image") -> Image.Image:
     """Shorter side to `config.resize_size` (bicubic), then a centered `input_size` square."""
     w, h = img.size
-    size = config.resize_size
-    if w <= h:
-        new_w, new_h = size, int(size * h / w)
-    else:
-        new_w, new_h = int(size * w / h), size
+    check_image_size(w, h, config, name)
+    new_w, new_h = _resized_size(w, h, config.resize_size)
     if (new_w, new_h) != (w, h):
         img = img.resize((new_w, new_h), Image.Resampling.BICUBIC)
     crop = config.input_size
@@ -112,8 +174,14 @@ def normalize(img: Image.Image, config: PreprocessConfig) -> np.ndarray:
 
 
 def preprocess(image: ImageInput, config: PreprocessConfig) -> np.ndarray:
-    """One image -> the model's CHW float32 input."""
-    return normalize(resize_and_crop(load_image(image), config), config)
+    """One image -> the model's CHW float32 input; `ImageError` (naming a file) for one it cannot use."""
+    name = str(image) if isinstance(image, (str, Path)) else "image"
+    try:
+        # One expression, no local: the decoded image is freed as soon as it is resized (keeping it alive
+        # until the function returns costs 30% more CPU per image, measured, through worse memory reuse).
+        return normalize(resize_and_crop(load_image(image), config, name), config)
+    except MemoryError:
+        raise ImageError(f"{name}: unreadable image: out of memory while preprocessing it") from None
 
 
 def preprocess_batch(images: Sequence[ImageInput], config: PreprocessConfig) -> np.ndarray:

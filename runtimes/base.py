@@ -4,12 +4,21 @@ Polygraphy's runner pattern: the public methods check their inputs, batch,
 pad and label; a backend implements only `_logits_impl` (one NCHW float32
 chunk in, logits out) and `_runtime_details` (what actually runs, for reports).
 Backends must make `_logits_impl` safe to call from several threads at once.
+
+Streams: a predictor opened with `streams=N > 1` splits a batch of at least N
+images into N parts run at once, each on threads/N. A smaller batch cannot
+keep every stream busy, so it runs whole through `_logits_whole`, which a
+backend points at a second session that has all the threads: one image is then
+as fast as with `streams=1`, at the cost of that session's memory (about one
+more copy of the weights).
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
 import itertools
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -86,6 +95,9 @@ class Predictor(abc.ABC):
         self._labels = resolve_labels(labels, info.num_classes, declared) if info.num_classes else None
         self._labels_arg = labels
         self._closed = False
+        # close() waits for the calls in flight, and no call starts after it: see _in_use
+        self._state = threading.Condition()
+        self._active = 0
 
     # -- public interface --------------------------------------------------------------------------------------
 
@@ -100,14 +112,14 @@ class Predictor(abc.ABC):
         Images are read and preprocessed `batch_size` at a time (an iterable is
         consumed lazily); an unreadable image raises `ImageError` naming it.
         """
-        self._check_open()
         if not isinstance(topk, int) or topk < 1 or (self.info.num_classes and topk > self.info.num_classes):
             raise ConfigurationError(f"topk must be an integer in 1..{self.info.num_classes or 'classes'}, got {topk}")
         results: list[Prediction] = []
-        for chunk in _chunks(images, self.batch_size):
-            logits = self._run(preprocess_batch(chunk, self.info.preprocess))
-            sources = [_source(image) for image in chunk]
-            results.extend(top_k(logits, min(topk, logits.shape[1]), self._labels_for(logits), sources))
+        with self._in_use():
+            for chunk in _chunks(images, self.batch_size):
+                logits = self._run(preprocess_batch(chunk, self.info.preprocess))
+                sources = [_source(image) for image in chunk]
+                results.extend(top_k(logits, min(topk, logits.shape[1]), self._labels_for(logits), sources))
         return results
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
@@ -116,9 +128,9 @@ class Predictor(abc.ABC):
         Raises `InputError` for a wrong type, dtype or shape (naming the expected
         one) and for NaN/inf values. Any N >= 1; runs `batch_size` at a time.
         """
-        self._check_open()
         x = self._check_batch(batch)
-        return np.concatenate([self._run(x[i : i + self.batch_size]) for i in range(0, len(x), self.batch_size)])
+        with self._in_use():
+            return np.concatenate([self._run(x[i : i + self.batch_size]) for i in range(0, len(x), self.batch_size)])
 
     def describe(self) -> dict[str, Any]:
         """What runs, for validation reports: runtime, device, providers, precision, model, preprocessing, versions."""
@@ -139,17 +151,27 @@ class Predictor(abc.ABC):
             "labels": self._labels.source if self._labels is not None else None,
             "batch_size": self.batch_size,
         }
+        if self.streams > 1:
+            described["stream_policy"] = (
+                f"batches of {self.streams}+ images run as {self.streams} parts at once, each on its share of the "
+                "threads; smaller batches run whole on a session with all the threads"
+            )
         described.update(details)  # the runtime's facts (device, providers, precision...) and its overrides
         described["versions"] = versions
         return described
 
     def close(self) -> None:
-        """Release the runtime's session; later calls raise `PredictorClosedError`."""
-        if not self._closed:
+        """Release the runtime's session once the calls in flight have finished; later calls raise
+        `PredictorClosedError`."""
+        with self._state:
+            if self._closed:
+                return
             self._closed = True
-            if self._executor is not None:
-                self._executor.shutdown(wait=True)
-            self._release()
+            while self._active:
+                self._state.wait()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+        self._release()
 
     def __enter__(self) -> Predictor:
         return self
@@ -183,6 +205,21 @@ class Predictor(abc.ABC):
     def _check_open(self) -> None:
         if self._closed:
             raise PredictorClosedError(f"{type(self).__name__} for {self.info.source} is closed")
+
+    @contextlib.contextmanager
+    def _in_use(self) -> Iterator[None]:
+        """Count a call in flight, so that `close()` from another thread waits for it instead of pulling the
+        session from under it."""
+        with self._state:
+            self._check_open()
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._state:
+                self._active -= 1
+                if not self._active:
+                    self._state.notify_all()
 
     def _check_batch_size(self, batch_size: int | None) -> int:
         fixed = self.info.batch
@@ -241,10 +278,16 @@ class Predictor(abc.ABC):
         return out.astype(np.float32, copy=False)
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
-        if self._executor is None or len(x) < 2:
+        if self._executor is None:
             return self._logits_impl(x)
-        parts = np.array_split(x, min(self.streams, len(x)))
+        if len(x) < self.streams:  # too small to keep every stream busy: whole, on all the threads
+            return self._logits_whole(x)
+        parts = np.array_split(x, self.streams)
         return np.concatenate(list(self._executor.map(self._logits_impl, parts)))  # runtimes release the GIL
+
+    def _logits_whole(self, batch: np.ndarray) -> np.ndarray:
+        """A batch smaller than `streams`; backends with streams override it with an all-threads session."""
+        return self._logits_impl(batch)
 
     def _labels_for(self, logits: np.ndarray) -> Labels:
         if self._labels is None:  # the graph did not say how many classes: decide from the first output

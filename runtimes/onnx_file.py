@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import BinaryIO
 
-from lvvit.metadata import PREFIX, ModelMetadata
+from lvvit.metadata import MAX_PROPS_BYTES, PREFIX, MetadataError, ModelMetadata
 
 from .errors import ModelFileError
 
@@ -76,6 +76,8 @@ def _entry(data: bytes) -> tuple[str, str]:
         if tag & 7 != 2:
             raise ValueError(f"metadata entry field {tag >> 3} has wire type {tag & 7}")
         length, pos = _varint(data, pos)
+        if pos + length > len(data):
+            raise ValueError(f"metadata entry field {tag >> 3} needs {length} bytes, the entry holds {len(data) - pos}")
         out[tag >> 3] = data[pos : pos + length].decode("utf-8")
         pos += length
     return out[1], out[2]
@@ -127,7 +129,7 @@ def read_onnx_file(model_path: str | Path) -> tuple[Path, dict[str, str]]:
 
 
 def _walk(path: Path, size: int) -> dict[str, str]:
-    props: dict[str, str] = {}
+    props = _BoundedProps()
     seen: set[int] = set()
     with path.open("rb") as f:
         while f.tell() < size:
@@ -139,7 +141,7 @@ def _walk(path: Path, size: int) -> dict[str, str]:
                     f"{path}: truncated ONNX file: it ends inside the field that starts at byte {start} "
                     f"(size {size} bytes)"
                 ) from None
-            except ModelFileError:
+            except (ModelFileError, MetadataError):
                 raise
             except (ValueError, UnicodeDecodeError) as exc:
                 raise _not_onnx(path, f"byte {start}: {exc}") from None
@@ -149,7 +151,20 @@ def _walk(path: Path, size: int) -> dict[str, str]:
     return props
 
 
-def _field(f: BinaryIO, path: Path, size: int, props: dict[str, str]) -> int:
+class _BoundedProps(dict):
+    """metadata_props read so far; all of them together may take at most MAX_PROPS_BYTES (a model has kilobytes)."""
+
+    read_bytes = 0
+
+    def charge(self, path: Path, length: int) -> None:
+        self.read_bytes += length
+        if self.read_bytes > MAX_PROPS_BYTES:
+            raise MetadataError(
+                f"{path}: metadata_props take {self.read_bytes} bytes or more; the limit is {MAX_PROPS_BYTES}"
+            )
+
+
+def _field(f: BinaryIO, path: Path, size: int, props: _BoundedProps) -> int:
     """Read or skip the top-level field at the current position; return its number."""
     start = f.tell()
     tag = _read_varint(f)
@@ -170,6 +185,7 @@ def _field(f: BinaryIO, path: Path, size: int, props: dict[str, str]) -> int:
                 f"ends {size - f.tell()} bytes later (size {size} bytes, expected at least {end})"
             )
         if number == _METADATA:
+            props.charge(path, length)
             key, value = _entry(f.read(length))
             props[key] = value
         else:

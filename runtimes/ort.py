@@ -18,7 +18,6 @@ import numpy as np
 
 from lvvit.metadata import INPUT_NAME, ModelMetadata
 from lvvit.presets import PreprocessConfig
-from lvvit.versions import package_version
 
 from . import ort_providers as eps
 from .base import DEFAULT_BATCH_SIZE, LabelsArg, Predictor, check_threads_and_streams
@@ -32,7 +31,8 @@ def _import_onnxruntime() -> Any:
         import onnxruntime
     except ImportError as exc:
         raise BackendNotInstalledError(
-            f"OrtPredictor needs ONNX Runtime: pip install onnxruntime (or onnxruntime-gpu) ({exc})"
+            "OrtPredictor needs ONNX Runtime, and no onnxruntime module is installed: pip install "
+            f"'lvvit-deploy[cpu]' (the onnxruntime wheel) or 'lvvit-deploy[gpu]' (onnxruntime-gpu), one of them ({exc})"
         ) from exc
     return onnxruntime
 
@@ -45,7 +45,9 @@ class OrtPredictor(Predictor):
         device: "cpu", "cuda", "tensorrt", or "auto" (CUDA if it really loads, else CPU).
         threads: intra-op threads in all (None: ONNX Runtime's default, one per physical core).
         streams: CPU only: run a batch as N parts at once, each on threads/N intra-op threads (default 1).
-            Higher throughput for batches; a model with a fixed batch size cannot be split.
+            Higher throughput for batches; a model with a fixed batch size cannot be split. A batch of fewer
+            than N images runs whole on a second session with all the threads (one more copy of the weights
+            in memory), so single images are as fast as with streams=1.
         batch_size: images per run in `predict`/`logits` (default 8, or the model's fixed batch).
         preset, resolution: the preprocessing of a model without kit metadata.
         preprocess: an explicit preprocessing config (overrides the metadata).
@@ -94,10 +96,16 @@ class OrtPredictor(Predictor):
         self._tensorrt = {"fp16": tensorrt_fp16, "cache": str(tensorrt_cache) if tensorrt_cache else None}
         self._requested = device
         self.device = device  # the device that runs; "auto" is resolved below
+        self._graph_precision = metadata.precision if metadata is not None else "fp32"
         self._session, self.device = self._open_session(path, device, batch_size, metadata)
+        # batches smaller than `streams`: one session with all the threads (see runtimes.base)
+        self._whole_session = (
+            self._create_session(path, "cpu", batch_size, metadata, threads) if streams > 1 else None
+        )
         self.providers: list[str] = list(self._session.get_providers())
         self._provider_options = {k: dict(v) for k, v in self._session.get_provider_options().items()}
-        self._io_binding = (device != "cpu") if io_binding is None else bool(io_binding)
+        # from the device that runs, not the one asked for: "auto" may have resolved to the CPU
+        self._io_binding = (self.device != "cpu") if io_binding is None else bool(io_binding)
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:
             raise ModelFileError(
@@ -122,7 +130,7 @@ class OrtPredictor(Predictor):
             raise DeviceUnavailableError(f"device={device!r}: {eps.why_not_loaded(ort, eps.PROVIDERS[device])}")
         if device == "auto":
             device = next(d for d in eps.AUTO_ORDER if eps.PROVIDERS[d] in available)
-        session = self._create_session(path, device, batch_size, metadata)
+        session = self._create_session(path, device, batch_size, metadata, self._stream_threads)
         loaded = session.get_providers()
         wanted = eps.PROVIDERS[device]
         if wanted in loaded:
@@ -133,14 +141,23 @@ class OrtPredictor(Predictor):
                 f"device={self._requested!r}: onnxruntime created the session with {loaded} only, "
                 f"without {wanted}: {why}"
             )
-        self._auto_fallback = why  # auto allows the CPU, which this session already runs on
-        return session, "cpu"
+        self._auto_fallback = why
+        # auto allows the CPU. The session onnxruntime left (or re-created itself after a provider error) has the
+        # GPU's graph optimizations and options; a CPU session is built the way device="cpu" builds it.
+        return self._create_session(path, "cpu", batch_size, metadata, self._stream_threads), "cpu"
 
-    def _create_session(self, path: Path, device: str, batch_size: int | None, metadata: ModelMetadata | None) -> Any:
+    def _create_session(
+        self,
+        path: Path,
+        device: str,
+        batch_size: int | None,
+        metadata: ModelMetadata | None,
+        threads: int | None,
+    ) -> Any:
         ort = self._ort
         options = ort.SessionOptions()
-        if self._stream_threads is not None:
-            options.intra_op_num_threads = self._stream_threads
+        if threads is not None:
+            options.intra_op_num_threads = threads
         profile = None
         if device == "tensorrt" and metadata is not None and metadata.batch is None:
             size, most = metadata.resolution, batch_size or DEFAULT_BATCH_SIZE
@@ -151,7 +168,7 @@ class OrtPredictor(Predictor):
         chain = eps.provider_chain(device, self._device_id, self._tf32, self._tensorrt["fp16"], cache, profile)
         self._disabled_fusions = eps.CPU_DISABLED_FUSIONS if device == "cpu" else ()
         try:
-            return ort.InferenceSession(
+            session = ort.InferenceSession(
                 str(path),
                 sess_options=options,
                 providers=[name for name, _ in chain],
@@ -162,16 +179,41 @@ class OrtPredictor(Predictor):
             raise ModelFileError(
                 f"{path}: onnxruntime cannot create a {device} session for this model ({type(exc).__name__}: {exc})"
             ) from exc
+        # Otherwise `run` answers a GPU provider's failure (EPFail) by printing it and re-running on the CPU for
+        # the rest of the session's life, while `providers` still names the GPU.
+        session.disable_fallback()
+        return session
+
+    @property
+    def session(self) -> Any:
+        """The `onnxruntime.InferenceSession`, for tools that bind buffers already on the device (benchmarks)."""
+        self._check_open()
+        return self._session
 
     @property
     def precision(self) -> str:
-        """The math the session uses: "fp32", "tf32" or "fp16" (see `ort_providers.precision`)."""
-        return eps.precision(self.device, self._tf32, self._tensorrt["fp16"])
+        """The math the session uses: "fp32", "tf32", "fp16" or "int8" (see `ort_providers.precision`)."""
+        return eps.precision(self.device, self._tf32, self._tensorrt["fp16"], self._graph_precision)
 
     def _logits_impl(self, batch: np.ndarray) -> np.ndarray:
-        session = self._session
-        if not self._io_binding:
-            return session.run([self.info.output_name], {self.info.input_name: batch})[0]
+        return self._run_session(self._session, batch)
+
+    def _logits_whole(self, batch: np.ndarray) -> np.ndarray:
+        return self._run_session(self._whole_session or self._session, batch)
+
+    def _run_session(self, session: Any, batch: np.ndarray) -> np.ndarray:
+        try:
+            if not self._io_binding:
+                return session.run([self.info.output_name], {self.info.input_name: batch})[0]
+            return self._run_bound(session, batch)
+        except self._ort.capi.onnxruntime_pybind11_state.EPFail as exc:  # an Exception, not a RuntimeError
+            raise DeviceUnavailableError(
+                f"device={self.device!r}: {self.providers[0]} failed during the run of a batch of {len(batch)} "
+                f"({exc}); not retried on the CPU"
+            ) from exc
+
+    def _run_bound(self, session: Any, batch: np.ndarray) -> np.ndarray:
+        """One run through I/O binding: the output is allocated by the session for this batch's (dynamic) size."""
         ort_device = "cpu" if self.device == "cpu" else "cuda"
         binding = session.io_binding()  # one per call: bindings are not shared between threads
         if ort_device == "cpu":
@@ -194,7 +236,10 @@ class OrtPredictor(Predictor):
             "streams": self.streams,
             "io_binding": self._io_binding,
             "disabled_fusions": list(self._disabled_fusions),
-            "versions": {"onnxruntime": self._ort.__version__, **_ort_distributions()},
+            "versions": {
+                "onnxruntime": self._ort.__version__,
+                **{f"{name} (distribution)": v for name, v in eps.installed_distributions().items()},
+            },
         }
         if self._auto_fallback:
             details["auto_note"] = f"CUDA listed but not loaded: {self._auto_fallback}"
@@ -202,9 +247,4 @@ class OrtPredictor(Predictor):
 
     def _release(self) -> None:
         self._session = None
-
-
-def _ort_distributions() -> dict[str, str]:
-    """Which onnxruntime wheel is installed (the CPU and GPU wheels share the module name)."""
-    found = {name: package_version(name) for name in ("onnxruntime", "onnxruntime-gpu")}
-    return {f"{name} (distribution)": v for name, v in found.items() if v != "not installed"}
+        self._whole_session = None

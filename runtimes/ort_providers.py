@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lvvit.versions import package_version
+
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
@@ -72,17 +74,27 @@ def provider_chain(
     raise ValueError(f"no provider chain for device {device!r}")
 
 
-def precision(device: str, tf32: bool, tensorrt_fp16: bool) -> str:
+def precision(device: str, tf32: bool, tensorrt_fp16: bool, graph_precision: str = "fp32") -> str:
     """The math a session of `device` really uses.
 
-    TensorRT allows TF32 whenever the GPU has it, and onnxruntime has no option to stop that short of the
-    process-wide NVIDIA_TF32_OVERRIDE=0, so a TensorRT session reports "tf32" unless that variable is set.
+    A graph exported in fp16 or int8 (`graph_precision`, from the model's metadata) computes in that precision
+    on every device. TensorRT allows TF32 whenever the GPU has it, and onnxruntime has no option to stop that
+    short of the process-wide NVIDIA_TF32_OVERRIDE=0, so a TensorRT session reports "tf32" unless that variable
+    is set.
     """
+    if graph_precision != "fp32":
+        return graph_precision
     if device == "tensorrt":
         if tensorrt_fp16:
             return "fp16"
         return "fp32" if os.environ.get("NVIDIA_TF32_OVERRIDE") == "0" else "tf32"
     return "tf32" if device == "cuda" and tf32 else "fp32"
+
+
+def installed_distributions() -> dict[str, str]:
+    """The installed ONNX Runtime wheels (name -> version): the CPU and GPU wheels share the module name."""
+    found = {name: package_version(name) for name in ("onnxruntime", "onnxruntime-gpu")}
+    return {name: version for name, version in found.items() if version != "not installed"}
 
 
 def try_load(library: str | Path) -> str | None:
@@ -103,16 +115,28 @@ def why_not_loaded(ort_module: Any, provider: str) -> str:
     """A sentence naming what keeps `provider` from loading in this process."""
     version = getattr(ort_module, "__version__", "?")
     if provider not in ort_module.get_available_providers():
+        available = ", ".join(ort_module.get_available_providers())
+        if len(installed_distributions()) > 1:
+            # both wheels write the one `onnxruntime` package; the one installed last won, file by file
+            return (
+                f"this onnxruntime ({version}) has no {provider} (available: {available}): the onnxruntime and "
+                "onnxruntime-gpu wheels are both installed and overwrite each other; pip uninstall -y onnxruntime "
+                "onnxruntime-gpu, then pip install 'lvvit-deploy[gpu]'"
+            )
         return (
             f"this onnxruntime build ({version}) has no {provider} "
-            f"(available: {', '.join(ort_module.get_available_providers())}); install onnxruntime-gpu instead"
+            f"(available: {available}); install onnxruntime-gpu instead (pip install 'lvvit-deploy[gpu]')"
         )
     library = _provider_library(ort_module, provider)
     if not library.exists():
         return f"{library.name} is missing from {library.parent} (onnxruntime {version} was built without it)"
     error = try_load(library)
     if error is not None:
-        return f"{library.name} cannot load: {error}"
+        return (
+            f"{library.name} cannot load: {error} (CUDA and cuDNN from pip's nvidia-* packages are found only "
+            "after onnxruntime.preload_dlls() or `import torch` in this process, or with their lib folders on "
+            "LD_LIBRARY_PATH)"
+        )
     driver = _DRIVER[1 if sys.platform == "win32" else 0]
     error = try_load(driver)
     if error is not None:

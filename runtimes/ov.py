@@ -112,11 +112,25 @@ class OpenVinoPredictor(Predictor):
             model.outputs[0].get_any_name(), _dims(model.output(0).get_partial_shape()),
             metadata, preset=preset, resolution=resolution, preprocess=preprocess,
         )  # fmt: skip
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": _OV_TYPE[self.precision]}
+        compiled = self._compile(core, model, path, precision, threads, streams)
+        self._ov_version = ov.__version__
+        self._execution_devices = list(compiled.get_property("EXECUTION_DEVICES"))
+        self._capabilities = _capabilities(core, device)
+        self._compiled = compiled
+        self._requests: Pool[Any] | None = Pool(compiled.create_infer_request)
+        # batches smaller than `streams`: one stream with all the threads (see runtimes.base)
+        self._whole_requests: Pool[Any] | None = (
+            Pool(self._compile(core, model, path, precision, threads, 1).create_infer_request) if streams > 1 else None
+        )
+        self._submit_lock = threading.Lock()
+        super().__init__(info, batch_size=batch_size, labels=labels, streams=streams)
+
+    def _compile(self, core: Any, model: Any, path: Path, precision: str, threads: int | None, streams: int) -> Any:
+        """The compiled model, refused when the plugin compiled another precision than the one asked for."""
+        device = self.device
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": _OV_TYPE[self.precision], "NUM_STREAMS": streams}
         if threads is not None and device.startswith("CPU"):
-            config["INFERENCE_NUM_THREADS"] = threads
-        if streams > 1:
-            config["NUM_STREAMS"] = streams  # OpenVINO splits the threads between its streams
+            config["INFERENCE_NUM_THREADS"] = threads  # OpenVINO splits the threads between its streams
         try:
             compiled = core.compile_model(model, device, config)
         except Exception as exc:
@@ -130,18 +144,18 @@ class OpenVinoPredictor(Predictor):
                 f"precision={precision!r}: OpenVINO's {device} plugin compiled {path.name} at {actual} instead "
                 f"(device capabilities: {', '.join(capabilities) or 'unknown'}); choose a precision it supports"
             )
-        self._ov_version = ov.__version__
-        self._execution_devices = list(compiled.get_property("EXECUTION_DEVICES"))
-        self._capabilities = _capabilities(core, device)
-        self._compiled = compiled
-        self._requests: Pool[Any] | None = Pool(compiled.create_infer_request)
-        self._submit_lock = threading.Lock()
-        super().__init__(info, batch_size=batch_size, labels=labels, streams=streams)
+        return compiled
 
     def _logits_impl(self, batch: np.ndarray) -> np.ndarray:
-        if self._requests is None:
+        return self._infer_on(self._requests, batch)
+
+    def _logits_whole(self, batch: np.ndarray) -> np.ndarray:
+        return self._infer_on(self._whole_requests or self._requests, batch)
+
+    def _infer_on(self, requests: Pool[Any] | None, batch: np.ndarray) -> np.ndarray:
+        if requests is None:
             raise PredictorClosedError("the OpenVINO predictor is closed")
-        with self._requests.borrow() as request:
+        with requests.borrow() as request:
             # Submitting (OpenVINO's Python input dispatch) is serialised: two threads in it at once
             # deadlocked on lvvit_l_448 with 2 streams. The inferences themselves still overlap.
             with self._submit_lock:
@@ -162,6 +176,7 @@ class OpenVinoPredictor(Predictor):
 
     def _release(self) -> None:
         self._requests = None
+        self._whole_requests = None
         self._compiled = None
 
 

@@ -12,7 +12,6 @@ Importing this module imports Paddle; `runtimes` itself does not.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from lvvit.metadata import INPUT_NAME, OUTPUT_NAME, MetadataError, ModelMetadata
+from lvvit.metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata
 from lvvit.presets import PreprocessConfig, Preset
 from lvvit.provenance import weights_provenance
 from lvvit.versions import package_version
@@ -78,15 +77,7 @@ def find_artifact(model_path: str | Path) -> tuple[Path, Path, Path]:
 
 
 def read_sidecar(sidecar: Path) -> ModelMetadata | None:
-    if not sidecar.is_file():
-        return None
-    try:
-        props = json.loads(sidecar.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise MetadataError(f"{sidecar}: unreadable metadata file ({exc})") from exc
-    if not isinstance(props, dict):
-        raise MetadataError(f"{sidecar}: expected a JSON object of metadata props, got {type(props).__name__}")
-    return ModelMetadata.from_props({str(k): str(v) for k, v in props.items()}, str(sidecar))
+    return ModelMetadata.from_json_file(sidecar) if sidecar.exists() else None
 
 
 class PaddlePredictor(Predictor):
@@ -99,7 +90,8 @@ class PaddlePredictor(Predictor):
         onednn: use oneDNN kernels on the CPU (Paddle's fast CPU path).
         ir_optim: Paddle's graph optimisation passes (fusions).
         streams: CPU only: run a batch as N parts at once on N predictor clones, each with threads/N
-            math threads (default 1).
+            math threads (default 1). A batch of fewer than N images runs whole on a second predictor
+            with all the threads (one more copy of the weights in memory).
         batch_size, preset, resolution, preprocess, labels: as for every predictor.
     """
 
@@ -131,8 +123,15 @@ class PaddlePredictor(Predictor):
         paddle = _import_paddle()
         _check_gpu(paddle, device)
         engine_threads = per_stream if streams > 1 else threads
+        use_onednn = onednn and device == "cpu"
         self._engine: _InferenceEngine | _EagerEngine = _InferenceEngine(
-            paddle, program, params, device, device_id, engine_threads, onednn and device == "cpu", ir_optim
+            paddle, program, params, device, device_id, engine_threads, use_onednn, ir_optim
+        )
+        # batches smaller than `streams`: one predictor with all the threads (see runtimes.base)
+        self._whole_engine = (
+            _InferenceEngine(paddle, program, params, device, device_id, threads, use_onednn, ir_optim)
+            if streams > 1
+            else None
         )
         size = metadata.resolution if metadata is not None else None
         batch = metadata.batch if metadata is not None else None
@@ -178,6 +177,7 @@ class PaddlePredictor(Predictor):
         model.eval()
         self = cls.__new__(cls)
         self._engine = _EagerEngine(paddle, model)
+        self._whole_engine = None
         info = ModelInfo(
             source=f"eager {spec.name}",
             input_name=INPUT_NAME,
@@ -198,12 +198,17 @@ class PaddlePredictor(Predictor):
     def _logits_impl(self, batch: np.ndarray) -> np.ndarray:
         return self._engine.run(batch)
 
+    def _logits_whole(self, batch: np.ndarray) -> np.ndarray:
+        return (self._whole_engine or self._engine).run(batch)
+
     def _runtime_details(self) -> dict[str, Any]:
         versions = {"paddlepaddle": package_version("paddlepaddle")}
         return {**self._engine.details(), "streams": self.streams, "precision": "fp32", "versions": versions}
 
     def _release(self) -> None:
         self._engine.release()
+        if self._whole_engine is not None:
+            self._whole_engine.release()
 
 
 def _check_gpu(paddle: Any, device: str) -> None:

@@ -10,9 +10,11 @@ import pytest
 
 from lvvit import get_preset
 from lvvit.macs import count_macs
-from validation.cpu_floor import CpuFloor, detect_cpu, has_native_bf16
+from validation.cpu_floor import detect_cpu, has_native_bf16
 
 from .conftest import ROOT
+
+pytest_plugins = ["tests.runtime_fixtures"]
 
 
 def test_lvvit_s_is_about_6_5_gmac():
@@ -20,19 +22,90 @@ def test_lvvit_s_is_about_6_5_gmac():
     assert count_macs(preset.arch, 224) / 1e9 == pytest.approx(6.55, abs=0.05)
 
 
-def test_floor_arithmetic_is_shown():
-    cpu = CpuFloor(cores=2, clock_ghz=2.5, fma_units=2, fp32_lanes=16, isa="AVX-512", model_name="x")
-    assert cpu.peak_gfma_per_s == 160
-    assert cpu.floor_ms(6_550_000_000) == pytest.approx(40.9, abs=0.1)
-    assert "= 160 GFMA/s" in cpu.working(6_550_000_000) and "40.9 ms" in cpu.working(6_550_000_000)
+def _cpuinfo(tmp_path, vendor: str, family: int, model: int, name: str, flags: str, mhz: str = "2600.000"):
+    info = tmp_path / f"cpuinfo-{family}-{model}"
+    info.write_text(
+        f"vendor_id\t: {vendor}\ncpu family\t: {family}\nmodel\t\t: {model}\nmodel name\t: {name}\n"
+        f"cpu MHz\t\t: {mhz}\nflags\t\t: fpu {flags}\n"
+    )
+    return info
 
 
-def test_cpu_detection_reads_cpuinfo(tmp_path):
-    info = tmp_path / "cpuinfo"
-    info.write_text("model name\t: Intel(R) Xeon(R) CPU @ 3.10GHz\nflags\t\t: fpu avx2 fma avx512f avx512_bf16\n")
-    cpu = detect_cpu(cores=4, cpuinfo=info)
-    assert (cpu.clock_ghz, cpu.fp32_lanes, cpu.isa, cpu.cores) == (3.1, 16, "AVX-512", 4)
-    assert has_native_bf16({"avx512_bf16"}) and not has_native_bf16({"avx2"})
+# The three CPU kinds this project runs on, read from their /proc/cpuinfo (family, model and flags as the
+# kernel reports them): the floor takes the FMA width from the microarchitecture, not from the ISA alone.
+CASCADE_LAKE = ("GenuineIntel", 6, 85, "Intel(R) Xeon(R) Platinum 8259CL CPU @ 2.50GHz", "avx2 fma avx512f avx512_vnni")
+ZEN4 = ("AuthenticAMD", 25, 17, "AMD EPYC", "avx2 fma avx512f avx512_bf16 avx512_vnni")
+SAPPHIRE_RAPIDS = (
+    "GenuineIntel", 6, 143, "Intel(R) Xeon(R) Platinum 8488C",
+    "avx2 fma avx512f avx512_bf16 avx512_vnni amx_bf16 amx_int8 amx_tile",
+)  # fmt: skip
+MACS = 6_550_000_000
+
+
+def test_floor_arithmetic_is_shown(tmp_path):
+    cpu = detect_cpu(cores=2, cpuinfo=_cpuinfo(tmp_path, *CASCADE_LAKE))
+    assert cpu.microarchitecture.name == "Intel Skylake-SP / Cascade Lake" and cpu.clock_ghz == 2.5
+    assert cpu.peak_gfma_per_s == 160  # 2 cores x 2.5 GHz x 2 units x 16 lanes
+    assert cpu.floor_ms(MACS) == pytest.approx(40.9, abs=0.1)
+    working = cpu.working(MACS)
+    assert "2 FMA units x 16 fp32 lanes" in working and "= 160.0 GMAC/s" in working and "40.9 ms" in working
+    assert "nominal clock from the model name, boost not counted" in working
+
+
+@pytest.mark.parametrize(
+    ("kind", "arch", "fp32", "bf16", "int8"),
+    [
+        (CASCADE_LAKE, "Intel Skylake-SP / Cascade Lake", 32, None, 128),  # no bf16; VNNI on 2 x 512 bits
+        (ZEN4, "AMD Zen 4", 16, 32, 64),  # AVX-512 executed on 2 x 256-bit pipes
+        (SAPPHIRE_RAPIDS, "Intel Sapphire Rapids", 32, 512, 1024),  # AMX tiles for bf16 and int8
+    ],
+)
+def test_macs_per_cycle_follow_the_microarchitecture(tmp_path, kind, arch, fp32, bf16, int8):
+    cpu = detect_cpu(cores=2, cpuinfo=_cpuinfo(tmp_path, *kind))
+    assert cpu.microarchitecture.name == arch and cpu.microarchitecture.source == "table"
+    assert (cpu.fp32_macs_per_cycle, cpu.bf16_macs_per_cycle, cpu.int8_macs_per_cycle) == (fp32, bf16, int8)
+    if bf16 is None:
+        assert cpu.floor_ms(MACS, "bf16") is None and cpu.working(MACS, "bf16") == "no native bf16 path on this CPU"
+    else:
+        assert cpu.floor_ms(MACS, "bf16") == pytest.approx(cpu.floor_ms(MACS) * fp32 / bf16)
+    assert cpu.floor_ms(MACS, "int8") == pytest.approx(cpu.floor_ms(MACS) * fp32 / int8)
+
+
+def test_an_unknown_cpu_gets_the_widest_reading_and_says_so(tmp_path):
+    cpu = detect_cpu(cores=2, cpuinfo=_cpuinfo(tmp_path, "HygonGenuine", 24, 1, "Hygon C86", "avx2 fma"))
+    assert cpu.fp32_macs_per_cycle == 16  # 2 units x 8 lanes: an upper bound on the peak, so a lower bound on time
+    assert "not in the table: assumed 2 FMA units of 256 bits" in cpu.microarchitecture.source
+
+
+def test_a_probe_faster_than_the_nominal_clock_raises_the_floors_clock(tmp_path):
+    cpu = detect_cpu(cores=2, cpuinfo=_cpuinfo(tmp_path, *ZEN4, mhz="2596.130"))
+    assert cpu.peak_gfma_per_s == pytest.approx(83.07, abs=0.01)  # 2 x 2.596 GHz x 16
+    assert cpu.at_measured_rate(60.0) is cpu  # below the nominal peak: the nominal clock stands
+    boosted = cpu.at_measured_rate(94.0)  # measured on this EPYC: more than the nominal peak
+    assert boosted.clock_ghz == pytest.approx(94.0 / 32, abs=1e-3) and boosted.peak_gfma_per_s >= 94.0 - 0.1
+    assert boosted.floor_ms(MACS) <= 1e3 * MACS / 94e9 + 0.1  # a real floor: not above what the probe reached
+    assert "implied by the measured SGEMM rate (94 GFMA/s)" in boosted.working(MACS)
+
+
+def test_bf16_detection_reads_the_flags(tmp_path):
+    assert has_native_bf16({"avx512_bf16"}) and has_native_bf16({"amx_bf16"}) and not has_native_bf16({"avx2"})
+    assert has_native_bf16(set(ZEN4[-1].split())) and not has_native_bf16(set(CASCADE_LAKE[-1].split()))
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native-bf16", "no-bf16"])
+def test_the_bf16_row_runs_only_where_bf16_is_native(monkeypatch, native):
+    # Both branches on any CPU: the capability is faked, the row's decision is what is checked.
+    import validation.cpu_floor as cpu_floor
+    from validation.bench import bench_paths
+
+    monkeypatch.setattr(cpu_floor, "has_native_bf16", lambda flags=None: native)
+    specs = {s.name: s for s in bench_paths(None, None, threads=2, streams=2, include=None)}
+    row = specs["openvino-bf16"]
+    assert row.precision == "bf16"
+    if native:
+        assert row.unavailable is None
+    else:
+        assert "no native bf16 (avx512_bf16 / amx_bf16)" in row.unavailable
 
 
 @pytest.mark.parametrize(
@@ -112,7 +185,9 @@ def test_bench_cli_on_a_tiny_model(tmp_path):
     assert 0 < low <= report["measured_sgemm_gfma_per_s"] <= high  # one probe per batch-1 round
     assert report["measured_floor_ms_batch1"] > 0 and report["floor_ms_batch1"] > 0
     table = (tmp_path / "bench.md").read_text()
-    assert "x Paddle Inference" in table and "Arithmetic floor (fp32, batch 1)" in table
+    assert "x Paddle Inference" in table and "Arithmetic floors at batch 1" in table
+    assert "b1 x floor of its precision" in table
+    assert by_name["ort-fp32"]["timings"]["1"]["x_floor"] > 0 and by_name["ort-int8"]["timings"]["1"]["x_floor"] > 0
     assert "timed in the same rounds" in table and "100 ms apart" in table
     again = subprocess.run(
         [sys.executable, "-m", "validation", "report", str(tmp_path / "bench.json"), "--output-dir",
@@ -121,3 +196,18 @@ def test_bench_cli_on_a_tiny_model(tmp_path):
     )  # fmt: skip
     assert again.returncode == 0, again.stderr
     assert (tmp_path / "r" / "bench.md").read_text() == table  # the JSON alone redraws the same page
+
+
+def test_stream_latency_compares_each_runtime_with_one_stream(tiny, tmp_path, capsys):
+    pytest.importorskip("openvino")
+    from validation.stream_latency import main
+
+    out = tmp_path / "streams.json"
+    assert main([str(tiny.onnx), "--threads", "2", "--repeats", "2", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    table = capsys.readouterr().out
+    assert list(report["paths"]) == [
+        "onnxruntime streams=1", "onnxruntime streams=2", "openvino streams=1", "openvino streams=2"
+    ]  # fmt: skip
+    assert all(p["batch1"]["median_ms"] > 0 and p["batch8"]["images_per_s"] > 0 for p in report["paths"].values())
+    assert "| onnxruntime streams=2 |" in table and "batch 1 vs streams=1" in table

@@ -101,3 +101,13 @@ def test_unreadable_files_name_themselves(tmp_path):
             load_image(path)
     with pytest.raises(ImageError, match=r"missing.png: no such image file"):
         load_image(tmp_path / "missing.png")
+
+
+def test_in_memory_images_are_bounded_too():
+    """A PIL image or array handed over by an app meets the same limits as a file (named 'image')."""
+    config = get_preset("lvvit_s").preprocess
+    with pytest.raises(ImageError, match=r"image: unreadable image: 100000x1 \(aspect ratio 100000:1\)"):
+        preprocess(Image.new("L", (100_000, 1)), config)
+    with pytest.raises(ImageError, match=r"image: unreadable image: it is 0x5 pixels \(empty\)"):
+        preprocess(np.zeros((5, 0, 3), dtype=np.uint8), config)
+    assert preprocess(Image.new("RGB", (500, 1)), config).shape == (3, 224, 224)  # 500:1 is within the limit

@@ -378,3 +378,75 @@ def test_streams_are_checked(tiny):
         OrtPredictor(tiny.onnx, threads=2, streams=3)
     with pytest.raises(ConfigurationError, match=r"a fixed batch of 2 cannot be split into 2 streams"):
         OrtPredictor(tiny.onnx_fixed, threads=2, streams=2)
+
+
+def _make(tiny, runtime: str):
+    if runtime == "openvino":
+        pytest.importorskip("openvino")
+    from runtimes import OpenVinoPredictor, OrtPredictor, PaddlePredictor
+
+    return {
+        "ort": lambda **kw: OrtPredictor(tiny.onnx, threads=2, **kw),
+        "openvino": lambda **kw: OpenVinoPredictor(tiny.onnx, threads=2, **kw),
+        "paddle": lambda **kw: PaddlePredictor(tiny.paddle, threads=2, **kw),
+    }[runtime]
+
+
+@pytest.mark.parametrize("runtime", ["ort", "openvino", "paddle"])
+def test_streams_run_a_batch_too_small_to_split_whole(tiny, runtime, monkeypatch):
+    # A predictor opened for throughput (streams=2) must not run a single image on half the threads.
+    make = _make(tiny, runtime)
+    rng = np.random.default_rng(5)
+    one_image = rng.standard_normal((1, 3, RESOLUTION, RESOLUTION)).astype(np.float32)
+    four = rng.standard_normal((4, 3, RESOLUTION, RESOLUTION)).astype(np.float32)
+    with make() as one, make(streams=2) as two:
+        calls: list[tuple[str, int]] = []
+        whole, part = two._logits_whole, two._logits_impl
+        monkeypatch.setattr(two, "_logits_whole", lambda b: calls.append(("whole", len(b))) or whole(b))
+        monkeypatch.setattr(two, "_logits_impl", lambda b: calls.append(("stream", len(b))) or part(b))
+        np.testing.assert_allclose(two.logits(one_image), one.logits(one_image), atol=1e-5)
+        assert calls == [("whole", 1)]
+        calls.clear()
+        np.testing.assert_allclose(two.logits(four), one.logits(four), atol=1e-5)
+        assert sorted(calls) == [("stream", 2), ("stream", 2)]
+        assert "smaller batches run whole on a session with all the threads" in two.describe()["stream_policy"]
+        assert "stream_policy" not in one.describe()
+
+
+def test_the_whole_batch_session_has_all_the_threads(tiny):
+    from runtimes import OrtPredictor
+
+    with OrtPredictor(tiny.onnx, threads=2, streams=2) as two:
+        assert two._session.get_session_options().intra_op_num_threads == 1  # each stream's share
+        assert two._whole_session.get_session_options().intra_op_num_threads == 2
+
+
+@pytest.mark.parametrize("runtime", ["ort", "openvino", "paddle"])
+def test_close_while_other_threads_run_only_raises_closed(tiny, runtime):
+    from runtimes import PredictorClosedError
+
+    predictor = _make(tiny, runtime)(streams=2)
+    x = np.random.default_rng(6).standard_normal((3, 3, RESOLUTION, RESOLUTION)).astype(np.float32)
+    started, errors, closed = threading.Barrier(5), [], []
+
+    def work() -> None:
+        started.wait()
+        for _ in range(500):
+            try:
+                predictor.logits(x)
+            except PredictorClosedError:
+                closed.append(True)
+                return
+            except Exception as exc:  # anything else is the race this test is about
+                errors.append(exc)
+                return
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    started.wait()
+    predictor.close()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors
+    assert len(closed) == 4  # every caller saw the close, as PredictorClosedError

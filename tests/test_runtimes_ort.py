@@ -3,7 +3,7 @@
 This machine may have plain onnxruntime (no CUDA provider at all) or onnxruntime-gpu without a usable GPU
 (CUDA listed, but it does not load). Both are tested: the second by listing CUDA and TensorRT in
 `get_available_providers`, exactly what onnxruntime-gpu does, and letting the real session show what loaded.
-Tests that need a working GPU skip without one.
+The tests that need a working GPU are in test_gpu.py.
 """
 
 from __future__ import annotations
@@ -17,36 +17,13 @@ import pytest
 from lvvit.synthetic import synthetic_batch
 from runtimes import ConfigurationError, DeviceUnavailableError, OrtPredictor
 from runtimes import ort_providers as eps
+from tests.cuda import CUDA_USABLE
 
 pytest_plugins = ["tests.runtime_fixtures"]
 
 GPU_LISTING = [eps.TENSORRT, eps.CUDA, eps.CPU]
 
 
-def _cuda_usable() -> bool:
-    if eps.CUDA not in ort.get_available_providers():
-        return False
-    try:
-        session = ort.InferenceSession(_identity_model(), providers=[eps.CUDA, eps.CPU])
-    except Exception:
-        return False
-    return eps.CUDA in session.get_providers()
-
-
-def _identity_model() -> bytes:
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])],
-        "identity",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
-
-
-CUDA_USABLE = _cuda_usable()
-needs_gpu = pytest.mark.skipif(not CUDA_USABLE, reason="needs onnxruntime-gpu and a usable CUDA GPU")
 needs_no_gpu = pytest.mark.skipif(CUDA_USABLE, reason="this machine has a usable GPU")
 
 
@@ -114,7 +91,8 @@ def test_the_missing_library_is_named(tiny, gpu_wheel_listing, monkeypatch, tmp_
         pytest.warns(UserWarning),
         pytest.raises(
             DeviceUnavailableError,
-            match=r"libonnxruntime_providers_cuda\.so cannot load: libcublasLt\.so\.12: cannot open",
+            match=r"libonnxruntime_providers_cuda\.so cannot load: libcublasLt\.so\.12: cannot open.* \(CUDA and "
+            r"cuDNN from pip's nvidia-\* packages are found only after onnxruntime\.preload_dlls\(\)",
         ),
     ):
         OrtPredictor(tiny.onnx, device="cuda")
@@ -144,6 +122,7 @@ def test_auto_without_gpu_runs_on_the_cpu_and_says_so(tiny):
         assert predictor.device == "cpu" and predictor.providers == [eps.CPU]
         described = predictor.describe()
         assert described["device"] == "cpu" and described["requested_device"] == "auto"
+        assert described["io_binding"] is False  # it comes from the device that runs, not the one asked for
         assert predictor.logits(synthetic_batch(1, predictor.preprocess_config)).shape == (1, 10)
 
 
@@ -153,17 +132,59 @@ def test_auto_with_gpu_wheel_but_no_gpu_runs_on_the_cpu_and_says_why(tiny, gpu_w
         assert predictor.device == "cpu" and predictor.providers == [eps.CPU]
         assert "CUDA listed but not loaded: " in predictor.describe()["auto_note"]
         assert "libonnxruntime_providers_cuda" in predictor.describe()["auto_note"]
+        # the CPU session is the one device="cpu" builds, not the one onnxruntime left without the GPU
+        described = predictor.describe()
+        assert described["io_binding"] is False and described["precision"] == "fp32"
+        assert described["disabled_fusions"] == list(eps.CPU_DISABLED_FUSIONS)
+        assert list(described["provider_options"]) == [eps.CPU]
+
+
+def test_a_gpu_provider_failing_during_a_run_is_not_retried_on_the_cpu(tiny):
+    # onnxruntime's own answer to an EPFail in `run` is to print it and re-run every later batch on the CPU
+    def fail(*args, **kwargs):
+        raise ort.capi.onnxruntime_pybind11_state.EPFail("CUDA failure 700: an illegal memory access")
+
+    class FailingProvider:  # the C++ session under onnxruntime's Python `InferenceSession`, failing its runs
+        def __init__(self, session):
+            self._session = session
+
+        def __getattr__(self, name):
+            return fail if name == "run" else getattr(self._session, name)
+
+    for io_binding in (False, True):
+        with OrtPredictor(tiny.onnx, io_binding=io_binding) as predictor:
+            if io_binding:
+                predictor._session.run_with_iobinding = fail
+            else:
+                predictor._session._sess = FailingProvider(predictor._session._sess)
+            x = synthetic_batch(2, predictor.preprocess_config)
+            with pytest.raises(
+                DeviceUnavailableError,
+                match=r"device='cpu': CPUExecutionProvider failed during the run of a batch of 2 "
+                r"\(CUDA failure 700: an illegal memory access\); not retried on the CPU",
+            ):
+                predictor.logits(x)
+
+
+def test_both_onnxruntime_wheels_installed_is_named(monkeypatch):
+    monkeypatch.setattr(eps, "installed_distributions", lambda: {"onnxruntime": "1.31.1", "onnxruntime-gpu": "1.31.1"})
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [eps.CPU])
+    why = eps.why_not_loaded(ort, eps.CUDA)
+    assert "the onnxruntime and onnxruntime-gpu wheels are both installed" in why
+    assert "pip uninstall -y onnxruntime onnxruntime-gpu, then pip install 'lvvit-deploy[gpu]'" in why
 
 
 # -- options -----------------------------------------------------------------------------------------------------
 
 
 def test_cpu_io_binding_matches_run(tiny):
-    # the binding code path of the GPU devices, exercised on the CPU
-    with OrtPredictor(tiny.onnx, io_binding=True) as bound, OrtPredictor(tiny.onnx) as plain:
+    # the binding code path of the GPU devices, exercised on the CPU; batches of 2, 2 and 1 through one
+    # predictor: the bound output follows the dynamic batch axis
+    with OrtPredictor(tiny.onnx, io_binding=True, batch_size=2) as bound, OrtPredictor(tiny.onnx) as plain:
         assert bound.describe()["io_binding"] is True and plain.describe()["io_binding"] is False
-        x = synthetic_batch(3, plain.preprocess_config)
+        x = synthetic_batch(5, plain.preprocess_config)
         np.testing.assert_array_equal(bound.logits(x), plain.logits(x))
+        np.testing.assert_array_equal(bound.logits(x[:1]), plain.logits(x[:1]))
 
 
 def test_threads_are_checked_and_recorded(tiny):
@@ -199,40 +220,6 @@ def test_precision_names_what_really_runs(monkeypatch):
     assert eps.precision("tensorrt", tf32=False, tensorrt_fp16=False) == "tf32"
     monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", "0")
     assert eps.precision("tensorrt", tf32=False, tensorrt_fp16=False) == "fp32"
-
-
-# -- with a GPU --------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.gpu
-@needs_gpu
-def test_cuda_matches_cpu(tiny):
-    with OrtPredictor(tiny.onnx, device="cuda") as gpu, OrtPredictor(tiny.onnx) as cpu:
-        assert gpu.device == "cuda" and gpu.providers[0] == eps.CUDA and gpu.describe()["io_binding"] is True
-        x = synthetic_batch(5, cpu.preprocess_config)
-        got, expected = gpu.logits(x), cpu.logits(x)
-        assert np.abs(got - expected).max() < 1e-4
-        assert (got.argmax(1) == expected.argmax(1)).all()
-
-
-@pytest.mark.gpu
-@needs_gpu
-def test_auto_picks_cuda(tiny):
-    with OrtPredictor(tiny.onnx, device="auto") as predictor:
-        assert predictor.device == "cuda" and predictor.providers[0] == eps.CUDA
-
-
-@pytest.mark.gpu
-@needs_gpu
-def test_tensorrt_fp16_with_engine_cache(tiny, tmp_path):
-    if eps.TENSORRT not in ort.get_available_providers():
-        pytest.skip("onnxruntime without TensorRT")
-    try:
-        predictor = OrtPredictor(tiny.onnx, device="tensorrt", tensorrt_fp16=True, tensorrt_cache=tmp_path / "trt")
-    except DeviceUnavailableError as exc:
-        pytest.skip(f"TensorRT does not load here: {exc}")
-    with predictor, OrtPredictor(tiny.onnx) as cpu:
-        assert predictor.providers[0] == eps.TENSORRT and predictor.precision == "fp16"
-        x = synthetic_batch(4, cpu.preprocess_config)
-        assert np.abs(predictor.logits(x) - cpu.logits(x)).max() < 5e-2
-        assert any((tmp_path / "trt").iterdir())
+    # an fp16 or int8 export computes in its own precision whatever the device
+    assert eps.precision("cuda", tf32=False, tensorrt_fp16=False, graph_precision="fp16") == "fp16"
+    assert eps.precision("cpu", tf32=False, tensorrt_fp16=False, graph_precision="int8") == "int8"

@@ -71,8 +71,8 @@ def test_label_file_names_every_bad_line(tmp_path):
     assert "6 bad line(s)" in message
     assert "line 3: 'b.png': expected '<relative/path> <label>'" in message
     assert "line 4: 'missing.png 2': no such file" in message
-    assert "line 5: 'b.png x': label 'x' is not an integer class id" in message
-    assert "line 6: 'b.png -3': label -3 is not a class id of this model (0..9)" in message
+    assert "line 5: 'b.png x': label 'x' is not a class id (decimal digits)" in message
+    assert "line 6: 'b.png -3': label '-3' is not a class id (decimal digits)" in message
     assert "line 7: 'b.png 12': label 12 is not a class id" in message
     assert "line 8: 'a.png 4': duplicate of line 1" in message
     assert "--skip-bad-lines" in message
@@ -81,12 +81,14 @@ def test_label_file_names_every_bad_line(tmp_path):
     assert [b.line for b in dataset.bad_lines] == [3, 4, 5, 6, 7, 8]
 
 
-def test_label_file_paths_are_relative_to_it_and_may_hold_spaces(tmp_path):
+def test_label_file_paths_are_relative_to_the_data_folder_and_may_hold_spaces(tmp_path):
     (tmp_path / "val").mkdir()
     _digit_like().save(tmp_path / "val" / "my image.png")
     (tmp_path / "list.txt").write_text("val/my image.png 7\n")
-    samples, bad = parse_label_file(tmp_path / "list.txt")
+    samples, bad = parse_label_file(tmp_path / "list.txt")  # no root: the label file's folder
     assert bad == [] and samples[0].label == 7 and samples[0].path == tmp_path / "val" / "my image.png"
+    samples, _ = parse_label_file(tmp_path / "list.txt", root=tmp_path)
+    assert samples[0].path == tmp_path / "val" / "my image.png"
 
 
 def test_empty_or_unlabelled_folders_fail_with_what_was_expected(tmp_path):

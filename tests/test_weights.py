@@ -38,6 +38,16 @@ def test_save_and_load_round_trip(tmp_path, suffix):
     assert loaded.weights_info.layout == "paddle" and len(loaded.weights_info.sha256) == 64
 
 
+def test_weights_stored_as_float16_are_converted_and_recorded(tmp_path):
+    source = _model(seed=6)
+    half = {k: v.numpy().astype(np.float16) for k, v in source.state_dict().items()}
+    (tmp_path / "half.pdparams").write_bytes(pickle.dumps(half, protocol=4))
+    loaded = create_model("lvvit_s", weights=tmp_path / "half.pdparams", resolution=RES, **TINY)
+    assert loaded.weights_info.to_dict()["converted_to_float32"] == {"float16": len(half)}
+    for name, value in loaded.state_dict().items():
+        np.testing.assert_array_equal(value.numpy(), half[name].astype(np.float32))
+
+
 def test_paddle_save_file_is_read_without_paddle_load(tmp_path):
     source = _model(seed=2)
     paddle.save(source.state_dict(), str(tmp_path / "native.pdparams"))

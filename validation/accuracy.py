@@ -49,7 +49,9 @@ def run_accuracy(
     Without `engine`, the runners run here (`LocalEngine`); `shard_dir` keeps the finished shards so that
     the same call resumes (a temporary folder when None). Check the gate with `gate.raise_if_failed(report)`.
     """
-    tolerance = dict(gate.DEFAULT_ACCURACY_TOLERANCE if tolerance is None else tolerance)
+    tolerance = gate.check_tolerance(
+        gate.DEFAULT_ACCURACY_TOLERANCE if tolerance is None else tolerance, gate.ACCURACY_LIMITS
+    )
     num_classes = num_classes_of(reference)
     bad = [s.name for s in dataset.samples if s.label is None or not 0 <= s.label < num_classes]
     if bad:
@@ -125,6 +127,9 @@ def add_parser(subparsers: Any) -> None:
         add_reference_cache_option,
         add_report_options,
         add_runtime_options,
+        at_most,
+        non_negative,
+        positive,
     )
 
     parser = subparsers.add_parser(
@@ -136,15 +141,17 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("data", type=Path, help="the labelled folder")
     data = parser.add_argument_group("data")
-    data.add_argument("--labels", type=Path, default=None, help="label file (default DATA/val_list.txt when present)")
-    data.add_argument("--limit", type=int, default=None, help="only the first N images")
+    data.add_argument(
+        "--labels", type=Path, default=None, help="label file, paths relative to DATA (default DATA/val_list.txt)"
+    )
+    data.add_argument("--limit", type=positive, default=None, help="only the first N images")
     data.add_argument(
         "--skip-bad-lines",
         action="store_true",
         help="evaluate the good lines of a label file with malformed or missing-file lines (listed in the report)",
     )
-    data.add_argument("--workers", type=int, default=4, help="threads reading images ahead (default 4)")
-    data.add_argument("--prefetch", type=int, default=2, help="batches read ahead (default 2)")
+    data.add_argument("--workers", type=at_most(64), default=4, help="threads reading images ahead, 1..64 (default 4)")
+    data.add_argument("--prefetch", type=non_negative, default=2, help="batches read ahead (default 2)")
     add_model_options(parser)
     add_engine_options(parser)
     add_reference_cache_option(parser)
@@ -156,6 +163,12 @@ def add_parser(subparsers: Any) -> None:
 
 
 def main(args: Any) -> int:
+    from .options import interruptible
+
+    return interruptible(_main, args)
+
+
+def _main(args: Any, written: dict[str, Path]) -> int:
     from .data import labelled_folder
     from .engines import engine_for
     from .options import log, model_source, print_written, report_stem
@@ -167,6 +180,7 @@ def main(args: Any) -> int:
     classes = source.spec.arch.num_classes
     dataset = labelled_folder(args.data, args.labels, classes, args.skip_bad_lines).limited(args.limit)
     stem = report_stem(args, "accuracy", source)
+    args.shard_dir = args.report_dir / f"{stem}.shards"  # kept on an interrupt: the same command resumes
     specs, cache = specs_and_cache(args, source, log)
     engine_options = {"batch_size": args.batch_size, "workers": args.workers, "prefetch": args.prefetch}
     running = engine_for(specs, args.engine, ray_address=args.ray_address, reference_cache=cache, **engine_options)
@@ -183,10 +197,10 @@ def main(args: Any) -> int:
             model=source.describe(),
             command=args.argv,
             engine=engine,
-            shard_dir=args.report_dir / f"{stem}.shards",
+            shard_dir=args.shard_dir,
             shard_size=args.shard_size,
         )
-    written = write_reports(report, args.report_dir, stem)
+    written.update(write_reports(report, args.report_dir, stem))
     ref = report["reference"]
     print(f"{ref['name']} (reference): top-1 {ref['top1']:.2f}%, top-5 {ref['top5']:.2f}% on {ref['images']} images")
     for name, entry in report["runtimes"].items():

@@ -3,7 +3,7 @@
 A subcommand module exposes `add_parser(subparsers)`, which adds its parser
 and sets `func` (args -> exit code) as a default. To add one, append its
 module name to `COMMANDS`. Exit codes: 0 passed, 1 a runtime is outside the
-tolerance (the reports are written first), 2 a usage or input error.
+tolerance (the reports are written first), 2 a usage or input error, 128 + N stopped by signal N.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import os
 import sys
 
 from lvvit.errors import LvvitError
+from lvvit.interrupt import Interrupted
 
 from .errors import GateFailure
 
@@ -39,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = ["python", "-m", "validation", *argv]
     try:
         return args.func(args)
+    except Interrupted as exc:  # SIGINT or SIGTERM: one line saying what was kept, no traceback
+        print(exc.line(), file=sys.stderr)
+        return exc.exit_code
     except GateFailure as exc:
         print(f"FAILED: {exc}", file=sys.stderr)
         return 1

@@ -1,58 +1,198 @@
-"""The CPU's fp32 arithmetic floor: how fast a model could possibly run if every FMA lane were busy.
+"""The CPU's arithmetic floor: how fast a model could possibly run if every multiply-accumulate lane were busy.
 
-peak FMA/s = cores x clock x FMA units per core x fp32 lanes per FMA instruction.
-Lanes come from the instruction set (AVX-512: 16, AVX2/FMA: 8); the clock is
-the nominal one in the CPU's model name (or /proc/cpuinfo's MHz); FMA units per
-core are not visible from software, so the value is an assumption shown with
-the result (2 on Xeon Scalable Gold/Platinum and most server cores since
-Skylake). A measured large SGEMM rate is reported beside it as a reality check.
+peak MAC/s = cores x clock x MACs per core per cycle, where MACs per cycle
+come from the microarchitecture, not from the instruction set alone: AMD Zen 4
+accepts AVX-512 but executes it on two 256-bit FMA pipes, half the width of
+an Intel Xeon's two 512-bit units. `MICROARCHITECTURES` names each kind this
+project runs on (from /proc/cpuinfo's vendor, family and model); an unknown
+CPU gets the widest reading its flags allow (two units of its widest vector
+ISA), so that the floor stays a lower bound.
+
+The clock is the nominal one (the model name's "@ x GHz", or cpuinfo's MHz);
+boost clocks are not visible from software, so it is an assumption. A large
+SGEMM timed beside the model gives the clock that the CPU must at least have
+run at (rate / (cores x fp32 MACs per cycle)); when that exceeds the nominal
+clock, the floor is recomputed at the implied clock, so it never claims a
+rate the machine has been seen to beat.
+
+Three peaks: fp32 (FMA lanes), bf16 (AVX512-BF16 dot products, or AMX tiles)
+and int8 (VNNI dot products, or AMX tiles); the bench compares each path with
+the floor of its own precision.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+# AMX-TMUL per core per cycle (Intel's figures for Sapphire Rapids: 1024 bf16 FLOP = 512 bf16 MACs,
+# 2048 int8 OP = 1024 int8 MACs).
+AMX_BF16_MACS_PER_CYCLE = 512
+AMX_INT8_MACS_PER_CYCLE = 1024
 
-def ms_at_rate(macs: int, gfma_per_s: float) -> float:
-    """Milliseconds for `macs` multiply-accumulates at `gfma_per_s`."""
-    return macs / (gfma_per_s * 1e9) * 1e3
+
+def ms_at_rate(macs: int, gmac_per_s: float) -> float:
+    """Milliseconds for `macs` multiply-accumulates at `gmac_per_s`."""
+    return macs / (gmac_per_s * 1e9) * 1e3
+
+
+@dataclass(frozen=True)
+class Microarchitecture:
+    """A core's vector multiply-accumulate resources."""
+
+    name: str
+    fma_units: int  # vector FMA pipes per core
+    datapath_bits: int  # the width each pipe executes per cycle (Zen 4: 256, even for AVX-512 instructions)
+    source: str  # "table" (a known kind) or why the values are assumed
+
+
+# (vendor, family, models, name, FMA units, datapath bits). Server parts of each kind; Intel's Xeon Silver and
+# some Gold 5xxx have one 512-bit unit, which makes the floor here twice too low for them (still a lower bound).
+_TABLE: tuple[tuple[str, int, frozenset[int], str, int, int], ...] = (
+    ("GenuineIntel", 6, frozenset({0x55}), "Intel Skylake-SP / Cascade Lake", 2, 512),
+    ("GenuineIntel", 6, frozenset({0x6A, 0x6C}), "Intel Ice Lake-SP", 2, 512),
+    ("GenuineIntel", 6, frozenset({0x8F}), "Intel Sapphire Rapids", 2, 512),
+    ("GenuineIntel", 6, frozenset({0xCF}), "Intel Emerald Rapids", 2, 512),
+    ("GenuineIntel", 6, frozenset({0xAD, 0xAE}), "Intel Granite Rapids", 2, 512),
+    ("AuthenticAMD", 0x17, frozenset(range(0x30, 0x100)), "AMD Zen 2", 2, 256),
+    ("AuthenticAMD", 0x19, frozenset(range(0x00, 0x10)) | frozenset(range(0x20, 0x60)), "AMD Zen 3", 2, 256),
+    (
+        "AuthenticAMD",
+        0x19,
+        frozenset(range(0x10, 0x20)) | frozenset(range(0x60, 0x80)) | frozenset(range(0xA0, 0xB0)),
+        "AMD Zen 4",
+        2,
+        256,
+    ),
+    ("AuthenticAMD", 0x1A, frozenset(range(0x00, 0x100)), "AMD Zen 5", 2, 512),
+)
+
+
+def _widest_bits(flags: set[str]) -> int:
+    if "avx512f" in flags:
+        return 512
+    if "avx2" in flags and "fma" in flags:
+        return 256
+    return 128
+
+
+def microarchitecture(vendor: str, family: int | None, model: int | None, flags: set[str]) -> Microarchitecture:
+    """The table's entry for this CPU, or two units of its widest vector ISA (an upper bound on the peak)."""
+    for row_vendor, row_family, models, name, units, bits in _TABLE:
+        if vendor == row_vendor and family == row_family and model in models:
+            return Microarchitecture(name, units, min(bits, _widest_bits(flags)), "table")
+    bits = _widest_bits(flags)
+    return Microarchitecture(
+        f"unknown ({vendor or 'vendor?'} family {family} model {model})",
+        2,
+        bits,
+        f"not in the table: assumed 2 FMA units of {bits} bits (its widest ISA), an upper bound",
+    )
 
 
 @dataclass(frozen=True)
 class CpuFloor:
     cores: int
     clock_ghz: float
-    fma_units: int
-    fp32_lanes: int
+    clock_source: str  # where the clock came from, and whether it is an assumption
+    microarchitecture: Microarchitecture
     isa: str
+    bf16: str | None  # "AMX" or "AVX512-BF16": native bf16 dot products, else None
+    int8: str | None  # "AMX", "AVX512-VNNI" or "AVX-VNNI", else None (int8 runs through wider fp32/int16 math)
     model_name: str
 
     @property
+    def fp32_macs_per_cycle(self) -> int:
+        return self.microarchitecture.fma_units * self.microarchitecture.datapath_bits // 32
+
+    @property
+    def bf16_macs_per_cycle(self) -> int | None:
+        if self.bf16 == "AMX":
+            return AMX_BF16_MACS_PER_CYCLE
+        return 2 * self.fp32_macs_per_cycle if self.bf16 else None  # a bf16 pair per fp32 lane
+
+    @property
+    def int8_macs_per_cycle(self) -> int | None:
+        if self.int8 == "AMX":
+            return AMX_INT8_MACS_PER_CYCLE
+        return 4 * self.fp32_macs_per_cycle if self.int8 else None  # four int8 products per 32-bit lane
+
+    def peak_gmac_per_s(self, precision: str = "fp32") -> float | None:
+        per_cycle = {
+            "fp32": self.fp32_macs_per_cycle,
+            "bf16": self.bf16_macs_per_cycle,
+            "int8": self.int8_macs_per_cycle,
+        }[precision]
+        return self.cores * self.clock_ghz * per_cycle if per_cycle else None
+
+    @property
     def peak_gfma_per_s(self) -> float:
-        return self.cores * self.clock_ghz * self.fma_units * self.fp32_lanes
+        """The fp32 peak (GFMA/s)."""
+        return self.cores * self.clock_ghz * self.fp32_macs_per_cycle
 
-    def floor_ms(self, macs: int) -> float:
-        """Milliseconds for `macs` multiply-accumulates at peak."""
-        return ms_at_rate(macs, self.peak_gfma_per_s)
+    def floor_ms(self, macs: int, precision: str = "fp32") -> float | None:
+        """Milliseconds for `macs` multiply-accumulates at the peak of `precision` (None: no native path)."""
+        peak = self.peak_gmac_per_s(precision)
+        return ms_at_rate(macs, peak) if peak else None
 
-    def working(self, macs: int) -> str:
+    def implied_clock_ghz(self, sgemm_gfma_per_s: float) -> float:
+        """The clock the cores must at least have run at to reach a measured fp32 rate."""
+        return sgemm_gfma_per_s / (self.cores * self.fp32_macs_per_cycle)
+
+    def at_measured_rate(self, sgemm_gfma_per_s: float) -> CpuFloor:
+        """This floor, at the probe's implied clock when that is above the nominal one (boost)."""
+        implied = self.implied_clock_ghz(sgemm_gfma_per_s)
+        if implied <= self.clock_ghz:
+            return self
+        return replace(
+            self,
+            clock_ghz=round(implied, 3),
+            clock_source=f"implied by the measured SGEMM rate ({sgemm_gfma_per_s:.0f} GFMA/s), above the "
+            f"{self.clock_source} of {self.clock_ghz:g} GHz",
+        )
+
+    def working(self, macs: int, precision: str = "fp32") -> str:
+        arch = self.microarchitecture
+        per_cycle = {
+            "fp32": (self.fp32_macs_per_cycle, f"{arch.fma_units} FMA units x {arch.datapath_bits // 32} fp32 lanes"),
+            "bf16": (self.bf16_macs_per_cycle, f"{self.bf16} bf16"),
+            "int8": (self.int8_macs_per_cycle, f"{self.int8} int8"),
+        }[precision]
+        if not per_cycle[0]:
+            return f"no native {precision} path on this CPU"
+        peak = self.peak_gmac_per_s(precision)
         return (
-            f"{self.cores} cores x {self.clock_ghz:g} GHz x {self.fma_units} FMA units x {self.fp32_lanes} fp32 lanes "
-            f"({self.isa}) = {self.peak_gfma_per_s:g} GFMA/s; {macs / 1e9:.2f} GMAC / {self.peak_gfma_per_s:g} GFMA/s "
-            f"= {self.floor_ms(macs):.1f} ms"
+            f"{self.cores} cores x {self.clock_ghz:g} GHz ({self.clock_source}) x {per_cycle[0]} {precision} "
+            f"MACs/cycle ({per_cycle[1]}, {arch.name}) = {peak:.1f} GMAC/s; {macs / 1e9:.2f} GMAC / {peak:.1f} GMAC/s "
+            f"= {self.floor_ms(macs, precision):.1f} ms"
         )
 
     def to_dict(self) -> dict[str, object]:
-        return {**asdict(self), "peak_gfma_per_s": self.peak_gfma_per_s}
+        return {
+            **asdict(self),
+            "fp32_macs_per_cycle": self.fp32_macs_per_cycle,
+            "bf16_macs_per_cycle": self.bf16_macs_per_cycle,
+            "int8_macs_per_cycle": self.int8_macs_per_cycle,
+            "peak_gfma_per_s": self.peak_gfma_per_s,
+            "peak_gmac_per_s": {p: self.peak_gmac_per_s(p) for p in ("fp32", "bf16", "int8")},
+        }
+
+
+def _field(text: str, name: str) -> str | None:
+    match = re.search(rf"^{name}\s*:\s*(.+)$", text, re.M)
+    return match.group(1).strip() if match else None
+
+
+def _read(cpuinfo: str | Path) -> str:
+    path = Path(cpuinfo)
+    return path.read_text() if path.exists() else ""
 
 
 def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str]:
-    text = Path(cpuinfo).read_text() if Path(cpuinfo).exists() else ""
-    match = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
-    return set(match.group(1).split()) if match else set()
+    flags = _field(_read(cpuinfo), "flags")
+    return set(flags.split()) if flags else set()
 
 
 def has_native_bf16(flags: set[str] | None = None) -> bool:
@@ -60,26 +200,35 @@ def has_native_bf16(flags: set[str] | None = None) -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & (cpu_flags() if flags is None else flags))
 
 
-def detect_cpu(cores: int | None = None, fma_units: int = 2, cpuinfo: str | Path = "/proc/cpuinfo") -> CpuFloor:
-    """Read the model name, clock and vector width of this CPU (Linux)."""
-    text = Path(cpuinfo).read_text() if Path(cpuinfo).exists() else ""
-    name_match = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
-    model_name = name_match.group(1).strip() if name_match else "unknown"
+def _int(value: str | None) -> int | None:
+    return int(value) if value and value.isdigit() else None
+
+
+def detect_cpu(cores: int | None = None, cpuinfo: str | Path = "/proc/cpuinfo") -> CpuFloor:
+    """Read the model name, microarchitecture, clock and native precisions of this CPU (Linux)."""
+    text = _read(cpuinfo)
+    model_name = _field(text, "model name") or "unknown"
     ghz_match = re.search(r"@\s*([\d.]+)\s*GHz", model_name)
+    mhz = _field(text, "cpu MHz")
     if ghz_match:
-        clock = float(ghz_match.group(1))
+        clock, source = float(ghz_match.group(1)), "nominal clock from the model name, boost not counted"
+    elif mhz:
+        clock, source = round(float(mhz) / 1000, 3), "clock from /proc/cpuinfo's cpu MHz, boost not counted"
     else:
-        mhz = re.search(r"^cpu MHz\s*:\s*([\d.]+)$", text, re.M)
-        clock = float(mhz.group(1)) / 1000 if mhz else 0.0
-    flags = cpu_flags(cpuinfo)
-    if "avx512f" in flags:
-        isa, lanes = "AVX-512", 16
-    elif "avx2" in flags and "fma" in flags:
-        isa, lanes = "AVX2+FMA", 8
-    else:
-        isa, lanes = "SSE", 4
+        clock, source = 0.0, "no clock in /proc/cpuinfo"
+    flags = set((_field(text, "flags") or "").split())
+    family, model = _int(_field(text, "cpu family")), _int(_field(text, "model"))
+    arch = microarchitecture(_field(text, "vendor_id") or "", family, model, flags)
+    isa = {512: "AVX-512", 256: "AVX2+FMA", 128: "SSE"}[_widest_bits(flags)]
+    bf16 = "AMX" if "amx_bf16" in flags else "AVX512-BF16" if "avx512_bf16" in flags else None
+    int8 = (
+        "AMX" if "amx_int8" in flags
+        else "AVX512-VNNI" if "avx512_vnni" in flags
+        else "AVX-VNNI" if "avx_vnni" in flags
+        else None
+    )  # fmt: skip
     usable = cores or len(os.sched_getaffinity(0))
-    return CpuFloor(usable, clock, fma_units, lanes, isa, model_name)
+    return CpuFloor(usable, clock, source, arch, isa, bf16, int8, model_name)
 
 
 class SgemmProbe:

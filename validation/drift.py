@@ -83,7 +83,9 @@ def run_drift(
     """
     if not runners:
         raise DatasetError("drift needs at least one runtime besides the native Paddle reference")
-    tolerance = dict(gate.DEFAULT_DRIFT_TOLERANCE if tolerance is None else tolerance)
+    tolerance = gate.check_tolerance(
+        gate.DEFAULT_DRIFT_TOLERANCE if tolerance is None else tolerance, gate.DRIFT_LIMITS
+    )
     config = reference.preprocess_config
     dataset: Dataset | None = None
     if inputs.folder is not None:
@@ -156,6 +158,8 @@ def add_parser(subparsers: Any) -> None:
         add_reference_cache_option,
         add_report_options,
         add_runtime_options,
+        at_most,
+        positive,
     )
 
     parser = subparsers.add_parser(
@@ -168,9 +172,9 @@ def add_parser(subparsers: Any) -> None:
     inputs = parser.add_argument_group("inputs (one of)")
     source = inputs.add_mutually_exclusive_group()
     source.add_argument("--images", type=Path, default=None, help="a folder of images (searched recursively)")
-    source.add_argument("--synthetic", type=int, default=None, metavar="N", help="N synthetic images (default 16)")
-    inputs.add_argument("--limit", type=int, default=None, help="only the first N images of --images")
-    inputs.add_argument("--workers", type=int, default=4, help="threads reading images (default 4)")
+    source.add_argument("--synthetic", type=positive, default=None, metavar="N", help="N synthetic images (default 16)")
+    inputs.add_argument("--limit", type=positive, default=None, help="only the first N images of --images")
+    inputs.add_argument("--workers", type=at_most(64), default=4, help="threads reading images, 1..64 (default 4)")
     add_model_options(parser)
     add_engine_options(parser)
     add_reference_cache_option(parser)
@@ -182,6 +186,12 @@ def add_parser(subparsers: Any) -> None:
 
 
 def main(args: Any) -> int:
+    from .options import interruptible
+
+    return interruptible(_main, args)
+
+
+def _main(args: Any, written: dict[str, Path]) -> int:
     from .engines import engine_for
     from .options import log, model_source, print_written, report_stem
     from .reference import specs_and_cache
@@ -194,6 +204,7 @@ def main(args: Any) -> int:
     inputs = DriftInputs(args.images, None if args.images else synthetic, args.seed, args.limit)
     source = model_source(args)
     stem = report_stem(args, "drift", source)
+    args.shard_dir = args.report_dir / f"{stem}.shards"  # kept on an interrupt: the same command resumes
     specs, cache = specs_and_cache(args, source, log)
     engine_options = {"batch_size": args.batch_size, "workers": args.workers}
     running = engine_for(specs, args.engine, ray_address=args.ray_address, reference_cache=cache, **engine_options)
@@ -209,10 +220,10 @@ def main(args: Any) -> int:
             model=source.describe(),
             command=args.argv,
             engine=engine,
-            shard_dir=args.report_dir / f"{stem}.shards",
+            shard_dir=args.shard_dir,
             shard_size=args.shard_size,
         )
-    written = write_reports(report, args.report_dir, stem)
+    written.update(write_reports(report, args.report_dir, stem))
     for name, entry in report["runtimes"].items():
         stats = entry["outputs"][OUTPUT_NAME]
         print(

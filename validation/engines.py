@@ -84,18 +84,19 @@ class LocalEngine:
         outputs: dict[str, list[np.ndarray]] = {name: [] for name in self.runners}
         seconds = dict.fromkeys(self.runners, 0.0)
         batches = load_batches(samples, self.config, self.batch_size, self.workers, self.prefetch)
-        for batch in batches:
-            failures.extend(batch.failures)
-            if not len(batch.inputs):
-                continue
-            kept.extend(batch.samples)
-            for name, runner in self.runners.items():
-                if name not in self._warm:  # first-call setup (oneDNN kernels, arenas) is not throughput
-                    runner.logits(batch.inputs)
-                    self._warm.add(name)
-                started = time.perf_counter()
-                outputs[name].append(runner.logits(batch.inputs))
-                seconds[name] += time.perf_counter() - started
+        with contextlib.closing(batches):  # on an interrupt, stop the reading threads at once
+            for batch in batches:
+                failures.extend(batch.failures)
+                if not len(batch.inputs):
+                    continue
+                kept.extend(batch.samples)
+                for name, runner in self.runners.items():
+                    if name not in self._warm:  # first-call setup (oneDNN kernels, arenas) is not throughput
+                        runner.logits(batch.inputs)
+                        self._warm.add(name)
+                    started = time.perf_counter()
+                    outputs[name].append(runner.logits(batch.inputs))
+                    seconds[name] += time.perf_counter() - started
         logits = {
             name: np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
             for name, parts in outputs.items()

@@ -17,6 +17,7 @@ from lvvit.comparison import (
     DRIFT_LIMITS,
     GateCheck,
     Limit,
+    check_gate,
     checked_bound,
     failed_lines,
 )
@@ -29,6 +30,8 @@ __all__ = [
     "DEFAULT_ACCURACY_TOLERANCE",
     "DEFAULT_DRIFT_TOLERANCE",
     "DRIFT_LIMITS",
+    "check",
+    "check_tolerance",
     "parse_tolerance",
     "raise_if_failed",
 ]
@@ -53,11 +56,30 @@ def parse_tolerance(
             number = float(value)
         except ValueError:
             raise ToleranceError(f"tolerance {name}: {value!r} is not a number (or 'none')") from None
-        try:
-            tolerance[name] = checked_bound(name, number)
-        except _CoreToleranceError as exc:
-            raise ToleranceError(str(exc)) from None
+        tolerance[name] = number
+    return check_tolerance(tolerance, limits)
+
+
+def check_tolerance(tolerance: Mapping[str, float], limits: Mapping[str, Limit]) -> dict[str, float]:
+    """The limits in force, each a known name with a finite value >= 0 (a NaN limit would switch its gate off)."""
+    try:
+        return {name: checked_bound(name, value) for name, value in _known(tolerance, limits).items()}
+    except _CoreToleranceError as exc:
+        raise ToleranceError(str(exc)) from None
+
+
+def _known(tolerance: Mapping[str, float], limits: Mapping[str, Limit]) -> Mapping[str, float]:
+    unknown = [name for name in tolerance if name not in limits]
+    if unknown:
+        raise ToleranceError(f"unknown tolerance {unknown[0]!r}; valid: {', '.join(limits)}")
     return tolerance
+
+
+def check(
+    limits: Mapping[str, Limit], tolerance: Mapping[str, float], stats: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """`lvvit.comparison.check_gate` as the plain data a report stores (never passed by a NaN or infinite value)."""
+    return [c.to_dict() for c in check_gate(limits, check_tolerance(tolerance, limits), stats)]
 
 
 def raise_if_failed(report: Mapping[str, Any]) -> None:

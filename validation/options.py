@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +47,43 @@ def non_negative(value: str) -> int:
     return number
 
 
+def resolution(value: str) -> int:
+    """An input size within the exporter's limit (a multiple of 16 is checked with the preset)."""
+    from exporters.onnx.export import MAX_RESOLUTION
+
+    number = positive(value)
+    if number > MAX_RESOLUTION:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_RESOLUTION}, got {number}")
+    return number
+
+
+def at_most(limit: int) -> Callable[[str], int]:
+    """A positive integer no larger than `limit` (threads, batches read ahead)."""
+
+    def parse(value: str) -> int:
+        number = positive(value)
+        if number > limit:
+            raise argparse.ArgumentTypeError(f"expected an integer within [1, {limit}], got {number}")
+        return number
+
+    return parse
+
+
+def report_name(value: str) -> str:
+    """A file stem inside --report-dir: no path separators, not empty, not '.' or '..'."""
+    if not value or value in (".", "..") or any(sep in value for sep in ("/", "\\", "\0")):
+        raise argparse.ArgumentTypeError(
+            f"expected a file stem without path separators (the reports go into --report-dir), got {value!r}"
+        )
+    return value
+
+
 def add_preset_options(group: Any, required: bool = False) -> None:
     """--preset, --resolution and --weights: the model of every command (drift, accuracy, reference, bench)."""
     group.add_argument("--preset", metavar="NAME", required=required, help=f"one of {', '.join(list_presets())}")
-    group.add_argument("--resolution", type=positive, default=None, help="input size other than the preset's")
+    group.add_argument(
+        "--resolution", type=resolution, default=None, help="input size other than the preset's (at most 1024)"
+    )
     group.add_argument("--weights", type=Path, default=None, help=".pdparams, .safetensors or .pth.tar; none: random")
 
 
@@ -107,7 +141,12 @@ def add_report_options(parser: argparse.ArgumentParser, tolerance_help: str) -> 
     group.add_argument(
         "--report-dir", type=Path, default=Path("build/reports"), help="folder of the reports (default build/reports)"
     )
-    group.add_argument("--name", default=None, help="file stem of the reports (default: <command>_<preset>_<res>)")
+    group.add_argument(
+        "--name",
+        type=report_name,
+        default=None,
+        help="file stem of the reports, without path separators (default: <command>_<preset>_<res>)",
+    )
     group.add_argument(
         "--tolerance", action="append", default=[], metavar="NAME=VALUE", help=tolerance_help + " (repeatable)"
     )
@@ -234,6 +273,30 @@ def runtime_options(args: argparse.Namespace) -> RuntimeOptions:
 
 def report_stem(args: argparse.Namespace, command: str, source: ModelSource) -> str:
     return args.name or f"{command}_{source.spec.name}_{source.spec.resolution}"
+
+
+def interruptible(run: Callable[[argparse.Namespace, dict[str, Path]], int], args: argparse.Namespace) -> int:
+    """`run(args, written)` with SIGINT and SIGTERM raising `Interrupted`, whose `kept` then says what was kept.
+
+    `run` fills `written` once the report set is in place (it is written as a unit, so it is all there or not).
+    """
+    from lvvit.interrupt import Interrupted, interrupts_raise
+
+    written: dict[str, Path] = {}
+    try:
+        with interrupts_raise():
+            return run(args, written)
+    except Interrupted as exc:
+        work_dir = args.work_dir or args.report_dir / "models"
+        shards = getattr(args, "shard_dir", None)  # set by commands that run in shards
+        exc.kept = (
+            f"the reports were written ({written['json']})"
+            if written
+            else f"no report written (older reports in {args.report_dir} are untouched); "
+            f"models exported before the interrupt stay in {work_dir}"
+            + (f"; finished shards stay in {shards}, for the same command to resume" if shards else "")
+        )
+        raise
 
 
 def print_written(written: dict[str, Path]) -> None:

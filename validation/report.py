@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lvvit.atomic import atomic_output
+from lvvit.atomic import atomic_files
 from lvvit.comparison import GateCheck
 
 from . import plots
@@ -25,7 +25,7 @@ _SHOWN_FILES = 200  # unreadable/skipped files listed on the pages (the JSON has
 
 
 def _num(value: float | None, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
     if value == 0:
         return "0"
@@ -162,6 +162,25 @@ def _gate_verdicts(report: dict[str, Any], what: str) -> list[Block]:
     return blocks
 
 
+FIGURES = ("errors", "runtimes", "accuracy", "classes")  # every figure a report may have: `<stem>_<name>.png`
+
+
+def _figure(name: str, caption: str, draw: Callable[[dict[str, Any]], bytes], report: dict[str, Any]) -> Block:
+    """The figure, or a paragraph naming it and why it could not be drawn: a plot never costs the report."""
+    try:
+        return Figure(name, caption, draw(report))
+    except Exception as exc:  # matplotlib and numpy raise many types on odd data; the numbers are in the tables
+        return Paragraph(f"Figure '{caption}' ({name}) could not be drawn: {type(exc).__name__}: {exc}")
+
+
+def _limit_rows(report: dict[str, Any]) -> list[list[str]]:
+    limits = report["limits"]
+    return [
+        [n, f"{'<=' if limits[n]['kind'] == 'max' else '>='} {_num(v, 6)}", limits[n]["help"]]
+        for n, v in report["tolerance"].items()
+    ]
+
+
 # -- drift -------------------------------------------------------------------------------------------------------
 
 _DRIFT_ROWS = [
@@ -221,9 +240,9 @@ def drift_blocks(report: dict[str, Any]) -> tuple[str, list[Block]]:
     blocks.append(Table(header, rows))
     ref_speed = _speed(report["reference"]["images_per_second"])
     blocks.append(Paragraph(f"Native Paddle (eager), the reference: {ref_speed} images/s on the same inputs."))
-    blocks.append(Figure("errors", "Distribution of the absolute logit error against native Paddle",
-                         plots.error_histogram(report)))  # fmt: skip
-    blocks.append(Figure("runtimes", "Absolute and relative error per runtime", plots.drift_by_runtime(report)))
+    blocks.append(_figure("errors", "Distribution of the absolute logit error against native Paddle",
+                          plots.error_histogram, report))  # fmt: skip
+    blocks.append(_figure("runtimes", "Absolute and relative error per runtime", plots.drift_by_runtime, report))
     blocks.append(Heading("Largest errors", 2))
     worst_rows = []
     for name in names:
@@ -233,16 +252,7 @@ def drift_blocks(report: dict[str, Any]) -> tuple[str, list[Block]]:
                                f"{item['reference_top1']} / {item['top1']}{flip}"])  # fmt: skip
     blocks.append(Table(["runtime", "image", "max abs error", "top-1 Paddle / runtime"], worst_rows))
     blocks.append(Heading("Tolerance", 2))
-    limits = report["limits"]
-    blocks.append(
-        Table(
-            ["limit", "value", "meaning"],
-            [
-                [n, f"{'<=' if limits[n]['kind'] == 'max' else '>='} {v:g}", limits[n]["help"]]
-                for n, v in report["tolerance"].items()
-            ],
-        )  # fmt: skip
-    )
+    blocks.append(Table(["limit", "value", "meaning"], _limit_rows(report)))
     blocks.append(
         Paragraph(
             "Definitions: max_rel is the largest per-image max error divided by that image's max |logit|; "
@@ -321,21 +331,12 @@ def accuracy_blocks(report: dict[str, Any]) -> tuple[str, list[Block]]:
             f"warm-up batch; preprocessing ran in {report['workers']} prefetching threads and is not counted."
         )
     )
-    blocks.append(Figure("accuracy", "Accuracy and throughput per runtime", plots.accuracy_by_runtime(report)))
-    blocks.append(Figure("classes", "Per-class top-1", plots.accuracy_per_class(report)))
+    blocks.append(_figure("accuracy", "Accuracy and throughput per runtime", plots.accuracy_by_runtime, report))
+    blocks.append(_figure("classes", "Per-class top-1", plots.accuracy_per_class, report))
     tolerance = report["tolerance"]
     if tolerance:
-        limits = report["limits"]
         blocks.append(Heading("Tolerance", 2))
-        blocks.append(
-            Table(
-                ["limit", "value", "meaning"],
-                [
-                    [n, f"{'<=' if limits[n]['kind'] == 'max' else '>='} {v:g}", limits[n]["help"]]
-                    for n, v in tolerance.items()
-                ],
-            )  # fmt: skip
-        )
+        blocks.append(Table(["limit", "value", "meaning"], _limit_rows(report)))
     blocks += _failure_blocks(inputs)
     blocks += _reproduce_blocks(report)
     return title, blocks
@@ -369,47 +370,76 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def write_text(path: Path, text: str) -> None:
-    with atomic_output(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
-def render(report: dict[str, Any], out_dir: str | Path, stem: str) -> dict[str, Path]:
-    """Write `<stem>.md` (+ PNG figures) and `<stem>.html` from the report's data."""
+def _pages(report: dict[str, Any], folder: Path, stem: str) -> dict[str, Path]:
+    """Write `<stem>.md`, its PNG figures and `<stem>.html` into `folder`; returns them by kind."""
     kind = report.get("kind")
     if kind not in _BUILDERS:
         raise ValidationError(f"not a validation report (kind {kind!r}; expected one of {', '.join(_BUILDERS)})")
-    out_dir = Path(out_dir)
-    title, blocks = _BUILDERS[kind](report)
+    try:
+        title, blocks = _BUILDERS[kind](report)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:  # a JSON file from elsewhere
+        raise ValidationError(f"the {kind} report lacks or garbles a field the pages need ({type(exc).__name__}: "
+                              f"{str(exc)[:200]})") from exc  # fmt: skip
     written: dict[str, Path] = {}
     for block in blocks:
         if isinstance(block, Figure):
-            path = out_dir / f"{stem}_{block.name}.png"
-            with atomic_output(path) as tmp:
-                tmp.write_bytes(block.png)
-            written[f"png:{block.name}"] = path
-    written["markdown"] = out_dir / f"{stem}.md"
-    write_text(written["markdown"], to_markdown(blocks, stem))
-    written["html"] = out_dir / f"{stem}.html"
-    write_text(written["html"], to_html(blocks, title))
+            written[f"png:{block.name}"] = folder / f"{stem}_{block.name}.png"
+            written[f"png:{block.name}"].write_bytes(block.png)
+    written["markdown"] = folder / f"{stem}.md"
+    written["markdown"].write_text(to_markdown(blocks, stem), encoding="utf-8")
+    written["html"] = folder / f"{stem}.html"
+    written["html"].write_text(to_html(blocks, title), encoding="utf-8")
     return written
 
 
-def write_reports(report: dict[str, Any], out_dir: str | Path, stem: str) -> dict[str, Path]:
-    """`<stem>.json` with every number, then the Markdown and HTML pages drawn from it."""
+def _write_set(out_dir: str | Path, stem: str, write: Callable[[Path], dict[str, Path]]) -> dict[str, Path]:
+    """Run `write` in a staging folder and move its files into `out_dir` as a unit (all replaced or none).
+
+    An older set's figures that the new set lacks are removed with it, so that
+    no page of the set shows an older run's figure.
+    """
     out_dir = Path(out_dir)
-    path = out_dir / f"{stem}.json"
+    stale = [f"{stem}_{name}.png" for name in FIGURES]
+    with atomic_files(out_dir, stale) as staging:
+        staged = write(staging)
+    return {kind: out_dir / path.name for kind, path in staged.items()}
+
+
+def render(report: dict[str, Any], out_dir: str | Path, stem: str) -> dict[str, Path]:
+    """Write `<stem>.md` (+ PNG figures) and `<stem>.html` from the report's data, as a unit."""
+    return _write_set(out_dir, stem, lambda folder: _pages(report, folder, stem))
+
+
+def write_reports(report: dict[str, Any], out_dir: str | Path, stem: str) -> dict[str, Path]:
+    """`<stem>.json` with every number, and the Markdown and HTML pages drawn from it: all files or none replaced."""
     text = json.dumps(_finite(json.loads(json.dumps(report, default=_json_default))), indent=2, allow_nan=False)
-    write_text(path, text + "\n")
-    return {"json": path, **render(json.loads(text), out_dir, stem)}
+
+    def write(folder: Path) -> dict[str, Path]:
+        path = folder / f"{stem}.json"
+        path.write_text(text + "\n", encoding="utf-8")
+        return {"json": path, **_pages(json.loads(text), folder, stem)}
+
+    return _write_set(out_dir, stem, write)
+
+
+MAX_REPORT_BYTES = 64 << 20  # reports are kilobytes to a few MB (unreadable files listed); parsed JSON takes ~10x
 
 
 def load_report(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if not path.is_file():  # a FIFO or a device would block or never end
+        raise ValidationError(f"{path}: not a regular file; expected a JSON report written by drift or accuracy")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ValidationError(f"{path}: cannot read the JSON report ({exc})") from exc
+        with path.open("rb") as file:
+            data = file.read(MAX_REPORT_BYTES + 1)
+        if len(data) > MAX_REPORT_BYTES:
+            raise ValidationError(f"{path}: larger than {MAX_REPORT_BYTES >> 20} MiB; not a report of this kit")
+        report = json.loads(data.decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ValidationError(f"{path}: cannot read the JSON report ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(report, dict):
+        raise ValidationError(f"{path}: holds a JSON {type(report).__name__}, not a report object")
+    return report
 
 
 # -- command line --------------------------------------------------------------------------------------------------

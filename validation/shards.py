@@ -206,7 +206,8 @@ def run_shards(
     pending = [(i, list(samples[a:b])) for i, (a, b) in enumerate(ranges) if i not in done]
     todo = sum(len(s) for _, s in pending)
     computed = 0
-    with tqdm(total=todo, unit="img", file=sys.stderr, disable=not progress, leave=False) as bar:
+    kind = str(store.description.get("kind", "images"))
+    with tqdm(total=todo, unit="img", desc=kind, file=sys.stderr, disable=not progress, leave=False) as bar:
         for shard in engine(pending):
             records = make_records(shard, reference, classes)
             store.save(records)

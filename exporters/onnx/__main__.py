@@ -3,28 +3,60 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
 
 from lvvit.errors import LvvitError
+from lvvit.interrupt import Interrupted, interrupts_raise
 from lvvit.presets import get_preset, list_presets
 
-from .export import DEFAULT_ATOL, DEFAULT_OPSET, export_onnx, export_paddle_inference
+from .export import (
+    DEFAULT_ATOL,
+    DEFAULT_OPSET,
+    MAX_BATCH,
+    MAX_OPSET,
+    MAX_RESOLUTION,
+    MIN_OPSET,
+    check_options,
+    export_onnx,
+    export_paddle_inference,
+)
 from .fast_path import INT8_MIN_AGREEMENT, PRECISIONS, FastPath
 from .quantize import QUANTIZERS
 
 
-def _batch(value: str) -> int | None:
-    if value == "dynamic":
-        return None
+def _finite_number(value: str, low: float, high: float = math.inf) -> float:
     try:
-        size = int(value)
+        number = float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'dynamic' or a positive integer, got {value!r}") from None
-    if size < 1:
-        raise argparse.ArgumentTypeError(f"batch size must be at least 1, got {size}")
-    return size
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not (low <= number <= high and math.isfinite(number)):  # written so that NaN is refused
+        raise argparse.ArgumentTypeError(f"expected a finite number within [{low:g}, {high:g}], got {value!r}")
+    return number
+
+
+def _tolerance(value: str) -> float:
+    return _finite_number(value, 0.0)
+
+
+def _fraction(value: str) -> float:
+    return _finite_number(value, 0.0, 1.0)
+
+
+def _count(value: str, name: str = "the count") -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{name} must be at least 1, got {number}")
+    return number
+
+
+def _batch(value: str) -> int | None:
+    return None if value == "dynamic" else _count(value, "batch size")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,20 +83,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--resolution",
         type=int,
         default=None,
-        help="input size, a multiple of 16 (default: the preset's); resamples pos_embed",
+        help=f"input size, a multiple of 16 up to {MAX_RESOLUTION} (default: the preset's); resamples pos_embed",
     )
     parser.add_argument(
         "--batch",
         type=_batch,
         default=None,
         metavar="dynamic|N",
-        help="'dynamic' (default) for any batch size, or a fixed size N",
+        help=f"'dynamic' (default) for any batch size, or a fixed size N up to {MAX_BATCH}",
     )
     parser.add_argument(
         "--opset",
         type=int,
         default=DEFAULT_OPSET,
-        help=f"ONNX opset (default {DEFAULT_OPSET}: native LayerNormalization)",
+        help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET}: native LayerNormalization)",
     )
     parser.add_argument(
         "--output",
@@ -82,9 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--atol",
-        type=float,
+        type=_tolerance,
         default=DEFAULT_ATOL,
-        help=f"verification tolerance: max abs error vs Paddle (default {DEFAULT_ATOL:g})",
+        help=f"verification tolerance: max abs error vs Paddle, finite and >= 0 (default {DEFAULT_ATOL:g})",
     )
     fast = parser.add_argument_group("fast paths")
     fast.add_argument(
@@ -115,11 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fast.add_argument("--calibration", type=Path, default=None, help="folder of real images for int8 calibration")
     fast.add_argument(
-        "--calibration-count", type=int, default=32, help="images used for calibration (default 32, sorted by path)"
+        "--calibration-count", type=_count, default=32, help="images used for calibration (default 32, sorted by path)"
     )
     fast.add_argument(
         "--min-int8-agreement",
-        type=float,
+        type=_fraction,
         default=INT8_MIN_AGREEMENT,
         help=f"int8 accuracy gate: least top-1 agreement with Paddle fp32 on the calibration images "
         f"(default {INT8_MIN_AGREEMENT})",
@@ -155,19 +187,13 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
     )
     try:
-        if args.format == "paddle":
-            result = export_paddle_inference(**common)
-        else:
-            fast = FastPath(
-                optimize=args.optimize,
-                precision=args.precision,
-                quantize=args.quantize,
-                calibration=args.calibration,
-                quantizer=args.quantizer,
-                calibration_count=args.calibration_count,
-                min_int8_agreement=args.min_int8_agreement,
-            )
-            result = export_onnx(**common, opset=args.opset, verify=not args.no_verify, atol=args.atol, fast=fast)
+        check_options(args.batch, args.opset, args.resolution)  # before Paddle is imported and the model built
+        with interrupts_raise():
+            result = _export(args, common)
+    except Interrupted as exc:
+        exc.kept = "stopped; temporary files removed, nothing written, any older file at the target untouched"
+        print(exc.line(), file=sys.stderr)
+        return exc.exit_code
     except LvvitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -175,6 +201,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     print(f"done in {result.seconds:.1f}s")
     return 0
+
+
+def _export(args: argparse.Namespace, common: dict):
+    if args.format == "paddle":
+        return export_paddle_inference(**common)
+    fast = FastPath(
+        optimize=args.optimize,
+        precision=args.precision,
+        quantize=args.quantize,
+        calibration=args.calibration,
+        quantizer=args.quantizer,
+        calibration_count=args.calibration_count,
+        min_int8_agreement=args.min_int8_agreement,
+    )
+    return export_onnx(**common, opset=args.opset, verify=not args.no_verify, atol=args.atol, fast=fast)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import signal
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -43,51 +45,52 @@ def no_dependency_autoinstall() -> Iterator[None]:
             os.environ["POLYGRAPHY_AUTOINSTALL_DEPS"] = previous
 
 
-@contextlib.contextmanager
-def _captured_output() -> Iterator[io.StringIO]:
-    """Capture stdout/stderr at the file-descriptor level: paddle2onnx's C++ core prints there directly."""
-    captured = io.StringIO()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    with tempfile.TemporaryFile(mode="w+b") as sink:
-        os.dup2(sink.fileno(), 1)
-        os.dup2(sink.fileno(), 2)
+# paddle2onnx runs in a child process: its C++ core aborts the whole process (SIGABRT) on some inputs
+# (opsets it does not support, for one) and prints its reasons straight to file descriptors 1 and 2.
+# A child survives the abort, and its pipes capture every line, which the error then shows.
+_CONVERTER = """
+import sys
+import paddle2onnx
+raw = paddle2onnx.export(sys.argv[1], sys.argv[2], save_file=None, opset_version=int(sys.argv[3]),
+                         auto_upgrade_opset=False, enable_onnx_checker=True, enable_optimize=True, verbose=False)
+with open(sys.argv[4], "wb") as out:
+    out.write(raw or b"")
+"""
+_LOG_SHOWN = 3000  # characters of the converter's output kept in an error message
+
+
+def _convert_in_child(program: Path, params: Path, opset: int, output: Path) -> tuple[int, str]:
+    """Run paddle2onnx on `program`/`params` into `output`; returns the child's exit status and its output."""
+    run = subprocess.run(
+        [sys.executable, "-c", _CONVERTER, str(program), str(params), str(opset), str(output)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    return run.returncode, run.stdout.decode("utf-8", "replace")
+
+
+def _exit_status(code: int) -> str:
+    if code < 0:
         try:
-            with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
-                yield captured
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
-            sink.seek(0)
-            captured.write(sink.read().decode("utf-8", "replace"))
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
 
 
 def _run_paddle2onnx(program: Path, params: Path, opset: int) -> bytes:
-    import paddle2onnx
-
-    try:
-        with _captured_output() as captured:
-            raw = paddle2onnx.export(
-                str(program),
-                str(params),
-                save_file=None,  # return the bytes; the kit folds, checks and writes itself
-                opset_version=opset,
-                auto_upgrade_opset=False,
-                enable_onnx_checker=True,
-                enable_optimize=True,
-                verbose=False,
-            )
-    except Exception as exc:  # paddle2onnx raises bare errors from its C++ core
-        raise ConversionError(f"paddle2onnx failed on {program}: {exc}\n{captured.getvalue()[-2000:]}") from exc
+    output = program.with_name("model.onnx")
+    code, log = _convert_in_child(program, params, opset, output)
+    log = log.strip()[-_LOG_SHOWN:] or "(no output)"
+    if code != 0:
+        raise ConversionError(
+            f"paddle2onnx failed on {program} at opset {opset} ({_exit_status(code)}); its output:\n{log}"
+        )
+    raw = output.read_bytes() if output.exists() else b""
     if not raw:
         raise ConversionError(
-            f"paddle2onnx returned an empty model for {program} while reporting success; its log:\n"
-            f"{captured.getvalue()[-2000:]}"
+            f"paddle2onnx returned an empty model for {program} while reporting success; its output:\n{log}"
         )
     return raw
 

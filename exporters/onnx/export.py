@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lvvit.atomic import OutputPathError, atomic_output
+from lvvit.atomic import atomic_files, atomic_output
 from lvvit.metadata import ModelMetadata
 from lvvit.presets import Preset
 from lvvit.progress import Log, to_stderr
@@ -21,7 +19,10 @@ from .verify import DriftCheck, verify_export
 
 DEFAULT_OPSET = 17  # the first opset with a native LayerNormalization
 DEFAULT_ATOL = 1e-4
-MIN_OPSET = 13
+MIN_OPSET = 13  # the oldest opset the kit supports
+MAX_OPSET = 21  # paddle2onnx 2.1 converts opsets 7..21 and aborts the process beyond
+MAX_RESOLUTION = 1024  # 4,096 patches: the verification's attention maps alone take gigabytes beyond
+MAX_BATCH = 64  # a fixed batch is verified at its own size: that many images through both runtimes
 
 
 
@@ -42,9 +43,9 @@ def resolve_output(
     if output is None:
         return Path.cwd() / f"{stem}{suffix}"
     out = Path(output)
-    if out.is_dir() or str(output).endswith(("/", "\\")) or not out.suffix:
+    if out.is_dir() or str(output).endswith(("/", "\\")) or (not out.suffix and not out.exists()):
         return out / f"{stem}{suffix}"
-    return out
+    return out  # an existing non-folder (a file, or /dev/full) is the target itself; atomic_output judges it
 
 
 def _build(preset: str | Preset, weights, resolution, checkpoint_key, seed, log: Log, arch_overrides: dict):
@@ -72,18 +73,26 @@ def _metadata(
         batch=batch,
         opset=opset,
         weights=weights_provenance(model, seed),
-        versions=tool_versions("paddlepaddle", "paddle2onnx", "onnx", "onnxruntime"),
+        versions=tool_versions("paddlepaddle", "paddle2onnx", "onnx", "onnxruntime", "onnxruntime-gpu"),
         arch=spec.arch.to_kwargs(),
         graph=graph,
         precision=precision,
     )
 
 
-def _check_batch_and_opset(batch: int | None, opset: int) -> None:
-    if batch is not None and batch < 1:
-        raise ExportError(f"--batch must be 'dynamic' or a positive integer, got {batch}")
-    if opset < MIN_OPSET:
-        raise ExportError(f"--opset {opset} is too old; use {MIN_OPSET} or newer (default {DEFAULT_OPSET})")
+def check_options(batch: int | None, opset: int, resolution: int | None) -> None:
+    """The numeric options, checked before any work (ExportError / ResolutionError naming the limit)."""
+    from lvvit.errors import ResolutionError
+
+    if batch is not None and not 1 <= batch <= MAX_BATCH:
+        raise ExportError(f"--batch must be 'dynamic' or an integer within [1, {MAX_BATCH}], got {batch}")
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ExportError(
+            f"--opset {opset} is outside the supported range {MIN_OPSET}..{MAX_OPSET} "
+            f"(paddle2onnx converts up to {MAX_OPSET}; default {DEFAULT_OPSET})"
+        )
+    if resolution is not None and not 1 <= resolution <= MAX_RESOLUTION:
+        raise ResolutionError(f"--resolution {resolution} is outside 16..{MAX_RESOLUTION} (a multiple of 16)")
 
 
 def _stamp(proto, metadata: ModelMetadata) -> None:
@@ -125,7 +134,8 @@ def export_onnx(
     from lvvit import resolve_preset
 
     fast = fast or FastPath()
-    _check_batch_and_opset(batch, opset)
+    check_options(batch, opset, resolution)
+    tolerance = tolerance_for(fast, atol)  # refuses a non-finite or negative atol before any work
     started = time.perf_counter()
     spec = resolve_preset(preset, resolution, **arch_overrides)
     suffix = f"{fast.tag}.onnx"
@@ -145,7 +155,6 @@ def export_onnx(
         onnx.save(proto, str(tmp))
         checks: list[DriftCheck] = []
         if verify:
-            tolerance = tolerance_for(fast, atol)
             batches = [batch] if batch is not None else [1, 3]
             log(f"[3/3] verifying: onnx.checker, then ONNX Runtime vs Paddle ({tolerance.describe()})")
             checks = verify_export(tmp, model, batches, tolerance, seed, images, name=str(target))
@@ -175,30 +184,19 @@ def export_paddle_inference(
 
     from ..paddle_static import save_inference_model, saved_files
 
-    _check_batch_and_opset(batch, DEFAULT_OPSET)
+    check_options(batch, DEFAULT_OPSET, resolution)
     started = time.perf_counter()
     spec = resolve_preset(preset, resolution, **arch_overrides)
     target = resolve_output(output, spec.name, spec.resolution, resolve_preset(preset).resolution, ".pdiparams")
     stem = target.name.removesuffix(".pdiparams")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{stem}.", suffix=".part", dir=target.parent))
-    except OSError as exc:
-        raise OutputPathError(f"{target.parent}: cannot write here ({exc.strerror or exc})") from exc
-    try:
+    stale = (f"{stem}.json", f"{stem}.pdmodel")  # an older artifact's program in the other format goes too
+    with atomic_files(target.parent, stale) as staging:  # fails early, before any work, when the folder is not writable
         log(f"[1/2] building {spec.name} at {spec.resolution}px")
         model = _build(preset, weights, resolution, checkpoint_key, seed, log, arch_overrides)
         metadata = _metadata(model, batch, DEFAULT_OPSET, seed, graph="paddle-inference")
         log("[2/2] saving the Paddle inference program (paddle.jit.save)")
         save_inference_model(model, staging / stem, batch)
-        written = saved_files(staging / stem)
         sidecar = staging / f"{stem}.lvvit.json"
         sidecar.write_text(json.dumps(metadata.to_props(), indent=2, sort_keys=True))
-        final = []
-        for path in [*written, sidecar]:
-            dest = target.parent / path.name
-            path.replace(dest)
-            final.append(dest)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        final = [target.parent / path.name for path in saved_files(staging / stem)]
     return ExportResult(target.parent / f"{stem}.pdiparams", metadata, [], time.perf_counter() - started, final)

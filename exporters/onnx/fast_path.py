@@ -37,7 +37,9 @@ class FastPath:
             raise ExportError(f"--quantize supports int8 only, got {self.quantize!r}")
         if self.quantize and self.calibration is None:
             raise ExportError("--quantize int8 needs --calibration DIR: a folder of real images to calibrate on")
-        if not 0.0 <= self.min_int8_agreement <= 1.0:
+        if self.calibration_count < 1:
+            raise ExportError(f"--calibration-count must be at least 1, got {self.calibration_count}")
+        if not 0.0 <= self.min_int8_agreement <= 1.0:  # NaN fails this too
             raise ExportError(f"--min-int8-agreement must be within [0, 1], got {self.min_int8_agreement}")
         if self.quantize and (self.optimize or self.precision != "fp32"):
             raise ExportError("--quantize int8 applies to the portable fp32 graph; drop --optimize / --precision")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from lvvit.comparison import DRIFT_LIMITS, DriftStats, check_gate, drift_stats
 from lvvit.metadata import INPUT_NAME
 from lvvit.synthetic import synthetic_batch
 
-from ..errors import ConversionError, VerificationError
+from ..errors import ConversionError, ExportError, VerificationError
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,13 @@ class Tolerance:
 
     atol: float | None
     min_top1: float = 1.0
+
+    def __post_init__(self) -> None:
+        # Written as `not (... <= ...)` so that NaN is refused too.
+        if self.atol is not None and not (0.0 <= self.atol < math.inf):
+            raise ExportError(f"the tolerance (--atol) must be a finite number >= 0, got {self.atol}")
+        if not (0.0 <= self.min_top1 <= 1.0):
+            raise ExportError(f"the least top-1 agreement must be within [0, 1], got {self.min_top1}")
 
     def limits(self) -> dict[str, float]:
         """The same gate in `lvvit.comparison.DRIFT_LIMITS` terms."""
@@ -58,6 +66,9 @@ class DriftCheck:
         )
 
     def passes(self, tolerance: Tolerance) -> bool:
+        """Within the gate (`lvvit.comparison`); a NaN or an infinity anywhere fails, even without a max-abs bound."""
+        if not (math.isfinite(self.max_abs) and math.isfinite(self.mean_abs)):
+            return False
         stats = {  # a NaN agreement makes a NaN disagreement count, which fails the gate
             "max_abs": self.max_abs,
             "samples": self.batch,
@@ -101,7 +112,13 @@ def verify_export(
     Inputs are synthetic photo-like images, or `images` (a preprocessed real batch) when given.
     `name` is what messages call the file (the target, while `path` is still its temporary copy).
     """
-    import onnxruntime as ort
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:  # the base install leaves the choice of ONNX Runtime wheel to the extras
+        raise ExportError(
+            f"verifying {name or path.name} needs ONNX Runtime: pip install 'lvvit-deploy[cpu]' (or [gpu], not both), "
+            f"or export with --no-verify ({exc})"
+        ) from exc
 
     name = name or path.name
     check_onnx_file(path, name)
