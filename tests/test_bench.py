@@ -99,7 +99,7 @@ def test_the_bf16_row_runs_only_where_bf16_is_native(monkeypatch, native):
     from validation.bench import bench_paths
 
     monkeypatch.setattr(cpu_floor, "has_native_bf16", lambda flags=None: native)
-    specs = {s.name: s for s in bench_paths(None, None, threads=2, streams=2, include=None)}
+    specs = {s.name: s for s in bench_paths(threads=2, streams=2, include=None)}
     row = specs["openvino-bf16"]
     assert row.precision == "bf16"
     if native:

@@ -28,11 +28,20 @@ REFERENCES = ("paddle-inference", "paddle-inference-streams")  # ratios use the 
 
 @dataclass
 class BenchPath:
+    """One row: which runtime opens which of the exported files (`Artifacts` field), with which options."""
+
     name: str
     what: str
-    spec: PredictorSpec | None  # None with `unavailable`
+    runtime: str  # a `runtimes.RUNTIMES` name; "paddle" is the eager model
+    artifact: str | None  # the `Artifacts` field of its file (None: the eager model, from the preset)
+    options: dict[str, Any] = field(default_factory=dict)
     precision: str = "fp32"
     unavailable: str | None = None  # why this path cannot run here (reported, not silently dropped)
+
+    def spec(self, artifacts: Any, preset: Preset, weights: Path | None) -> PredictorSpec:
+        if self.artifact is None:
+            return PredictorSpec.eager(preset, weights)
+        return PredictorSpec.for_model(self.runtime, getattr(artifacts, self.artifact), **self.options)
 
 
 @dataclass
@@ -46,8 +55,8 @@ class PathResult:
     skipped: str | None = None
 
 
-def bench_paths(artifacts, preset: Preset, weights: Path | None, threads: int, streams: int, include: set[str] | None):
-    """Every path as a predictor spec; those this CPU cannot run carry the reason instead."""
+def bench_paths(threads: int, streams: int, include: set[str] | None) -> list[BenchPath]:
+    """Every path as data; those this CPU cannot run carry the reason instead."""
     from .cpu_floor import has_native_bf16
 
     run = {"threads": threads, "streams": streams}
@@ -56,44 +65,23 @@ def bench_paths(artifacts, preset: Preset, weights: Path | None, threads: int, s
         if has_native_bf16()
         else "this CPU has no native bf16 (avx512_bf16 / amx_bf16); OpenVINO would emulate it, far slower than f32"
     )
-    paddle, onnx = artifacts.paddle, artifacts.onnx
     paths = [
-        BenchPath("paddle-eager", "Paddle dynamic graph (drift reference)", PredictorSpec.eager(preset, weights)),
-        BenchPath(
-            "paddle-inference",
-            "Paddle Inference, oneDNN",
-            PredictorSpec.for_model("paddle-inference", paddle, threads=threads),
-        ),
+        BenchPath("paddle-eager", "Paddle dynamic graph (drift reference)", "paddle", None),
+        BenchPath("paddle-inference", "Paddle Inference, oneDNN", "paddle-inference", "paddle", {"threads": threads}),
         BenchPath(
             "paddle-inference-streams",
             f"Paddle Inference, oneDNN, {streams} streams",
-            PredictorSpec.for_model("paddle-inference", paddle, **run),
+            "paddle-inference",
+            "paddle",
+            run,
         ),
-        BenchPath("ort-fp32", "ONNX Runtime, exported graph", PredictorSpec.for_model("ort", onnx, **run)),
+        BenchPath("ort-fp32", "ONNX Runtime, exported graph", "ort", "onnx", run),
+        BenchPath("ort-fused", "ONNX Runtime, fused graph (--optimize)", "ort", "fused", run),
+        BenchPath("openvino-f32", "OpenVINO f32", "openvino", "onnx", {"precision": "f32", **run}),
+        BenchPath("openvino-bf16", "OpenVINO bf16", "openvino", "onnx", {"precision": "bf16", **run}, "bf16", no_bf16),
+        BenchPath("ort-int8", "ONNX Runtime, int8 QDQ (ort quantizer)", "ort", "int8_ort", run, "int8"),
         BenchPath(
-            "ort-fused",
-            "ONNX Runtime, fused graph (--optimize)",
-            PredictorSpec.for_model("ort", artifacts.fused, **run),
-        ),
-        BenchPath("openvino-f32", "OpenVINO f32", PredictorSpec.for_model("openvino", onnx, precision="f32", **run)),
-        BenchPath(
-            "openvino-bf16",
-            "OpenVINO bf16",
-            None if no_bf16 else PredictorSpec.for_model("openvino", onnx, precision="bf16", **run),
-            "bf16",
-            no_bf16,
-        ),
-        BenchPath(
-            "ort-int8",
-            "ONNX Runtime, int8 QDQ (ort quantizer)",
-            PredictorSpec.for_model("ort", artifacts.int8_ort, **run),
-            "int8",
-        ),
-        BenchPath(
-            "openvino-int8",
-            "OpenVINO, int8 QDQ (nncf)",
-            PredictorSpec.for_model("openvino", artifacts.int8, precision="f32", **run),
-            "int8",
+            "openvino-int8", "OpenVINO, int8 QDQ (nncf)", "openvino", "int8", {"precision": "f32", **run}, "int8"
         ),
     ]
     if streams == 1:  # the same as paddle-inference
@@ -101,19 +89,21 @@ def bench_paths(artifacts, preset: Preset, weights: Path | None, threads: int, s
     return [p for p in paths if include is None or p.name in include]
 
 
-def _open_all(paths: list[BenchPath], log) -> tuple[dict[str, Any], list[PathResult]]:
+def _open_all(
+    paths: list[BenchPath], artifacts: Any, preset: Preset, weights: Path | None, log
+) -> tuple[dict[str, Any], list[PathResult]]:
     from runtimes import PredictorError
 
     opened, results = {}, []
     for path in paths:
         result = PathResult(path.name, path.what, path.precision)
         results.append(result)
-        if path.unavailable or path.spec is None:
+        if path.unavailable:
             result.skipped = path.unavailable
             log(f"  {path.name}: not run ({path.unavailable})")
             continue
         try:
-            predictor = path.spec.open()
+            predictor = path.spec(artifacts, preset, weights).open()
         except PredictorError as exc:  # e.g. bf16 on a CPU without it: reported, never silently replaced
             result.skipped = str(exc)
             log(f"  {path.name}: not run ({exc})")
@@ -219,9 +209,9 @@ def run_bench(
     config = spec.preprocess
     image_paths = image_files(artifacts.images)[:limit_images]
     real = preprocess_batch(image_paths, config)
-    paths = bench_paths(artifacts, spec, weights, threads, streams, include)
+    paths = bench_paths(threads, streams, include)
     log(f"opening {len(paths)} paths with {threads} threads ({streams} streams where batched)")
-    opened, results = _open_all(paths, log)
+    opened, results = _open_all(paths, artifacts, spec, weights, log)
     by_name = {r.name: r for r in results}
     log(f"drift against Paddle eager on {len(real)} real images")
     if "paddle-eager" in opened:

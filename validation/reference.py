@@ -26,6 +26,7 @@ import numpy as np
 
 from lvvit.atomic import atomic_output
 from lvvit.presets import PreprocessConfig
+from lvvit.regular_files import read_regular
 from lvvit.versions import KIT_DISTRIBUTION, package_version
 
 from .data import Sample
@@ -117,9 +118,7 @@ class ReferenceCache:
         folder = Path(folder)
         path = folder / KEY_FILE
         try:
-            if path.stat().st_size > MAX_KEY_BYTES:
-                raise ReferenceCacheError(f"{path}: {path.stat().st_size} bytes, not a reference cache's key file")
-            stored = json.loads(path.read_text(encoding="utf-8"))
+            stored = json.loads(read_regular(path, MAX_KEY_BYTES).decode("utf-8"))
             key, classes = dict(stored["key"]), int(stored["classes"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ReferenceCacheError(f"{path}: not a reference cache ({type(exc).__name__}: {exc})") from None
@@ -136,9 +135,7 @@ class ReferenceCache:
         while self._logits(index).is_file():
             images_path = self._images(index)
             try:
-                if images_path.stat().st_size > MAX_SHARD_FILE_BYTES:
-                    raise ValueError(f"{images_path.stat().st_size} bytes, more than a shard's list of images")
-                images = json.loads(images_path.read_text(encoding="utf-8"))["images"]
+                images = json.loads(read_regular(images_path, MAX_SHARD_FILE_BYTES).decode("utf-8"))["images"]
                 logits = np.load(self._logits(index), mmap_mode="r", allow_pickle=False)
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 raise ReferenceCacheError(f"{images_path}: unreadable shard ({type(exc).__name__}: {exc})") from None

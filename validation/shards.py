@@ -28,6 +28,7 @@ import numpy as np
 
 from lvvit.atomic import atomic_output
 from lvvit.comparison import TOPK, ImageErrors, image_errors, top_predictions
+from lvvit.regular_files import read_regular
 
 from .data import Failure, Sample
 from .errors import ValidationError
@@ -120,9 +121,7 @@ class ShardStore:
 
     def _check_same_run(self, run_file: Path) -> None:
         try:
-            if run_file.stat().st_size > MAX_SHARD_FILE_BYTES:
-                raise ValueError(f"{run_file.stat().st_size} bytes, more than a run file holds")
-            stored = json.loads(run_file.read_text(encoding="utf-8"))
+            stored = json.loads(read_regular(run_file, MAX_SHARD_FILE_BYTES).decode("utf-8"))
             other = stored["run"]
             key = stored["key"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -157,11 +156,8 @@ class ShardStore:
 
     def load(self, index: int) -> ShardRecords:
         path = self.path(index)
-        size = path.stat().st_size
-        if size > MAX_SHARD_FILE_BYTES:
-            raise ShardError(f"{path}: {size} bytes, more than a shard of this kit holds ({MAX_SHARD_FILE_BYTES})")
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            lines = read_regular(path, MAX_SHARD_FILE_BYTES).decode("utf-8").splitlines()
             header = json.loads(lines[0])
             records = [json.loads(line) for line in lines[1:]]
             failures = [Failure(str(f["name"]), str(f["reason"])) for f in header["failures"]]
