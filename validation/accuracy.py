@@ -124,7 +124,6 @@ def add_parser(subparsers: Any) -> None:
     from .options import (
         add_engine_options,
         add_model_options,
-        add_reference_cache_option,
         add_report_options,
         add_runtime_options,
         at_most,
@@ -154,7 +153,6 @@ def add_parser(subparsers: Any) -> None:
     data.add_argument("--prefetch", type=non_negative, default=2, help="batches read ahead (default 2)")
     add_model_options(parser)
     add_engine_options(parser)
-    add_reference_cache_option(parser)
     add_runtime_options(parser, batch_size=32)
     limits = ", ".join(gate.ACCURACY_LIMITS)
     defaults = ", ".join(f"{k}={v:g}" for k, v in gate.DEFAULT_ACCURACY_TOLERANCE.items())

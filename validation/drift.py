@@ -155,7 +155,6 @@ def add_parser(subparsers: Any) -> None:
     from .options import (
         add_engine_options,
         add_model_options,
-        add_reference_cache_option,
         add_report_options,
         add_runtime_options,
         at_most,
@@ -177,7 +176,6 @@ def add_parser(subparsers: Any) -> None:
     inputs.add_argument("--workers", type=at_most(64), default=4, help="threads reading images, 1..64 (default 4)")
     add_model_options(parser)
     add_engine_options(parser)
-    add_reference_cache_option(parser)
     add_runtime_options(parser, batch_size=16)
     limits = ", ".join(gate.DRIFT_LIMITS)
     defaults = ", ".join(f"{k}={v:g}" for k, v in gate.DEFAULT_DRIFT_TOLERANCE.items())

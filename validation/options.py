@@ -153,7 +153,8 @@ def add_report_options(parser: argparse.ArgumentParser, tolerance_help: str) -> 
     group.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
-def add_engine_options(parser: argparse.ArgumentParser) -> None:
+def add_engine_options(parser: argparse.ArgumentParser, reference_cache: bool = True) -> None:
+    """--engine, --ray-address, --shard-size; and --reference-cache for the commands that compare with Paddle."""
     group = parser.add_argument_group("engine (validation at scale)")
     group.add_argument(
         "--engine",
@@ -175,17 +176,15 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
         help="images per shard (default 1000); finished shards are kept in REPORT_DIR/NAME.shards, and the same "
         "command resumes an interrupted run from them",
     )
-
-
-def add_reference_cache_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--reference-cache",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="native Paddle's logits stored by 'python -m validation reference': Paddle is not run; a cache made "
-        "with other weights or preprocessing is refused",
-    )
+    if reference_cache:
+        group.add_argument(
+            "--reference-cache",
+            type=Path,
+            default=None,
+            metavar="DIR",
+            help="native Paddle's logits stored by 'python -m validation reference': Paddle is not run; a cache made "
+            "with other weights or preprocessing is refused",
+        )
 
 
 def parse_arch(items: list[str]) -> dict[str, Any]:

@@ -244,7 +244,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--limit", type=int, default=None, help="only the first N images")
     parser.add_argument("--workers", type=int, default=4, help="threads reading images ahead (default 4)")
     add_model_options(parser)
-    add_engine_options(parser)
+    add_engine_options(parser, reference_cache=False)
     parser.add_argument("--batch-size", type=positive, default=16, help="images per Paddle run (default 16)")
     parser.add_argument("--threads", type=positive, default=None, help="Paddle threads (default: Paddle's own)")
     parser.set_defaults(func=main, report_dir=Path("build/reports"))
