@@ -33,10 +33,10 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 from exporters.onnx import FastPath, export_onnx  # noqa: E402
 from lvvit.preprocess import preprocess_batch  # noqa: E402
+from lvvit.provenance import sha256_of  # noqa: E402
 from lvvit.synthetic import synthetic_batch  # noqa: E402
 from runtimes import OrtPredictor  # noqa: E402
 from tests.conftest import TINY  # noqa: E402
-from validation.runners import file_sha256  # noqa: E402
 
 TINY_RESOLUTION = 64
 TINY_INPUTS = 8
@@ -104,7 +104,7 @@ def stage(out: str | Path, preset: str | None = "lvvit_s", variants: int = 6) ->
         "models": models,
         "weights": "the exporter's deterministic random initialisation (seed 0)",
         "computed_on": {"machine": platform.machine(), "processor": platform.processor(), "python": sys.version},
-        "files": {p.relative_to(out).as_posix(): file_sha256(p) for p in files},
+        "files": {p.relative_to(out).as_posix(): sha256_of(p) for p in files},
     }
     path = out / MANIFEST
     path.write_text(json.dumps(manifest, indent=1, default=str))

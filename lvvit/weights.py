@@ -8,7 +8,6 @@ grid part of `pos_embed` bicubically and keeps the class token's part.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -22,6 +21,7 @@ import numpy as np
 
 from .atomic import atomic_output
 from .errors import WeightsError, WeightsMismatchError
+from .provenance import sha256_of
 from .safe_pickle import (
     MAX_WEIGHTS_FILE_BYTES,
     BFloat16Array,
@@ -72,14 +72,6 @@ class WeightsInfo:
             "resampled_pos_embed": list(self.resampled_pos_embed) if self.resampled_pos_embed else None,
             "converted_to_float32": dict(self.converted_to_float32),
         }
-
-
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _as_state_dict(obj: object, path: Path, checkpoint_key: str | None) -> tuple[dict[str, object], str | None]:

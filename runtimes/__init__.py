@@ -32,6 +32,7 @@ from .errors import (
 )
 from .labels import imagenet_classes
 from .prediction import Prediction
+from .spec import RUNTIMES, ModelFile, PredictorSpec, read_model_metadata
 
 # name -> module that defines it; each imports its runtime, so they load lazily.
 _BACKENDS = {
@@ -54,12 +55,16 @@ __all__ = [
     "ImageError",
     "InputError",
     "MetadataError",
+    "ModelFile",
     "ModelFileError",
     "OutputError",
     "Prediction",
     "Predictor",
     "PredictorClosedError",
     "PredictorError",
+    "PredictorSpec",
+    "RUNTIMES",
     "imagenet_classes",
+    "read_model_metadata",
     *_BACKENDS,
 ]

@@ -21,6 +21,7 @@ import numpy as np
 
 from lvvit.metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata
 from lvvit.presets import PreprocessConfig, Preset
+from lvvit.provenance import weights_provenance
 from lvvit.versions import package_version
 
 from .base import LabelsArg, Predictor, check_threads_and_streams
@@ -75,7 +76,7 @@ def find_artifact(model_path: str | Path) -> tuple[Path, Path, Path]:
     return programs[0], params, base.with_name(stem + ".lvvit.json")
 
 
-def _read_sidecar(sidecar: Path) -> ModelMetadata | None:
+def read_sidecar(sidecar: Path) -> ModelMetadata | None:
     return ModelMetadata.from_json_file(sidecar) if sidecar.exists() else None
 
 
@@ -118,7 +119,7 @@ class PaddlePredictor(Predictor):
         if streams > 1 and device != "cpu":
             raise ConfigurationError(f"streams apply to device='cpu' only, not {device!r}")
         program, params, sidecar = find_artifact(model_path)
-        metadata = _read_sidecar(sidecar)
+        metadata = read_sidecar(sidecar)
         paddle = _import_paddle()
         _check_gpu(paddle, device)
         engine_threads = per_stream if streams > 1 else threads
@@ -305,7 +306,7 @@ class _EagerEngine:
             "device": self.device,
             "engine": "eager",
             "preset": spec.name,
-            "weights": {"source": "file", **info.to_dict()} if info is not None else {"source": "random-init"},
+            "weights": weights_provenance(info, seed=None),  # the eager model does not know its seed
             "arch": spec.arch.to_kwargs(),
         }
 

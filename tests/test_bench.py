@@ -99,7 +99,7 @@ def test_the_bf16_row_runs_only_where_bf16_is_native(monkeypatch, native):
     from validation.bench import bench_paths
 
     monkeypatch.setattr(cpu_floor, "has_native_bf16", lambda flags=None: native)
-    specs = {s.name: s for s in bench_paths(None, None, threads=2, streams=2, include=None)}
+    specs = {s.name: s for s in bench_paths(threads=2, streams=2, include=None)}
     row = specs["openvino-bf16"]
     assert row.precision == "bf16"
     if native:
@@ -189,6 +189,13 @@ def test_bench_cli_on_a_tiny_model(tmp_path):
     assert "b1 x floor of its precision" in table
     assert by_name["ort-fp32"]["timings"]["1"]["x_floor"] > 0 and by_name["ort-int8"]["timings"]["1"]["x_floor"] > 0
     assert "timed in the same rounds" in table and "100 ms apart" in table
+    again = subprocess.run(
+        [sys.executable, "-m", "validation", "report", str(tmp_path / "bench.json"), "--output-dir",
+         str(tmp_path / "r")],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "r" / "bench.md").read_text() == table  # the JSON alone redraws the same page
 
 
 def test_stream_latency_compares_each_runtime_with_one_stream(tiny, tmp_path, capsys):

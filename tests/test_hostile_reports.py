@@ -39,7 +39,7 @@ def _older_set(folder, stem: str) -> dict[str, str]:
 
 
 def _contents(folder) -> dict[str, str]:
-    return {p.name: p.read_text(errors="replace") for p in folder.iterdir()}
+    return {p.name: p.read_text(errors="replace") if p.is_file() else "(folder)" for p in folder.iterdir()}
 
 
 # -- gates ---------------------------------------------------------------------------------------------------------
@@ -221,8 +221,10 @@ def test_an_interrupted_accuracy_run_exits_cleanly_and_keeps_the_older_reports(
     last = stderr.replace("\r", "\n").strip().splitlines()[-1]
     assert last == (
         f"interrupted by {signal.Signals(sig).name}: no report written (older reports in {reports} are untouched); "
-        f"models exported before the interrupt stay in {reports / 'models'}"
+        f"models exported before the interrupt stay in {reports / 'models'}; finished shards stay in "
+        f"{reports / 'run.shards'}, for the same command to resume"
     )
     assert "Traceback" not in stderr and "FatalError" not in stderr and b"PASSED" not in stdout
-    assert _contents(reports) == older
+    assert {k: v for k, v in _contents(reports).items() if k != "run.shards"} == older
+    assert [p.name for p in (reports / "run.shards").iterdir()] == ["run.json"]  # its one shard was not finished
     assert [p.name for p in tmpdir.rglob("*") if p.name != ".ses"] == []

@@ -10,29 +10,27 @@ warm-up batch (first-call setup such as oneDNN kernel creation is excluded).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from lvvit.comparison import accuracy_summary, check_gate
 from lvvit.metadata import OUTPUT_NAME
 
 from . import gate
-from .data import Dataset, Failure, stream_batches
+from .data import Dataset
+from .engines import DEFAULT_SHARD_SIZE, LocalEngine, describe_engine, evaluate
 from .errors import DatasetError
-from .metrics import AccuracyTally
 from .provenance import environment
-from .runners import Runner
-
-
-def _num_classes(reference: Runner) -> int:
-    classes = reference.describe().get("output", {}).get("num_classes")
-    if not isinstance(classes, int) or classes < 1:
-        raise DatasetError(f"the reference model does not say how many classes it has ({classes!r})")
-    return classes
+from .runners import Participant, num_classes_of
+from .shards import Engine, merged_top5
 
 
 def run_accuracy(
-    reference: Runner,
-    runners: list[Runner],
+    reference: Participant,
+    runners: Sequence[Participant],
     dataset: Dataset,
     tolerance: dict[str, float] | None = None,
     batch_size: int = 32,
@@ -41,46 +39,44 @@ def run_accuracy(
     progress: bool = True,
     model: dict[str, Any] | None = None,
     command: list[str] | None = None,
+    *,
+    engine: Engine | None = None,
+    shard_dir: Path | None = None,
+    shard_size: int = DEFAULT_SHARD_SIZE,
 ) -> dict[str, Any]:
     """Evaluate `reference` and `runners` on `dataset`; returns the report as plain data.
 
-    Check the gate (each runtime against the reference) with `gate.raise_if_failed(report)`.
+    Without `engine`, the runners run here (`LocalEngine`); `shard_dir` keeps the finished shards so that
+    the same call resumes (a temporary folder when None). Check the gate with `gate.raise_if_failed(report)`.
     """
     tolerance = gate.check_tolerance(
         gate.DEFAULT_ACCURACY_TOLERANCE if tolerance is None else tolerance, gate.ACCURACY_LIMITS
     )
-    num_classes = _num_classes(reference)
+    num_classes = num_classes_of(reference)
+    bad = [s.name for s in dataset.samples if s.label is None or not 0 <= s.label < num_classes]
+    if bad:
+        raise DatasetError(f"labels outside 0..{num_classes - 1} for {bad[:5]} (the model has {num_classes} classes)")
     everyone = [reference, *runners]
-    tallies = {r.name: AccuracyTally(num_classes) for r in everyone}
-    failures: list[Failure] = []
-    warmed = False
+    if engine is None:
+        engine = LocalEngine({r.name: r for r in everyone}, reference.preprocess_config, batch_size, workers, prefetch)
     started = time.perf_counter()
-    batches = stream_batches(
-        dataset.samples, reference.preprocess_config, batch_size, workers, prefetch, progress, "accuracy"
+    run = {
+        "kind": "accuracy",
+        "samples": [(s.name, s.label) for s in dataset.samples],
+        "runtimes": {r.name: r.describe().get("spec") or r.describe() for r in everyone},
+        "shard_size": shard_size,
+    }
+    shards, computed, folder = evaluate(
+        dataset.samples, run, shard_size, engine, None, num_classes, shard_dir, progress
     )
-    for batch in batches:
-        failures.extend(batch.failures)
-        if not len(batch.inputs):
-            continue
-        labels = batch.labels
-        if (labels < 0).any() or (labels >= num_classes).any():
-            bad = [s.name for s in batch.samples if s.label is None or not 0 <= s.label < num_classes]
-            raise DatasetError(
-                f"labels outside 0..{num_classes - 1} for {bad[:5]} (the model has {num_classes} classes)"
-            )
-        for runner in everyone:
-            if not warmed:
-                runner.logits(batch.inputs)
-            t0 = time.perf_counter()
-            logits = runner.logits(batch.inputs)
-            tallies[runner.name].add(logits, labels, time.perf_counter() - t0)
-        warmed = True
     wall = time.perf_counter() - started
-    evaluated = sum(len(t) for t in tallies[reference.name].labels)
-    if evaluated == 0:
+    failures = [f for s in shards for f in s.failures]
+    labels = np.asarray([r["label"] for s in shards for r in s.records], dtype=np.int64)
+    if len(labels) == 0:
         shown = "; ".join(f"{f.name}: {f.reason}" for f in failures[:5])
         raise DatasetError(f"{dataset.root}: none of the {len(failures)} images could be read ({shown})")
-    ref_tally = tallies[reference.name]
+    seconds = {r.name: sum(s.seconds.get(r.name, 0.0) for s in shards) for r in everyone}
+    ref_top5 = merged_top5(shards, reference.name)
     report: dict[str, Any] = {
         "kind": "accuracy",
         "environment": environment(command),
@@ -89,7 +85,7 @@ def run_accuracy(
         "inputs": {
             **dataset.describe(),
             "images_listed": len(dataset.samples),
-            "images_evaluated": evaluated,
+            "images_evaluated": len(labels),
             "unreadable": [vars(f) for f in failures],
         },
         "num_classes": num_classes,
@@ -97,18 +93,25 @@ def run_accuracy(
         "batch_size": batch_size,
         "workers": workers,
         "wall_seconds": wall,
+        "engine": describe_engine(engine),
+        "shards": {"size": shard_size, "count": len(shards), "computed": computed, "folder": folder},
         "output": OUTPUT_NAME,
         "tolerance": tolerance,
         "limits": {name: {"kind": limit.kind, "help": limit.help} for name, limit in gate.ACCURACY_LIMITS.items()},
-        "reference": {"name": reference.name, **ref_tally.summary(), "describe": reference.describe()},
+        "reference": {
+            "name": reference.name,
+            **accuracy_summary(ref_top5, labels, num_classes, seconds[reference.name]),
+            "describe": reference.describe(),
+        },
         "runtimes": {},
     }
     for runner in runners:
-        summary = tallies[runner.name].summary(ref_tally)
+        top5 = merged_top5(shards, runner.name)
+        summary = accuracy_summary(top5, labels, num_classes, seconds[runner.name], reference_top5=ref_top5)
         report["runtimes"][runner.name] = {
             **summary,
             "describe": runner.describe(),
-            "gate": gate.check(gate.ACCURACY_LIMITS, tolerance, summary),
+            "gate": [c.to_dict() for c in check_gate(gate.ACCURACY_LIMITS, tolerance, summary)],
         }
     report["passed"] = all(c["passed"] for e in report["runtimes"].values() for c in e["gate"])
     return report
@@ -118,7 +121,15 @@ def run_accuracy(
 
 
 def add_parser(subparsers: Any) -> None:
-    from .options import add_model_options, add_report_options, add_runtime_options, at_most, non_negative, positive
+    from .options import (
+        add_engine_options,
+        add_model_options,
+        add_report_options,
+        add_runtime_options,
+        at_most,
+        non_negative,
+        positive,
+    )
 
     parser = subparsers.add_parser(
         "accuracy",
@@ -141,6 +152,7 @@ def add_parser(subparsers: Any) -> None:
     data.add_argument("--workers", type=at_most(64), default=4, help="threads reading images ahead, 1..64 (default 4)")
     data.add_argument("--prefetch", type=non_negative, default=2, help="batches read ahead (default 2)")
     add_model_options(parser)
+    add_engine_options(parser)
     add_runtime_options(parser, batch_size=32)
     limits = ", ".join(gate.ACCURACY_LIMITS)
     defaults = ", ".join(f"{k}={v:g}" for k, v in gate.DEFAULT_ACCURACY_TOLERANCE.items())
@@ -156,16 +168,21 @@ def main(args: Any) -> int:
 
 def _main(args: Any, written: dict[str, Path]) -> int:
     from .data import labelled_folder
-    from .options import log, model_source, print_written, report_stem, runtime_options
+    from .engines import engine_for
+    from .options import log, model_source, print_written, report_stem
+    from .reference import specs_and_cache
     from .report import write_reports
-    from .runners import build_runners
 
     tolerance = gate.parse_tolerance(args.tolerance, gate.ACCURACY_LIMITS, gate.DEFAULT_ACCURACY_TOLERANCE)
     source = model_source(args)
     classes = source.spec.arch.num_classes
     dataset = labelled_folder(args.data, args.labels, classes, args.skip_bad_lines).limited(args.limit)
-    reference, runners = build_runners(args.runtime or ["ort"], source, runtime_options(args), log)
-    try:
+    stem = report_stem(args, "accuracy", source)
+    args.shard_dir = args.report_dir / f"{stem}.shards"  # kept on an interrupt: the same command resumes
+    specs, cache = specs_and_cache(args, source, log)
+    engine_options = {"batch_size": args.batch_size, "workers": args.workers, "prefetch": args.prefetch}
+    running = engine_for(specs, args.engine, ray_address=args.ray_address, reference_cache=cache, **engine_options)
+    with running as (reference, runners, engine):
         report = run_accuracy(
             reference,
             runners,
@@ -177,11 +194,11 @@ def _main(args: Any, written: dict[str, Path]) -> int:
             progress=not args.no_progress,
             model=source.describe(),
             command=args.argv,
+            engine=engine,
+            shard_dir=args.shard_dir,
+            shard_size=args.shard_size,
         )
-    finally:
-        for runner in [reference, *runners]:
-            runner.close()
-    written.update(write_reports(report, args.report_dir, report_stem(args, "accuracy", source)))
+    written.update(write_reports(report, args.report_dir, stem))
     ref = report["reference"]
     print(f"{ref['name']} (reference): top-1 {ref['top1']:.2f}%, top-5 {ref['top5']:.2f}% on {ref['images']} images")
     for name, entry in report["runtimes"].items():

@@ -10,23 +10,38 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from lvvit.comparison import image_errors, summarize_drift
+from lvvit.presets import Preset
+from lvvit.provenance import RANDOM_INIT
+from runtimes.spec import PredictorSpec
+
+from .document import Block, Bullets, Heading, Paragraph, Table
+
 REFERENCES = ("paddle-inference", "paddle-inference-streams")  # ratios use the faster of the two
 
 
 @dataclass
-class PathSpec:
+class BenchPath:
+    """One row: which runtime opens which of the exported files (`Artifacts` field), with which options."""
+
     name: str
     what: str
-    open: Callable[[], Any]  # -> a runtimes.Predictor
+    runtime: str  # a `runtimes.RUNTIMES` name; "paddle" is the eager model
+    artifact: str | None  # the `Artifacts` field of its file (None: the eager model, from the preset)
+    options: dict[str, Any] = field(default_factory=dict)
     precision: str = "fp32"
     unavailable: str | None = None  # why this path cannot run here (reported, not silently dropped)
+
+    def spec(self, artifacts: Any, preset: Preset, weights: Path | None) -> PredictorSpec:
+        if self.artifact is None:
+            return PredictorSpec.eager(preset, weights)
+        return PredictorSpec.for_model(self.runtime, getattr(artifacts, self.artifact), **self.options)
 
 
 @dataclass
@@ -40,9 +55,8 @@ class PathResult:
     skipped: str | None = None
 
 
-def bench_paths(artifacts, model, threads: int, streams: int, include: set[str] | None) -> list[PathSpec]:
-    from runtimes import OpenVinoPredictor, OrtPredictor, PaddlePredictor
-
+def bench_paths(threads: int, streams: int, include: set[str] | None) -> list[BenchPath]:
+    """Every path as data; those this CPU cannot run carry the reason instead."""
     from .cpu_floor import has_native_bf16
 
     run = {"threads": threads, "streams": streams}
@@ -51,58 +65,50 @@ def bench_paths(artifacts, model, threads: int, streams: int, include: set[str] 
         if has_native_bf16()
         else "this CPU has no native bf16 (avx512_bf16 / amx_bf16); OpenVINO would emulate it, far slower than f32"
     )
-    specs = [
-        PathSpec("paddle-eager", "Paddle dynamic graph (drift reference)", lambda: PaddlePredictor.from_model(model)),
-        PathSpec(
-            "paddle-inference", "Paddle Inference, oneDNN", lambda: PaddlePredictor(artifacts.paddle, threads=threads)
-        ),
-        PathSpec(
+    paths = [
+        BenchPath("paddle-eager", "Paddle dynamic graph (drift reference)", "paddle", None),
+        BenchPath("paddle-inference", "Paddle Inference, oneDNN", "paddle-inference", "paddle", {"threads": threads}),
+        BenchPath(
             "paddle-inference-streams",
             f"Paddle Inference, oneDNN, {streams} streams",
-            lambda: PaddlePredictor(artifacts.paddle, **run),
+            "paddle-inference",
+            "paddle",
+            run,
         ),
-        PathSpec("ort-fp32", "ONNX Runtime, exported graph", lambda: OrtPredictor(artifacts.onnx, **run)),
-        PathSpec("ort-fused", "ONNX Runtime, fused graph (--optimize)", lambda: OrtPredictor(artifacts.fused, **run)),
-        PathSpec("openvino-f32", "OpenVINO f32", lambda: OpenVinoPredictor(artifacts.onnx, "f32", **run)),
-        PathSpec(
-            "openvino-bf16", "OpenVINO bf16", lambda: OpenVinoPredictor(artifacts.onnx, "bf16", **run), "bf16", no_bf16
-        ),
-        PathSpec(
-            "ort-int8",
-            "ONNX Runtime, int8 QDQ (ort quantizer)",
-            lambda: OrtPredictor(artifacts.int8_ort, **run),
-            "int8",
-        ),
-        PathSpec(
-            "openvino-int8",
-            "OpenVINO, int8 QDQ (nncf)",
-            lambda: OpenVinoPredictor(artifacts.int8, "f32", **run),
-            "int8",
+        BenchPath("ort-fp32", "ONNX Runtime, exported graph", "ort", "onnx", run),
+        BenchPath("ort-fused", "ONNX Runtime, fused graph (--optimize)", "ort", "fused", run),
+        BenchPath("openvino-f32", "OpenVINO f32", "openvino", "onnx", {"precision": "f32", **run}),
+        BenchPath("openvino-bf16", "OpenVINO bf16", "openvino", "onnx", {"precision": "bf16", **run}, "bf16", no_bf16),
+        BenchPath("ort-int8", "ONNX Runtime, int8 QDQ (ort quantizer)", "ort", "int8_ort", run, "int8"),
+        BenchPath(
+            "openvino-int8", "OpenVINO, int8 QDQ (nncf)", "openvino", "int8", {"precision": "f32", **run}, "int8"
         ),
     ]
     if streams == 1:  # the same as paddle-inference
-        specs = [s for s in specs if s.name != "paddle-inference-streams"]
-    return [s for s in specs if include is None or s.name in include]
+        paths = [p for p in paths if p.name != "paddle-inference-streams"]
+    return [p for p in paths if include is None or p.name in include]
 
 
-def _open_all(specs: list[PathSpec], log) -> tuple[dict[str, Any], list[PathResult]]:
+def _open_all(
+    paths: list[BenchPath], artifacts: Any, preset: Preset, weights: Path | None, log
+) -> tuple[dict[str, Any], list[PathResult]]:
     from runtimes import PredictorError
 
     opened, results = {}, []
-    for spec in specs:
-        result = PathResult(spec.name, spec.what, spec.precision)
+    for path in paths:
+        result = PathResult(path.name, path.what, path.precision)
         results.append(result)
-        if spec.unavailable:
-            result.skipped = spec.unavailable
-            log(f"  {spec.name}: not run ({spec.unavailable})")
+        if path.unavailable:
+            result.skipped = path.unavailable
+            log(f"  {path.name}: not run ({path.unavailable})")
             continue
         try:
-            predictor = spec.open()
+            predictor = path.spec(artifacts, preset, weights).open()
         except PredictorError as exc:  # e.g. bf16 on a CPU without it: reported, never silently replaced
             result.skipped = str(exc)
-            log(f"  {spec.name}: not run ({exc})")
+            log(f"  {path.name}: not run ({exc})")
         else:
-            opened[spec.name] = predictor
+            opened[path.name] = predictor
             result.describe = predictor.describe()
     return opened, results
 
@@ -158,16 +164,16 @@ def _drift(opened: dict[str, Any], images: np.ndarray, chunk: int = 8) -> dict[s
         for name, p in opened.items()
     }
     reference = outputs["paddle-eager"]
-    top2 = np.sort(reference, axis=1)[:, -2:]
     drift = {}
     for name, out in outputs.items():
-        diff = np.abs(out.astype(np.float64) - reference)
+        errors = image_errors(reference, out)
+        stats = summarize_drift(errors)
         drift[name] = {
-            "max_abs": float(diff.max()),
-            "mean_abs": float(diff.mean()),
-            "top1_agreement": float((out.argmax(1) == reference.argmax(1)).mean()),
-            "images": len(images),
-            "reference_median_top2_margin": float(np.median(top2[:, 1] - top2[:, 0])),
+            "max_abs": stats.max_abs,
+            "mean_abs": stats.mean_abs,
+            "top1_agreement": stats.top1_agreement,
+            "images": stats.samples,
+            "reference_median_top2_margin": float(np.median(errors.ref_margin)),
         }
     return drift
 
@@ -189,7 +195,7 @@ def run_bench(
     settle_ms: int = DEFAULT_SETTLE_MS,
 ) -> dict[str, Any]:
     """Export the paths' files (or reuse them), time each path per batch size, measure drift; return a report."""
-    from lvvit import create_model
+    from lvvit import resolve_preset
     from lvvit.macs import count_macs
     from lvvit.preprocess import image_files, preprocess_batch
 
@@ -199,13 +205,13 @@ def run_bench(
     threads = threads or len(os.sched_getaffinity(0))
     streams = streams or threads
     artifacts = prepare_artifacts(preset, weights, resolution, Path(workdir), images, log)
-    model = create_model(preset, weights=weights, resolution=resolution)
-    config = model.preset.preprocess
-    paths = image_files(artifacts.images)[:limit_images]
-    real = preprocess_batch(paths, config)
-    specs = bench_paths(artifacts, model, threads, streams, include)
-    log(f"opening {len(specs)} paths with {threads} threads ({streams} streams where batched)")
-    opened, results = _open_all(specs, log)
+    spec = resolve_preset(preset, resolution)
+    config = spec.preprocess
+    image_paths = image_files(artifacts.images)[:limit_images]
+    real = preprocess_batch(image_paths, config)
+    paths = bench_paths(threads, streams, include)
+    log(f"opening {len(paths)} paths with {threads} threads ({streams} streams where batched)")
+    opened, results = _open_all(paths, artifacts, spec, weights, log)
     by_name = {r.name: r for r in results}
     log(f"drift against Paddle eager on {len(real)} real images")
     if "paddle-eager" in opened:
@@ -225,7 +231,7 @@ def run_bench(
         sgemm_rates = [probe.gfma_per_s() for _ in range(5)]
     for predictor in opened.values():
         predictor.close()
-    macs = count_macs(model.preset.arch, model.preset.resolution)
+    macs = count_macs(spec.arch, spec.resolution)
     sgemm = float(np.median(sgemm_rates))
     nominal = detect_cpu(threads)
     cpu = nominal.at_measured_rate(sgemm)  # a floor the probe has beaten is no floor
@@ -235,9 +241,10 @@ def run_bench(
         if floor and 1 in result.timings:
             result.timings[1]["x_floor"] = result.timings[1]["median_ms"] / floor
     return {
-        "preset": model.preset.name,
-        "resolution": model.preset.resolution,
-        "weights": str(weights) if weights else "random-init (seed 0)",
+        "kind": "bench",
+        "preset": spec.name,
+        "resolution": spec.resolution,
+        "weights": str(weights) if weights else f"{RANDOM_INIT} (seed 0)",
         "threads": threads,
         "streams": streams,
         "batch_sizes": list(batch_sizes),
@@ -260,54 +267,60 @@ def run_bench(
     }
 
 
+def _timings(path: dict[str, Any]) -> dict[int, dict[str, float]]:
+    """Timings by batch size (JSON turns the int keys into strings; a re-rendered report reads them back)."""
+    return {int(b): t for b, t in path["timings"].items()}
+
+
 def reference_throughput(paths: list[dict[str, Any]], batch: int) -> tuple[str, float] | None:
     """The faster Paddle Inference configuration at `batch`: (name, images/s)."""
     candidates = [
-        (p["name"], p["timings"][batch]["images_per_s"])
+        (p["name"], _timings(p)[batch]["images_per_s"])
         for p in paths
-        if p["name"] in REFERENCES and not p["skipped"] and batch in p["timings"]
+        if p["name"] in REFERENCES and not p["skipped"] and batch in _timings(p)
     ]
     return max(candidates, key=lambda c: c[1]) if candidates else None
 
 
 def _ratio(result: dict[str, Any], paths: list[dict[str, Any]], batch: int) -> float | None:
     reference = reference_throughput(paths, batch)
-    if reference is None or batch not in result["timings"]:
+    if reference is None or batch not in _timings(result):
         return None
-    return result["timings"][batch]["images_per_s"] / reference[1]
+    return _timings(result)[batch]["images_per_s"] / reference[1]
 
 
-def render_markdown(report: dict[str, Any]) -> str:
-    """The side-by-side table, the ratios against Paddle inference, and the arithmetic floor."""
+def bench_blocks(report: dict[str, Any]) -> tuple[str, list[Block]]:
+    """The side-by-side table, the ratios against Paddle inference, and the arithmetic floors."""
     paths = report["paths"]
-    batches = report["batch_sizes"]
+    batches = [int(b) for b in report["batch_sizes"]]
     header = ["path", "precision"]
     for b in batches:
         header += [f"b{b} median ms (IQR)", f"b{b} img/s", f"b{b} x Paddle Inference"]
     if 1 in batches:
         header.append("b1 x floor of its precision")
     header += ["max abs vs eager", "top-1 agreement"]
-    lines = [
-        f"# Benchmark: {report['preset']} at {report['resolution']}px, {report['threads']} threads",
-        "",
-        f"Batched runs use {report['streams']} streams (the batch split into parallel parts) on every runtime; "
-        "ratios are throughput over the faster Paddle Inference configuration (one stream or the streams).",
-        "",
-        f"CPU: {report['cpu']['model_name']}; weights: {report['weights']}; "
-        f"{report['warmup']} warm-up + {report['repeats']} interleaved repeats per path and batch size, "
-        f"{report['settle_ms']} ms apart; "
-        f"drift on {report['images']['count']} real images ({report['images']['folder']}).",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
+    title = f"Benchmark: {report['preset']} at {report['resolution']}px, {report['threads']} threads"
+    blocks: list[Block] = [
+        Heading(title, 1),
+        Paragraph(
+            f"Batched runs use {report['streams']} streams (the batch split into parallel parts) on every runtime; "
+            "ratios are throughput over the faster Paddle Inference configuration (one stream or the streams)."
+        ),
+        Paragraph(
+            f"CPU: {report['cpu']['model_name']}; weights: {report['weights']}; "
+            f"{report['warmup']} warm-up + {report['repeats']} interleaved repeats per path and batch size, "
+            f"{report['settle_ms']} ms apart; "
+            f"drift on {report['images']['count']} real images ({report['images']['folder']})."
+        ),
     ]
+    rows = []
     for p in paths:
         if p["skipped"]:
-            lines.append(f"| {p['name']} | not run: {p['skipped']} |")
+            rows.append([p["name"], f"not run: {p['skipped']}"] + [""] * (len(header) - 2))
             continue
         row = [p["name"], p["precision"]]
         for b in batches:
-            t = p["timings"].get(b)
+            t = _timings(p).get(b)
             ratio = _ratio(p, paths, b)
             row += (
                 [f"{t['median_ms']:.1f} ({t['p25_ms']:.1f}-{t['p75_ms']:.1f})", f"{t['images_per_s']:.2f}"]
@@ -316,55 +329,57 @@ def render_markdown(report: dict[str, Any]) -> str:
             )
             row.append(f"{ratio:.2f}x" if ratio else "-")
         if 1 in batches:
-            x_floor = p["timings"].get(1, {}).get("x_floor")
+            x_floor = _timings(p).get(1, {}).get("x_floor")
             row.append(f"{x_floor:.2f}x" if x_floor else "-")
         d = p["drift"]
         row += [f"{d['max_abs']:.2e}", f"{d['top1_agreement']:.1%}"] if d else ["-", "-"]
-        lines.append("| " + " | ".join(row) + " |")
+        rows.append(row)
+    blocks.append(Table(header, rows))
     if 1 in batches:
-        lines += ["", "Arithmetic floors at batch 1 (each path is compared with the floor of its precision):"]
-        lines += [f"- {p}: {w}." for p, w in report["floor_working_by_precision"].items()]
+        blocks.append(Paragraph("Arithmetic floors at batch 1 (each path against the floor of its precision):"))
+        floors = [f"{p}: {w}." for p, w in report["floor_working_by_precision"].items()]
         clock = report["cpu"]["clock_ghz"]
         if clock > report["nominal_clock_ghz"]:
-            lines.append(
-                f"- The SGEMM probe beat the nominal {report['nominal_clock_ghz']:g} GHz peak, so the floors use the "
+            floors.append(
+                f"The SGEMM probe beat the nominal {report['nominal_clock_ghz']:g} GHz peak, so the floors use the "
                 f"{clock:g} GHz it implies."
             )
+        blocks.append(Bullets(floors))
+    notes = []
     for precision in ("fp32", "bf16", "int8"):
-        timed = [p for p in paths if p["precision"] == precision and not p["skipped"] and 1 in p["timings"]]
+        timed = [p for p in paths if p["precision"] == precision and not p["skipped"] and 1 in _timings(p)]
         if not timed or not report["floor_ms_batch1_by_precision"].get(precision):
             continue
-        best = min(timed, key=lambda p: p["timings"][1]["median_ms"])
-        latency = best["timings"][1]["median_ms"]
-        lines.append(
+        best = min(timed, key=lambda p: _timings(p)[1]["median_ms"])
+        latency = _timings(best)[1]["median_ms"]
+        notes.append(
             f"Fastest {precision} path at batch 1: {best['name']}, {latency:.1f} ms = "
-            f"{best['timings'][1]['x_floor']:.2f}x its floor."
+            f"{_timings(best)[1]['x_floor']:.2f}x its floor."
         )
     if 1 in batches:
         sgemm = report["measured_sgemm_gfma_per_s"]
         low, high = report["measured_sgemm_gfma_per_s_range"]
-        lines.append(
+        notes.append(
             f"A large SGEMM (1536^3, ONNX Runtime) timed in the same rounds ran at a median "
             f"{sgemm:.0f} GFMA/s ({low:.0f}-{high:.0f}), {sgemm / report['cpu']['peak_gfma_per_s']:.0%} of the "
             f"fp32 peak above: at that rate the model's MACs take {report['measured_floor_ms_batch1']:.1f} ms."
         )
     margin = next((p["drift"]["reference_median_top2_margin"] for p in paths if p["drift"]), None)
     if margin is not None:
-        lines.append(f"Median top-1/top-2 logit margin of the reference on these images: {margin:.3g}.")
-    return "\n".join(lines) + "\n"
+        notes.append(f"Median top-1/top-2 logit margin of the reference on these images: {margin:.3g}.")
+    blocks += [Paragraph(note) for note in notes]
+    return title, blocks
 
 
 def add_parser(subparsers) -> None:
-    from .options import non_negative, positive, positive_list
+    from .options import add_preset_options, non_negative, positive, positive_list
 
     parser = subparsers.add_parser(
         "bench",
         help="time every runtime path side by side (same inputs, threads, warm-up) with drift and ratios",
         description=__doc__,
     )
-    parser.add_argument("--preset", required=True, help="model to benchmark, e.g. lvvit_s")
-    parser.add_argument("--weights", type=Path, default=None, help="weights file (default: random init, seed 0)")
-    parser.add_argument("--resolution", type=positive, default=None, help="input size (default: the preset's)")
+    add_preset_options(parser, required=True)
     parser.add_argument(
         "--images",
         type=Path,
@@ -412,13 +427,15 @@ def add_parser(subparsers) -> None:
         help="where the exported files are made and reused (default build/bench)",
     )
     parser.add_argument(
-        "--output", type=Path, default=None, help="folder for bench.json and bench.md (default: the workdir)"
+        "--output",
+        type=Path,
+        default=None,
+        help="folder for bench.json, bench.md and bench.html (default: the workdir)",
     )
     parser.set_defaults(func=_main)
 
 
 def _main(args) -> int:
-    import json
     import sys
 
     include = set(args.paths.split(",")) if args.paths else None
@@ -434,11 +451,9 @@ def _main(args) -> int:
         limit_images=args.limit_images,
         settle_ms=args.settle_ms,
     )  # fmt: skip
-    out = args.output or args.workdir
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(report, indent=2, default=str))
-    markdown = render_markdown(report)
-    (out / "bench.md").write_text(markdown)
-    print(markdown)
-    print(f"wrote {out / 'bench.json'} and {out / 'bench.md'}")
+    from .report import write_reports
+
+    written = write_reports(report, args.output or args.workdir, "bench")
+    print(written["markdown"].read_text(encoding="utf-8"))
+    print(f"wrote {written['json']}, {written['markdown']} and {written['html']}")
     return 0

@@ -7,8 +7,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from lvvit.provenance import sha256_of
 from lvvit.versions import package_version
-from lvvit.weights import sha256_of
 
 
 @dataclass(frozen=True)
@@ -61,15 +61,6 @@ def prepare_artifacts(
             write_sample_photos(images, variants=4)
             log(f"wrote scikit-image's sample photographs (and crops) to {images}")
     spec = resolve_preset(preset, resolution)
-    stem = spec.name if spec.resolution == resolve_preset(preset).resolution else f"{spec.name}_{spec.resolution}"
-    expected = Artifacts(
-        workdir / f"{stem}.onnx",
-        workdir / f"{stem}_ort.onnx",
-        workdir / f"{stem}_int8.onnx",
-        workdir / f"{stem}_int8_ortq.onnx",
-        workdir / f"{stem}.pdiparams",
-        images,
-    )
     key = {
         "preset": preset,
         "resolution": spec.resolution,
@@ -80,18 +71,30 @@ def prepare_artifacts(
         "exporter_sources": exporter_fingerprint(),
     }
     stamp = workdir / "artifacts.json"
-    files = [expected.onnx, expected.fused, expected.int8, expected.int8_ort, expected.paddle]
-    if stamp.exists() and json.loads(stamp.read_text()) == key and all(p.exists() for p in files):
+    reused = _reusable(stamp, key, images)
+    if reused is not None:
         log(f"reusing the exports in {workdir}")
-        return expected
+        return reused
     common = dict(preset=preset, weights=weights, resolution=resolution, output=workdir, log=log, verify=False)
     log("exporting: portable fp32, ONNX Runtime fused fp32, int8 QDQ (nncf and ort quantizers), Paddle inference")
-    export_onnx(**common)
-    export_onnx(**common, fast=FastPath(optimize=True))
-    for quantizer in ("nncf", "ort"):
+    files = {"onnx": export_onnx(**common).path, "fused": export_onnx(**common, fast=FastPath(optimize=True)).path}
+    for name, quantizer in (("int8", "nncf"), ("int8_ort", "ort")):
         int8 = FastPath(quantize="int8", calibration=images, calibration_count=calibration_count, quantizer=quantizer)
-        export_onnx(**common, fast=int8)
+        files[name] = export_onnx(**common, fast=int8).path
     del common["verify"]
-    export_paddle_inference(**common)
-    stamp.write_text(json.dumps(key))
-    return expected
+    files["paddle"] = export_paddle_inference(**common).path
+    # the exporters name the files; the stamp records their names, so a rerun finds them without guessing
+    stamp.write_text(json.dumps({"key": key, "files": {k: str(v) for k, v in files.items()}}))
+    return Artifacts(**files, images=images)
+
+
+def _reusable(stamp: Path, key: dict, images: Path) -> Artifacts | None:
+    """The files of an earlier run with the same inputs, when its stamp says so and they are all still there."""
+    try:
+        stored = json.loads(stamp.read_text())
+        files = {name: Path(stored["files"][name]) for name in ("onnx", "fused", "int8", "int8_ort", "paddle")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # no stamp, or one from an older kit: export again
+    if stored.get("key") != key or not all(p.exists() for p in files.values()):
+        return None
+    return Artifacts(**files, images=images)

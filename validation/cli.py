@@ -17,7 +17,7 @@ from lvvit.errors import LvvitError
 
 from .errors import GateFailure
 
-COMMANDS = ("drift", "accuracy", "report", "bench")
+COMMANDS = ("drift", "accuracy", "reference", "report", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

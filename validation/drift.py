@@ -8,24 +8,21 @@ runtime (4 MB for 1,000 ImageNet images), so limit large folders with `limit`.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from lvvit.comparison import check_gate, summarize_drift
 from lvvit.metadata import OUTPUT_NAME
-from lvvit.presets import PreprocessConfig
-from lvvit.synthetic import synthetic_batch
 
 from . import gate
-from .data import Batch, Dataset, Failure, Sample, image_folder, stream_batches
+from .data import Dataset, Failure, image_folder
+from .engines import DEFAULT_SHARD_SIZE, LocalEngine, describe_engine, evaluate, synthetic_samples
 from .errors import DatasetError
-from .metrics import drift_stats
 from .provenance import environment
-from .runners import Runner
+from .runners import Participant, num_classes_of
+from .shards import Engine, merged_errors
 
 
 @dataclass(frozen=True)
@@ -42,13 +39,6 @@ class DriftInputs:
             raise DatasetError("drift needs either a folder of images or a number of synthetic images, not both")
         if self.synthetic is not None and self.synthetic < 1:
             raise DatasetError(f"the number of synthetic images must be at least 1, got {self.synthetic}")
-
-
-def _synthetic_batches(count: int, seed: int, config: PreprocessConfig, batch_size: int) -> Iterator[Batch]:
-    for start in range(0, count, batch_size):
-        n = min(batch_size, count - start)
-        samples = [Sample(Path(f"synthetic-{seed + start + i}"), f"synthetic #{seed + start + i}") for i in range(n)]
-        yield Batch(samples, synthetic_batch(n, config, seed=seed + start), [])
 
 
 def _describe_inputs(
@@ -71,8 +61,8 @@ def _describe_inputs(
 
 
 def run_drift(
-    reference: Runner,
-    runners: list[Runner],
+    reference: Participant,
+    runners: Sequence[Participant],
     inputs: DriftInputs,
     tolerance: dict[str, float] | None = None,
     batch_size: int = 16,
@@ -80,11 +70,16 @@ def run_drift(
     progress: bool = True,
     model: dict[str, Any] | None = None,
     command: list[str] | None = None,
+    *,
+    engine: Engine | None = None,
+    shard_dir: Path | None = None,
+    shard_size: int = DEFAULT_SHARD_SIZE,
 ) -> dict[str, Any]:
     """Run every runner on the same preprocessed inputs and compare each with `reference`.
 
-    Returns the report as plain data (see `validation.report`); check the gate
-    with `gate.raise_if_failed(report)`.
+    Without `engine`, the runners run here (`LocalEngine`); `shard_dir` keeps the finished shards so that the
+    same call resumes. Returns the report as plain data (see `validation.report`); check the gate with
+    `gate.raise_if_failed(report)`.
     """
     if not runners:
         raise DatasetError("drift needs at least one runtime besides the native Paddle reference")
@@ -95,27 +90,26 @@ def run_drift(
     dataset: Dataset | None = None
     if inputs.folder is not None:
         dataset = image_folder(inputs.folder).limited(inputs.limit)
-        batches = stream_batches(dataset.samples, config, batch_size, workers, progress=progress, description="drift")
+        samples = dataset.samples
     else:
-        batches = _synthetic_batches(inputs.synthetic or 0, inputs.seed, config, batch_size)
+        samples = synthetic_samples(inputs.synthetic or 0, inputs.seed)
     everyone = [reference, *runners]
-    outputs: dict[str, list[np.ndarray]] = {r.name: [] for r in everyone}
-    seconds = dict.fromkeys(outputs, 0.0)
-    names: list[str] = []
-    failures: list[Failure] = []
-    for batch in batches:
-        failures.extend(batch.failures)
-        if not len(batch.inputs):
-            continue
-        names.extend(s.name for s in batch.samples)
-        for runner in everyone:
-            started = time.perf_counter()
-            outputs[runner.name].append(runner.logits(batch.inputs))
-            seconds[runner.name] += time.perf_counter() - started
+    if engine is None:
+        engine = LocalEngine({r.name: r for r in everyone}, config, batch_size, workers)
+    classes = num_classes_of(reference)
+    run = {
+        "kind": "drift",
+        "samples": [s.name for s in samples],
+        "runtimes": {r.name: r.describe().get("spec") or r.describe() for r in everyone},
+        "shard_size": shard_size,
+    }
+    shards, computed, folder = evaluate(samples, run, shard_size, engine, reference.name, classes, shard_dir, progress)
+    failures = [f for s in shards for f in s.failures]
+    names = [r["name"] for s in shards for r in s.records]
     if not names:
         shown = "; ".join(f"{f.name}: {f.reason}" for f in failures[:5])
         raise DatasetError(f"{inputs.folder}: none of the {len(failures)} images could be read ({shown})")
-    ref = np.concatenate(outputs[reference.name])
+    seconds = {r.name: sum(s.seconds.get(r.name, 0.0) for s in shards) for r in everyone}
     report: dict[str, Any] = {
         "kind": "drift",
         "environment": environment(command),
@@ -123,6 +117,8 @@ def run_drift(
         "preprocess": config.to_dict(),
         "inputs": _describe_inputs(inputs, dataset, failures, len(names)),
         "batch_size": batch_size,
+        "engine": describe_engine(engine),
+        "shards": {"size": shard_size, "count": len(shards), "computed": computed, "folder": folder},
         "output": OUTPUT_NAME,
         "tolerance": tolerance,
         "limits": {name: {"kind": limit.kind, "help": limit.help} for name, limit in gate.DRIFT_LIMITS.items()},
@@ -134,14 +130,14 @@ def run_drift(
         "runtimes": {},
     }
     for runner in runners:
-        got = np.concatenate(outputs[runner.name])
-        stats = drift_stats(
-            ref, got, names, tie_abs=tolerance.get("max_abs"), tie_rel=tolerance.get("max_rel")
+        errors = merged_errors(shards, runner.name, classes)
+        stats = summarize_drift(
+            errors, names, tie_abs=tolerance.get("max_abs"), tie_rel=tolerance.get("max_rel")
         ).to_dict()
         report["runtimes"][runner.name] = {
             "describe": runner.describe(),
             "outputs": {OUTPUT_NAME: stats},
-            "gate": gate.check(gate.DRIFT_LIMITS, tolerance, stats),
+            "gate": [c.to_dict() for c in check_gate(gate.DRIFT_LIMITS, tolerance, stats)],
             **_timing(seconds[runner.name], len(names)),
         }
     report["passed"] = all(c["passed"] for e in report["runtimes"].values() for c in e["gate"])
@@ -156,7 +152,14 @@ def _timing(seconds: float, images: int) -> dict[str, float | None]:
 
 
 def add_parser(subparsers: Any) -> None:
-    from .options import add_model_options, add_report_options, add_runtime_options, at_most, positive
+    from .options import (
+        add_engine_options,
+        add_model_options,
+        add_report_options,
+        add_runtime_options,
+        at_most,
+        positive,
+    )
 
     parser = subparsers.add_parser(
         "drift",
@@ -172,6 +175,7 @@ def add_parser(subparsers: Any) -> None:
     inputs.add_argument("--limit", type=positive, default=None, help="only the first N images of --images")
     inputs.add_argument("--workers", type=at_most(64), default=4, help="threads reading images, 1..64 (default 4)")
     add_model_options(parser)
+    add_engine_options(parser)
     add_runtime_options(parser, batch_size=16)
     limits = ", ".join(gate.DRIFT_LIMITS)
     defaults = ", ".join(f"{k}={v:g}" for k, v in gate.DEFAULT_DRIFT_TOLERANCE.items())
@@ -186,9 +190,10 @@ def main(args: Any) -> int:
 
 
 def _main(args: Any, written: dict[str, Path]) -> int:
-    from .options import log, model_source, print_written, report_stem, runtime_options
+    from .engines import engine_for
+    from .options import log, model_source, print_written, report_stem
+    from .reference import specs_and_cache
     from .report import write_reports
-    from .runners import build_runners
 
     tolerance = gate.parse_tolerance(args.tolerance, gate.DRIFT_LIMITS, gate.DEFAULT_DRIFT_TOLERANCE)
     if args.limit is not None and args.images is None:
@@ -196,8 +201,12 @@ def _main(args: Any, written: dict[str, Path]) -> int:
     synthetic = args.synthetic if args.images is not None or args.synthetic is not None else 16
     inputs = DriftInputs(args.images, None if args.images else synthetic, args.seed, args.limit)
     source = model_source(args)
-    reference, runners = build_runners(args.runtime or ["ort"], source, runtime_options(args), log)
-    try:
+    stem = report_stem(args, "drift", source)
+    args.shard_dir = args.report_dir / f"{stem}.shards"  # kept on an interrupt: the same command resumes
+    specs, cache = specs_and_cache(args, source, log)
+    engine_options = {"batch_size": args.batch_size, "workers": args.workers}
+    running = engine_for(specs, args.engine, ray_address=args.ray_address, reference_cache=cache, **engine_options)
+    with running as (reference, runners, engine):
         report = run_drift(
             reference,
             runners,
@@ -208,11 +217,11 @@ def _main(args: Any, written: dict[str, Path]) -> int:
             progress=not args.no_progress,
             model=source.describe(),
             command=args.argv,
+            engine=engine,
+            shard_dir=args.shard_dir,
+            shard_size=args.shard_size,
         )
-    finally:
-        for runner in [reference, *runners]:
-            runner.close()
-    written.update(write_reports(report, args.report_dir, report_stem(args, "drift", source)))
+    written.update(write_reports(report, args.report_dir, stem))
     for name, entry in report["runtimes"].items():
         stats = entry["outputs"][OUTPUT_NAME]
         print(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from lvvit.comparison import ToleranceError as _CoreToleranceError
 from lvvit.errors import LvvitError
 
 
@@ -21,8 +22,8 @@ class ModelSourceError(ValidationError, ValueError):
     """Model settings that contradict each other (preset vs metadata, weights vs the exported file)."""
 
 
-class ToleranceError(ValidationError, ValueError):
-    """An unknown tolerance name or an unreadable limit."""
+class ToleranceError(ValidationError, _CoreToleranceError):
+    """An unknown tolerance name or an unreadable, non-finite or negative limit."""
 
 
 class GateFailure(ValidationError, RuntimeError):

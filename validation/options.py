@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from lvvit.presets import get_preset, list_presets
+from runtimes.spec import read_model_metadata
 
 from .errors import ModelSourceError
-from .runners import RUNTIMES, ModelSource, RuntimeOptions, read_file_metadata, spec_from_metadata
+from .runners import RUNTIMES, ModelSource, RuntimeOptions, spec_from_metadata
 
 
 def log(message: str) -> None:
@@ -77,12 +78,18 @@ def report_name(value: str) -> str:
     return value
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model (native Paddle is the reference; the runtimes load its exported files)")
-    group.add_argument("--preset", metavar="NAME", help=f"one of {', '.join(list_presets())}")
+def add_preset_options(group: Any, required: bool = False) -> None:
+    """--preset, --resolution and --weights: the model of every command (drift, accuracy, reference, bench)."""
+    group.add_argument("--preset", metavar="NAME", required=required, help=f"one of {', '.join(list_presets())}")
     group.add_argument(
         "--resolution", type=resolution, default=None, help="input size other than the preset's (at most 1024)"
     )
+    group.add_argument("--weights", type=Path, default=None, help=".pdparams, .safetensors or .pth.tar; none: random")
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model (native Paddle is the reference; the runtimes load its exported files)")
+    add_preset_options(group)
     group.add_argument(
         "--arch",
         action="append",
@@ -90,7 +97,6 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE[,KEY=VALUE]",
         help="architecture override, e.g. embed_dim=32,depth=2,num_heads=4,num_classes=10 (repeatable)",
     )
-    group.add_argument("--weights", type=Path, default=None, help=".pdparams, .safetensors or .pth.tar; none: random")
     group.add_argument("--checkpoint-key", default=None, help="entry of a wrapped checkpoint")
     group.add_argument("--seed", type=int, default=0, help="seed of a random initialisation and of synthetic inputs")
     group.add_argument(
@@ -145,6 +151,40 @@ def add_report_options(parser: argparse.ArgumentParser, tolerance_help: str) -> 
         "--tolerance", action="append", default=[], metavar="NAME=VALUE", help=tolerance_help + " (repeatable)"
     )
     group.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+
+def add_engine_options(parser: argparse.ArgumentParser, reference_cache: bool = True) -> None:
+    """--engine, --ray-address, --shard-size; and --reference-cache for the commands that compare with Paddle."""
+    group = parser.add_argument_group("engine (validation at scale)")
+    group.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: threads in this process; ray: Ray Data with an actor pool per runtime (pip install "
+        "'lvvit-deploy[ray]'), embedded on this machine unless --ray-address (default local)",
+    )
+    group.add_argument(
+        "--ray-address",
+        default=None,
+        help="join this Ray cluster instead of starting Ray here: 'auto' (the cluster this machine is a node of, "
+        "started with ray start) or HOST:6379; Ray Client (ray://) is refused, Ray Data does not run through it",
+    )
+    group.add_argument(
+        "--shard-size",
+        type=positive,
+        default=1000,
+        help="images per shard (default 1000); finished shards are kept in REPORT_DIR/NAME.shards, and the same "
+        "command resumes an interrupted run from them",
+    )
+    if reference_cache:
+        group.add_argument(
+            "--reference-cache",
+            type=Path,
+            default=None,
+            metavar="DIR",
+            help="native Paddle's logits stored by 'python -m validation reference': Paddle is not run; a cache made "
+            "with other weights or preprocessing is refused",
+        )
 
 
 def parse_arch(items: list[str]) -> dict[str, Any]:
@@ -205,7 +245,7 @@ def model_source(args: argparse.Namespace) -> ModelSource:
             )
         if args.resolution is not None or arch:
             raise ModelSourceError("--resolution and --arch need --preset (an exported file's metadata has its own)")
-        metadata = read_file_metadata(exported)
+        metadata = read_model_metadata(exported)
         if metadata is None:
             raise ModelSourceError(f"{exported}: has no LV-ViT kit metadata; pass --preset (and --resolution/--arch)")
         spec = spec_from_metadata(metadata)
@@ -247,9 +287,11 @@ def interruptible(run: Callable[[argparse.Namespace, dict[str, Path]], int], arg
         if written:
             return f"the reports were written ({written['json']})"
         work_dir = args.work_dir or args.report_dir / "models"
+        shards = getattr(args, "shard_dir", None)  # set by commands that run in shards
         return (
             f"no report written (older reports in {args.report_dir} are untouched); "
             f"models exported before the interrupt stay in {work_dir}"
+            + (f"; finished shards stay in {shards}, for the same command to resume" if shards else "")
         )
 
     with interrupts_exit(kept):

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from lvvit.atomic import atomic_files
+from lvvit.comparison import GateCheck
 
 from . import plots
+from .bench import bench_blocks
 from .document import Block, Bullets, Code, Figure, Heading, Paragraph, Table, Verdict, to_html, to_markdown
 from .errors import ValidationError
-from .gate import describe_check
 
 _SHOWN_FILES = 200  # unreadable/skipped files listed on the pages (the JSON has all)
 
@@ -59,6 +60,22 @@ def _model_lines(model: dict[str, Any]) -> list[str]:
         lines.append(f"weights: {model['weights']} (sha256 {model.get('weights_sha256')})")
     else:
         lines.append(f"weights: NONE, a deterministic random initialisation (seed {model.get('seed')})")
+    return lines
+
+
+def _run_lines(report: dict[str, Any]) -> list[str]:
+    """How the run was executed: the engine, the shards, and a cached reference (older reports have none)."""
+    engine, shards = report.get("engine"), report.get("shards")
+    if not engine or not shards:
+        return []
+    where = f" at {engine['address']}" if engine.get("address") else ""
+    lines = [
+        f"engine: {engine['name']}{where}; {shards['count']} shard(s) of {shards['size']} images, "
+        f"{shards['computed']} computed in this run"
+        + (f", the others resumed from {shards['folder']}" if shards["computed"] < shards["count"] else "")
+    ]
+    if engine.get("reference"):
+        lines.append(f"reference: native Paddle's logits {engine['reference']} (Paddle was not run)")
     return lines
 
 
@@ -140,7 +157,7 @@ def _gate_verdicts(report: dict[str, Any], what: str) -> list[Block]:
     for name, entry in report["runtimes"].items():
         checks = entry.get("gate", [])
         passed = all(c["passed"] for c in checks)
-        detail = "; ".join(describe_check(c) for c in checks) or "no limits set"
+        detail = "; ".join(GateCheck.from_dict(c).describe() for c in checks) or "no limits set"
         blocks.append(Verdict(passed, f"{name} vs native Paddle {what}: {detail}"))
     return blocks
 
@@ -202,7 +219,7 @@ def drift_blocks(report: dict[str, Any]) -> tuple[str, list[Block]]:
     names = list(report["runtimes"])
     title = f"Drift report: {model.get('preset', 'model')} {', '.join(names)} vs native Paddle"
     blocks: list[Block] = [Heading(title, 1), Paragraph(_inputs_sentence(report["inputs"]))]
-    blocks += [Bullets(_model_lines(model))] if model else []
+    blocks += [Bullets(_model_lines(model) + _run_lines(report))] if model or _run_lines(report) else []
     blocks.append(Heading("Verdict", 2))
     blocks += _gate_verdicts(report, "(tolerance gate)")
     output = report["output"]
@@ -292,7 +309,7 @@ def accuracy_blocks(report: dict[str, Any]) -> tuple[str, list[Block]]:
             + f"{report['num_classes']} classes; wall time {report['wall_seconds']:.1f}s."
         ),
     ]
-    blocks += [Bullets(_model_lines(model))] if model else []
+    blocks += [Bullets(_model_lines(model) + _run_lines(report))] if model or _run_lines(report) else []
     blocks.append(Heading("Verdict", 2))
     blocks += _accuracy_summary(report)
     blocks += _gate_verdicts(report, "(accuracy gate)")
@@ -330,6 +347,7 @@ def accuracy_blocks(report: dict[str, Any]) -> tuple[str, list[Block]]:
 _BUILDERS: dict[str, Callable[[dict[str, Any]], tuple[str, list[Block]]]] = {
     "drift": drift_blocks,
     "accuracy": accuracy_blocks,
+    "bench": bench_blocks,
 }
 
 
@@ -431,10 +449,10 @@ def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "report",
         help="render the Markdown and HTML pages of a JSON report again",
-        description="Draw the Markdown (+ PNG figures) and self-contained HTML pages from a drift or accuracy "
+        description="Draw the Markdown (+ PNG figures) and self-contained HTML pages from a drift, accuracy or bench "
         "JSON report, e.g. after editing the renderer or on another machine.",
     )
-    parser.add_argument("json", type=Path, help="a report written by drift or accuracy")
+    parser.add_argument("json", type=Path, help="a report written by drift, accuracy or bench")
     parser.add_argument("--output-dir", type=Path, default=None, help="where the pages go (default: beside the JSON)")
     parser.set_defaults(func=main)
 

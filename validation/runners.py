@@ -11,9 +11,8 @@ given file must say (in its metadata) it was made from the same weights.
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -21,49 +20,51 @@ import numpy as np
 
 from lvvit.metadata import ModelMetadata
 from lvvit.presets import ArchConfig, PreprocessConfig, Preset, get_preset
+from lvvit.progress import Log
+from lvvit.provenance import RANDOM_INIT, sha256_of
+from runtimes.spec import REFERENCE, RUNTIMES, PredictorSpec, read_model_metadata
 
 from .errors import ModelSourceError
 
-REFERENCE = "paddle"  # native Paddle, eager: what every other runtime is measured against
-RUNTIMES = {
-    "paddle": "native Paddle, eager (the reference)",
-    "ort": "ONNX Runtime on the exported .onnx",
-    "openvino": "OpenVINO on the exported .onnx",
-    "paddle-inference": "paddle.inference on the exported Paddle inference artifact",
-}
-
-Log = Callable[[str], None]
-
 
 @runtime_checkable
-class Runner(Protocol):
+class Participant(Protocol):
+    """A runtime as a report sees it: its name, its inputs, its description (an opened runner or a spec)."""
+
     name: str
 
     @property
     def preprocess_config(self) -> PreprocessConfig: ...
 
-    def logits(self, batch: np.ndarray) -> np.ndarray: ...
-
     def describe(self) -> dict[str, Any]: ...
+
+
+def num_classes_of(participant: Participant) -> int:
+    """The number of classes the model says it has (in `describe()["output"]`)."""
+    classes = participant.describe().get("output", {}).get("num_classes")
+    if not isinstance(classes, int) or classes < 1:
+        raise ModelSourceError(f"the {participant.name} model does not say how many classes it has ({classes!r})")
+    return classes
+
+
+@runtime_checkable
+class Runner(Participant, Protocol):
+    def logits(self, batch: np.ndarray) -> np.ndarray: ...
 
     def close(self) -> None: ...
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 @dataclass
 class PredictorRunner:
-    """A `runtimes` predictor as a runner; `files` are hashed into `describe()`."""
+    """A predictor opened from its spec, as a runner; `describe()` records the spec's files and their hashes."""
 
     name: str
     predictor: Any
-    files: list[Path] = field(default_factory=list)
+    spec: PredictorSpec
+
+    @classmethod
+    def open(cls, name: str, spec: PredictorSpec) -> PredictorRunner:
+        return cls(name, spec.open(), spec)
 
     @property
     def preprocess_config(self) -> PreprocessConfig:
@@ -73,10 +74,8 @@ class PredictorRunner:
         return self.predictor.logits(batch)
 
     def describe(self) -> dict[str, Any]:
-        described = {"name": self.name, **self.predictor.describe()}
-        if self.files:
-            described["model_files"] = {str(p): file_sha256(p) for p in self.files}
-        return described
+        files = {str(Path(self.spec.folder or ".") / f.name): f.sha256 for f in self.spec.files}
+        return {"name": self.name, **self.predictor.describe(), "model_files": files, "spec": self.spec.describe()}
 
     def close(self) -> None:
         self.predictor.close()
@@ -111,7 +110,7 @@ class ModelSource:
             "resolution": self.spec.resolution,
             "arch": self.spec.arch.to_kwargs(),
             "weights": str(self.weights) if self.weights else None,
-            "weights_sha256": file_sha256(self.weights) if self.weights else None,
+            "weights_sha256": sha256_of(self.weights) if self.weights else None,
             "checkpoint_key": self.checkpoint_key,
             "seed": None if self.weights else self.seed,
             "onnx": str(self.onnx) if self.onnx else None,
@@ -136,33 +135,20 @@ def spec_from_metadata(metadata: ModelMetadata) -> Preset:
     return replace(base, arch=arch, preprocess=metadata.preprocess)
 
 
-def read_file_metadata(path: Path) -> ModelMetadata | None:
-    """The kit metadata of an `.onnx` file or a Paddle inference artifact (its `.lvvit.json`)."""
-    from runtimes.onnx_file import kit_metadata, read_onnx_file
-
-    if path.suffix == ".onnx":
-        found, props = read_onnx_file(path)
-        return kit_metadata(props, found)
-    from runtimes.paddle_native import find_artifact
-
-    _, _, sidecar = find_artifact(path)
-    return ModelMetadata.from_json_file(sidecar) if sidecar.exists() else None
-
-
 def check_same_model(source: ModelSource, path: Path, metadata: ModelMetadata | None) -> None:
     """A given model file must come from the reference's weights and architecture (by its metadata)."""
     if metadata is None:
         return  # the runtime itself refuses a file without metadata, naming it
     recorded = metadata.weights or {}
     if source.weights is not None:
-        expected = file_sha256(source.weights)
+        expected = sha256_of(source.weights)
         if recorded.get("sha256") != expected:
             made_from = recorded.get("file_name") or recorded.get("source", "unknown weights")
             raise ModelSourceError(
                 f"{path}: was exported from {made_from} (sha256 {recorded.get('sha256')}), not from "
                 f"{source.weights} (sha256 {expected}); compare files of the same weights"
             )
-    elif recorded.get("source") != "random-init" or recorded.get("seed") != source.seed:
+    elif recorded.get("source") != RANDOM_INIT or recorded.get("seed") != source.seed:
         raise ModelSourceError(
             f"{path}: holds {recorded.get('file_name') or recorded}, but the reference is a random initialisation "
             f"(seed {source.seed}); pass --weights"
@@ -181,7 +167,7 @@ def check_given_files(source: ModelSource) -> None:
     """The exported files given by the user must match the reference (checked before anything is built)."""
     for path in (source.onnx, source.paddle_inference):
         if path is not None:
-            check_same_model(source, path, read_file_metadata(path))
+            check_same_model(source, path, read_model_metadata(path))
 
 
 def ensure_onnx(source: ModelSource, log: Log) -> Path:
@@ -224,76 +210,65 @@ def _stem(spec: Preset) -> str:
     return f"{spec.name}_{spec.resolution}"
 
 
-def _paddle_artifact_files(path: Path) -> list[Path]:
-    from runtimes.paddle_native import find_artifact
-
-    program, params, _ = find_artifact(path)
-    return [program, params]
-
-
-def build_reference(source: ModelSource, options: RuntimeOptions) -> Runner:
-    from lvvit import create_model
-    from runtimes import PaddlePredictor
-
-    model = create_model(source.spec, weights=source.weights, checkpoint_key=source.checkpoint_key, seed=source.seed)
-    return PredictorRunner(REFERENCE, PaddlePredictor.from_model(model, batch_size=options.batch_size))
-
-
-def build_runner(name: str, source: ModelSource, options: RuntimeOptions, log: Log) -> Runner:
-    """The runner called `name` (see `RUNTIMES`), exporting its model file first when none was given."""
+def runner_spec(name: str, source: ModelSource, options: RuntimeOptions, log: Log) -> PredictorSpec:
+    """The spec of the runner called `name` (see `RUNTIMES`), exporting its model file first when none was given."""
+    common = {"threads": options.threads, "batch_size": options.batch_size}
     if name == "ort":
-        from runtimes import OrtPredictor
-
-        path = ensure_onnx(source, log)
-        predictor = OrtPredictor(
-            path, device=options.ort_device, threads=options.threads, batch_size=options.batch_size
-        )
-        return PredictorRunner(name, predictor, [path])
+        return PredictorSpec.for_model(name, ensure_onnx(source, log), device=options.ort_device, **common)
     if name == "openvino":
-        from runtimes import OpenVinoPredictor
-
         path = ensure_onnx(source, log)
-        predictor = OpenVinoPredictor(
-            path,
-            precision=options.openvino_precision,
-            device=options.openvino_device,
-            threads=options.threads,
+        precision, device = options.openvino_precision, options.openvino_device
+        return PredictorSpec.for_model(name, path, precision=precision, device=device, **common)
+    if name == "paddle-inference":
+        return PredictorSpec.for_model(name, ensure_paddle_inference(source, log), **common)
+    if name == REFERENCE:
+        return PredictorSpec.eager(
+            source.spec,
+            source.weights,
+            checkpoint_key=source.checkpoint_key,
+            seed=source.seed,
             batch_size=options.batch_size,
         )
-        return PredictorRunner(name, predictor, [path])
-    if name == "paddle-inference":
-        from runtimes import PaddlePredictor
-
-        path = ensure_paddle_inference(source, log)
-        predictor = PaddlePredictor(path, threads=options.threads, batch_size=options.batch_size)
-        return PredictorRunner(name, predictor, _paddle_artifact_files(path))
-    if name == REFERENCE:
-        return build_reference(source, options)
     raise ModelSourceError(f"unknown runtime {name!r}; valid: {', '.join(RUNTIMES)}")
+
+
+def runner_specs(
+    names: Sequence[str], source: ModelSource, options: RuntimeOptions, log: Log, reference: bool = True
+) -> dict[str, PredictorSpec]:
+    """The reference's spec first (unless `reference` is False), then the other runtimes' in the order asked.
+
+    Their files are exported when none was given.
+    """
+    unknown = [n for n in names if n not in RUNTIMES]
+    if unknown:
+        raise ModelSourceError(f"unknown runtime(s) {unknown}; valid: {', '.join(RUNTIMES)}")
+    check_given_files(source)
+    others = list(dict.fromkeys(n for n in names if n != REFERENCE))
+    names = [REFERENCE, *others] if reference else others
+    return {name: runner_spec(name, source, options, log) for name in names}
+
+
+def open_runners(specs: Mapping[str, PredictorSpec]) -> tuple[Runner, list[Runner]]:
+    """(the first spec's runner, the others'); their preprocessing must be the first one's."""
+    opened: list[Runner] = []
+    try:
+        for name, spec in specs.items():
+            runner = PredictorRunner.open(name, spec)
+            opened.append(runner)
+            if runner.preprocess_config != opened[0].preprocess_config:
+                raise ModelSourceError(
+                    f"{name}: its model preprocesses as {runner.preprocess_config.to_dict()}, the reference as "
+                    f"{opened[0].preprocess_config.to_dict()}; the same inputs cannot feed both"
+                )
+    except BaseException:
+        for runner in opened:
+            runner.close()
+        raise
+    return opened[0], opened[1:]
 
 
 def build_runners(
     names: Sequence[str], source: ModelSource, options: RuntimeOptions, log: Log
 ) -> tuple[Runner, list[Runner]]:
     """(the Paddle reference, the other runtimes in the order asked); their preprocessing must be the reference's."""
-    unknown = [n for n in names if n not in RUNTIMES]
-    if unknown:
-        raise ModelSourceError(f"unknown runtime(s) {unknown}; valid: {', '.join(RUNTIMES)}")
-    others = list(dict.fromkeys(n for n in names if n != REFERENCE))
-    check_given_files(source)
-    reference = build_reference(source, options)
-    runners: list[Runner] = []
-    try:
-        for name in others:
-            runner = build_runner(name, source, options, log)
-            runners.append(runner)
-            if runner.preprocess_config != reference.preprocess_config:
-                raise ModelSourceError(
-                    f"{name}: its model preprocesses as {runner.preprocess_config.to_dict()}, the reference as "
-                    f"{reference.preprocess_config.to_dict()}; the same inputs cannot feed both"
-                )
-    except BaseException:
-        for runner in [reference, *runners]:
-            runner.close()
-        raise
-    return reference, runners
+    return open_runners(runner_specs(names, source, options, log))

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lvvit.atomic import atomic_files, atomic_output
 from lvvit.metadata import ModelMetadata
 from lvvit.presets import Preset
+from lvvit.progress import Log, to_stderr
 
 from ..errors import ExportError
 from ..provenance import tool_versions, weights_provenance
@@ -25,11 +24,6 @@ MAX_OPSET = 21  # paddle2onnx 2.1 converts opsets 7..21 and aborts the process b
 MAX_RESOLUTION = 1024  # 4,096 patches: the verification's attention maps alone take gigabytes beyond
 MAX_BATCH = 64  # a fixed batch is verified at its own size: that many images through both runtimes
 
-Log = Callable[[str], None]
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -120,7 +114,7 @@ def export_onnx(
     checkpoint_key: str | None = None,
     seed: int = 0,
     fast: FastPath | None = None,
-    log: Log = _stderr,
+    log: Log = to_stderr,
     **arch_overrides,
 ) -> ExportResult:
     """Export `preset` to one ONNX file and (unless `verify=False`) prove it matches Paddle.
@@ -179,7 +173,7 @@ def export_paddle_inference(
     batch: int | None = None,
     checkpoint_key: str | None = None,
     seed: int = 0,
-    log: Log = _stderr,
+    log: Log = to_stderr,
     **arch_overrides,
 ) -> ExportResult:
     """Save Paddle's inference artifact: `<stem>.json` (or `.pdmodel`), `.pdiparams`, `.lvvit.json` (metadata).

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from lvvit.progress import Log
 
 from ..errors import ExportError
 from .quantize import QUANTIZERS
@@ -13,8 +14,6 @@ from .verify import Tolerance
 FP16_ATOL = 5e-2  # half precision carries ~3 significant digits
 INT8_MIN_AGREEMENT = 0.99  # int8 is gated on top-1 agreement with Paddle fp32 on real images
 PRECISIONS = ("fp32", "fp16")
-
-Log = Callable[[str], None]
 
 
 @dataclass(frozen=True)

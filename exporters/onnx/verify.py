@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lvvit.comparison import DRIFT_LIMITS, DriftStats, check_gate, drift_stats
 from lvvit.metadata import INPUT_NAME
 from lvvit.synthetic import synthetic_batch
 
@@ -16,7 +17,7 @@ from ..errors import ConversionError, ExportError, VerificationError
 
 @dataclass(frozen=True)
 class Tolerance:
-    """The gate: max abs error (None: not gated, as for int8) and the least top-1 agreement."""
+    """The gate: max abs error (None: not gated, as for int8) and the least top-1 agreement (near-ties excused)."""
 
     atol: float | None
     min_top1: float = 1.0
@@ -28,6 +29,13 @@ class Tolerance:
         if not (0.0 <= self.min_top1 <= 1.0):
             raise ExportError(f"the least top-1 agreement must be within [0, 1], got {self.min_top1}")
 
+    def limits(self) -> dict[str, float]:
+        """The same gate in `lvvit.comparison.DRIFT_LIMITS` terms."""
+        limits = {"top1_agreement": self.min_top1}
+        if self.atol is not None:
+            limits["max_abs"] = self.atol
+        return limits
+
     def describe(self) -> str:
         bound = f"max abs {self.atol:g}" if self.atol is not None else "no max-abs bound"
         return f"{bound}, top-1 agreement >= {self.min_top1:.1%}"
@@ -35,7 +43,7 @@ class Tolerance:
 
 @dataclass(frozen=True)
 class DriftCheck:
-    """ORT vs Paddle on one batch."""
+    """ORT vs Paddle on one batch: the numbers of `lvvit.comparison.DriftStats` the export gate reads."""
 
     batch: int
     max_abs: float
@@ -43,6 +51,10 @@ class DriftCheck:
     top1_agreement: float  # fraction of samples whose arg-max agrees
     near_ties: int  # disagreements where Paddle's top-2 margin is within 2 * atol (not counted as failures)
     inputs: str = "synthetic"
+
+    @classmethod
+    def of(cls, stats: DriftStats, inputs: str) -> DriftCheck:
+        return cls(stats.samples, stats.max_abs, stats.mean_abs, stats.top1_agreement, stats.near_ties, inputs)
 
     def to_dict(self) -> dict[str, float | int | str]:
         return asdict(self)
@@ -54,12 +66,16 @@ class DriftCheck:
         )
 
     def passes(self, tolerance: Tolerance) -> bool:
-        """Within the gate; a NaN or an infinity anywhere fails (comparisons written so that NaN is False)."""
-        if tolerance.atol is not None and not (self.max_abs <= tolerance.atol):
-            return False
+        """Within the gate (`lvvit.comparison`); a NaN or an infinity anywhere fails, even without a max-abs bound."""
         if not (math.isfinite(self.max_abs) and math.isfinite(self.mean_abs)):
             return False
-        return self.top1_agreement + self.near_ties / self.batch >= tolerance.min_top1
+        stats = {  # a NaN agreement makes a NaN disagreement count, which fails the gate
+            "max_abs": self.max_abs,
+            "samples": self.batch,
+            "top1_disagreements": (1.0 - self.top1_agreement) * self.batch,
+            "near_ties": self.near_ties,
+        }
+        return all(c.passed for c in check_gate(DRIFT_LIMITS, tolerance.limits(), stats))
 
 
 def check_onnx_file(path: Path, name: str) -> None:
@@ -79,13 +95,7 @@ def compare(session, model, x: np.ndarray, tolerance: Tolerance, inputs: str) ->
     got = session.run(None, {INPUT_NAME: x})[0]
     if got.shape != expected.shape:
         raise VerificationError(f"ONNX output shape {got.shape} differs from Paddle's {expected.shape}")
-    diff = np.abs(got.astype(np.float64) - expected.astype(np.float64))
-    agree = got.argmax(1) == expected.argmax(1)
-    top2 = np.sort(expected, axis=1)[:, -2:]
-    tie = (top2[:, 1] - top2[:, 0]) <= 2 * (tolerance.atol or 0.0)
-    return DriftCheck(
-        len(x), float(diff.max()), float(diff.mean()), float(agree.mean()), int((~agree & tie).sum()), inputs
-    )
+    return DriftCheck.of(drift_stats(expected, got, tie_abs=tolerance.atol), inputs)
 
 
 def verify_export(

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -37,6 +36,7 @@ import numpy as np
 from PIL import Image
 
 from lvvit.presets import Preset, at_resolution, get_preset
+from lvvit.progress import Log, to_stderr
 
 PRESET = "lvvit_s"
 RESOLUTION = 32
@@ -51,11 +51,6 @@ MAX_LR = 2e-3
 WEIGHTS = Path(__file__).resolve().parents[1] / "assets" / "digits_lvvit.safetensors"
 CLASSES = [str(d) for d in range(10)]
 
-Log = Callable[[str], None]
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def digits_spec() -> Preset:
@@ -108,7 +103,7 @@ class DigitsFolder:
     train_images: int
 
 
-def write_folder(out: str | Path, log: Log = _stderr) -> DigitsFolder:
+def write_folder(out: str | Path, log: Log = to_stderr) -> DigitsFolder:
     """Write the val split (flat + `val_list.txt`) and the train split (one folder per class) under `out`."""
     root = Path(out)
     images, labels = load_digits()
@@ -155,7 +150,7 @@ def _top1(model, inputs: np.ndarray, labels: np.ndarray) -> float:
 
 
 def train(
-    output: str | Path = WEIGHTS, epochs: int = EPOCHS, seed: int = TRAIN_SEED, log: Log = _stderr
+    output: str | Path = WEIGHTS, epochs: int = EPOCHS, seed: int = TRAIN_SEED, log: Log = to_stderr
 ) -> TrainResult:
     """Train the tiny model on the train split and write its weights (Paddle layout, safetensors) to `output`."""
     import paddle

@@ -1,0 +1,198 @@
+"""Predictor specs: a small, picklable description of a predictor, opened where it runs.
+
+Following Polygraphy's loader/runner split, making a spec (on the driver: hash the
+files, record the options) is apart from opening it (on a worker: check the files,
+build the session). A spec names its model files by name, size and SHA-256, never by
+a path only the driver can see: `read_files()` gives their bytes to ship (through
+Ray's object store, for instance), `materialize()` writes shipped bytes into a
+worker's own folder after checking every hash, and `open()` re-checks the hashes of
+the files it is about to load.
+
+    spec = PredictorSpec.for_model("ort", "lvvit_s.onnx", threads=1, batch_size=8)
+    with spec.open() as predictor:
+        predictor.logits(batch)
+
+Also here: `read_model_metadata`, the public way to read the kit metadata of an
+`.onnx` file or a Paddle inference artifact, and `RUNTIMES`, the runtime names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from lvvit.metadata import ModelMetadata
+from lvvit.presets import Preset
+from lvvit.provenance import sha256_of
+
+from .base import Predictor
+from .errors import ConfigurationError, ModelFileError
+
+REFERENCE = "paddle"  # native Paddle, eager: what every other runtime is measured against
+RUNTIMES = {
+    "paddle": "native Paddle, eager (the reference)",
+    "ort": "ONNX Runtime on the exported .onnx",
+    "openvino": "OpenVINO on the exported .onnx",
+    "paddle-inference": "paddle.inference on the exported Paddle inference artifact",
+}
+
+
+def read_model_metadata(path: str | Path) -> ModelMetadata | None:
+    """The kit metadata of an `.onnx` file or a Paddle inference artifact (its `.lvvit.json`); None without any.
+
+    `ModelFileError` for a file that is not a model, `MetadataError` for metadata that is there but unreadable.
+    """
+    path = Path(path)
+    if path.suffix == ".onnx":
+        from .onnx_file import kit_metadata, read_onnx_file
+
+        found, props = read_onnx_file(path)
+        return kit_metadata(props, found)
+    from .paddle_native import find_artifact, read_sidecar
+
+    return read_sidecar(find_artifact(path)[2])
+
+
+def model_files(runtime: str, path: str | Path) -> list[Path]:
+    """The files a runtime loads for the model at `path`, the one to open first."""
+    if runtime in ("ort", "openvino"):
+        from .onnx_file import read_onnx_file
+
+        return [read_onnx_file(path)[0]]
+    if runtime == "paddle-inference":
+        from .paddle_native import find_artifact
+
+        program, params, sidecar = find_artifact(path)
+        return [params, program] + ([sidecar] if sidecar.is_file() else [])
+    raise ConfigurationError(f"runtime {runtime!r} takes no model file; valid: ort, openvino, paddle-inference")
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    name: str  # the file's name in its folder (workers recreate the same names)
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class PredictorSpec:
+    """Runtime, model files (name, size, SHA-256), options; `open()` builds the predictor.
+
+    `preset` is set for the eager Paddle model only (its architecture and preprocessing);
+    its one file, when there is one, is the weights file.
+    """
+
+    runtime: str
+    files: tuple[ModelFile, ...]
+    options: tuple[tuple[str, Any], ...] = ()
+    folder: str | None = None  # where the files are on the machine that holds them now
+    preset: Preset | None = None
+
+    @classmethod
+    def for_model(cls, runtime: str, path: str | Path, **options: Any) -> PredictorSpec:
+        """A spec for an exported model (`runtime` one of ort, openvino, paddle-inference)."""
+        files = model_files(runtime, path)
+        described = tuple(ModelFile(f.name, f.stat().st_size, sha256_of(f)) for f in files)
+        return cls(runtime, described, tuple(sorted(options.items())), str(files[0].parent))
+
+    @classmethod
+    def eager(cls, preset: Preset, weights: str | Path | None = None, **options: Any) -> PredictorSpec:
+        """The eager Paddle model of `preset` with `weights` (or a random initialisation: `seed` in options)."""
+        files: tuple[ModelFile, ...] = ()
+        folder = None
+        if weights is not None:
+            path = Path(weights)
+            files = (ModelFile(path.name, path.stat().st_size, sha256_of(path)),)
+            folder = str(path.parent)
+        return cls(REFERENCE, files, tuple(sorted(options.items())), folder, preset)
+
+    @property
+    def option_dict(self) -> dict[str, Any]:
+        return dict(self.options)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "runtime": self.runtime,
+            "files": [vars(f) for f in self.files],
+            "options": self.option_dict,
+            "preset": None
+            if self.preset is None
+            else {
+                "name": self.preset.name,
+                "resolution": self.preset.resolution,
+                "arch": self.preset.arch.to_kwargs(),
+                "preprocess": self.preset.preprocess.to_dict(),
+            },
+        }
+
+    def _path(self, file: ModelFile) -> Path:
+        if self.folder is None:
+            raise ModelFileError(f"{file.name}: this {self.runtime} spec has no folder to read it from")
+        return Path(self.folder) / file.name
+
+    def check_files(self) -> None:
+        """Every file is where the spec says, with its size and SHA-256; `ModelFileError` naming what differs."""
+        for file in self.files:
+            path = self._path(file)
+            if not path.is_file():
+                raise ModelFileError(f"{path}: missing on this machine (the {self.runtime} spec needs it)")
+            size = path.stat().st_size
+            digest = sha256_of(path) if size == file.size else None
+            if digest != file.sha256:
+                raise ModelFileError(
+                    f"{path}: {size} bytes, sha256 {digest or 'not computed'}; the spec was made for {file.size} "
+                    f"bytes, sha256 {file.sha256} (the file changed after the spec was made)"
+                )
+
+    def read_files(self) -> dict[str, bytes]:
+        """The files' bytes by name, each checked against its SHA-256: what travels to a worker."""
+        self.check_files()
+        return {f.name: self._path(f).read_bytes() for f in self.files}
+
+    def materialize(self, blobs: Mapping[str, bytes], folder: str | Path) -> PredictorSpec:
+        """Write shipped `blobs` into `folder` after checking each against the spec; the spec that opens them."""
+        import hashlib
+
+        from lvvit.atomic import atomic_output
+
+        folder = Path(folder)
+        for file in self.files:
+            blob = blobs.get(file.name)
+            if blob is None:
+                raise ModelFileError(f"{file.name}: not among the shipped files ({sorted(blobs)})")
+            digest = hashlib.sha256(blob).hexdigest()
+            if digest != file.sha256:
+                raise ModelFileError(
+                    f"{file.name}: the shipped bytes hash to {digest}, the spec says {file.sha256} ({len(blob)} bytes)"
+                )
+            with atomic_output(folder / file.name) as tmp:
+                tmp.write_bytes(blob)
+        return replace(self, folder=str(folder))
+
+    def open(self) -> Predictor:
+        """Check the files, then build the predictor (this is where the runtime is imported)."""
+        self.check_files()
+        options = self.option_dict
+        if self.runtime == REFERENCE:
+            from .paddle_native import PaddlePredictor
+
+            if self.preset is None:
+                raise ConfigurationError("an eager Paddle spec needs its preset")
+            weights = self._path(self.files[0]) if self.files else None
+            return PaddlePredictor.from_preset(self.preset, weights, **options)
+        path = self._path(self.files[0])
+        if self.runtime == "ort":
+            from .ort import OrtPredictor
+
+            return OrtPredictor(path, **options)
+        if self.runtime == "openvino":
+            from .ov import OpenVinoPredictor
+
+            return OpenVinoPredictor(path, **options)
+        if self.runtime == "paddle-inference":
+            from .paddle_native import PaddlePredictor
+
+            return PaddlePredictor(path, **options)
+        raise ConfigurationError(f"unknown runtime {self.runtime!r}; valid: {', '.join(RUNTIMES)}")
