@@ -11,6 +11,7 @@ import pytest
 
 from exporters.onnx import export_onnx
 from validation import DriftInputs, ModelSource, RuntimeOptions, build_runners, run_accuracy, run_drift, write_reports
+from validation.cpu_floor import has_native_bf16
 from validation.data import image_folder, labelled_folder
 from validation.datasets import digits
 from validation.errors import ModelSourceError
@@ -176,3 +177,51 @@ def test_lvvit_s_drift_report_for_every_runtime(tmp_path):
     for entry in report["runtimes"].values():
         assert entry["outputs"]["logits"]["top1_agreement"] == 1.0
     assert (tmp_path / "drift_lvvit_s_224.md").is_file() and (tmp_path / "drift_lvvit_s_224.html").is_file()
+
+
+def test_each_precision_has_its_own_default_drift_gate():
+    from validation import gate
+
+    assert gate.default_drift_tolerance("fp32") == gate.default_drift_tolerance(None) == gate.DEFAULT_DRIFT_TOLERANCE
+    for reduced in ("bf16", "fp16", "tf32"):
+        looser = gate.default_drift_tolerance(reduced)
+        assert looser["max_rel"] > gate.DEFAULT_DRIFT_TOLERANCE["max_rel"] and looser["top1_agreement"] == 1.0
+    assert gate.default_drift_tolerance("int8") == {"min_cosine": 0.99, "top1_agreement": 0.99}
+
+
+# CPU-dependent: OpenVINO runs bf16 only on CPUs with AVX512-BF16 or AMX; each branch is checked where it is taken.
+@pytest.mark.skipif(not has_native_bf16(), reason="this CPU has no native bf16: see the test below")
+def test_drift_gates_openvino_bf16_by_its_own_precision(digits_dir, digits_onnx, tmp_path):
+    pytest.importorskip("openvino")
+    run = _cli(
+        "drift", *digits.cli_model_args(), "--onnx", str(digits_onnx), "--images", str(digits_dir), "--limit", "64",
+        "--runtime", "ort", "--runtime", "openvino", "--openvino-precision", "bf16", "--report-dir", str(tmp_path),
+        "--no-progress",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    report = json.loads((tmp_path / "drift_lvvit_s_32.json").read_text())
+    ort, ov = report["runtimes"]["ort"], report["runtimes"]["openvino"]
+    assert ov["describe"]["precision"] == "bf16" and ort["describe"]["precision"] == "fp32"
+    assert ort["tolerance"] == report["tolerance"] == gate_defaults("fp32")
+    assert ov["tolerance"] == gate_defaults("bf16")
+    # bf16 really ran: outside the fp32 gate, inside its own
+    assert ov["outputs"]["logits"]["max_rel"] > gate_defaults("fp32")["max_rel"] and report["passed"]
+    assert "openvino computes in bf16 and is gated by its precision's defaults" in (
+        tmp_path / "drift_lvvit_s_32.md"
+    ).read_text()
+
+
+@pytest.mark.skipif(has_native_bf16(), reason="this CPU has native bf16: see the test above")
+def test_drift_refuses_openvino_bf16_where_the_cpu_lacks_it(digits_onnx, tmp_path):
+    pytest.importorskip("openvino")
+    run = _cli(
+        "drift", *digits.cli_model_args(), "--onnx", str(digits_onnx), "--synthetic", "4", "--runtime", "openvino",
+        "--openvino-precision", "bf16", "--report-dir", str(tmp_path), "--no-progress",
+    )  # fmt: skip
+    assert run.returncode == 2 and "precision='bf16'" in run.stderr, run.stderr
+
+
+def gate_defaults(precision: str) -> dict:
+    from validation import gate
+
+    return gate.default_drift_tolerance(precision)

@@ -83,6 +83,14 @@ def run_drift(
     """
     if not runners:
         raise DatasetError("drift needs at least one runtime besides the native Paddle reference")
+    # without a tolerance, each runtime is gated by the precision it computes in (fp32, bf16/fp16/tf32, int8)
+    tolerances = {
+        r.name: gate.check_tolerance(
+            gate.default_drift_tolerance(r.describe().get("precision")) if tolerance is None else tolerance,
+            gate.DRIFT_LIMITS,
+        )
+        for r in runners
+    }
     tolerance = gate.check_tolerance(
         gate.DEFAULT_DRIFT_TOLERANCE if tolerance is None else tolerance, gate.DRIFT_LIMITS
     )
@@ -131,13 +139,13 @@ def run_drift(
     }
     for runner in runners:
         errors = merged_errors(shards, runner.name, classes)
-        stats = summarize_drift(
-            errors, names, tie_abs=tolerance.get("max_abs"), tie_rel=tolerance.get("max_rel")
-        ).to_dict()
+        own = tolerances[runner.name]
+        stats = summarize_drift(errors, names, tie_abs=own.get("max_abs"), tie_rel=own.get("max_rel")).to_dict()
         report["runtimes"][runner.name] = {
             "describe": runner.describe(),
             "outputs": {OUTPUT_NAME: stats},
-            "gate": [c.to_dict() for c in check_gate(gate.DRIFT_LIMITS, tolerance, stats)],
+            "tolerance": own,
+            "gate": [c.to_dict() for c in check_gate(gate.DRIFT_LIMITS, own, stats)],
             **_timing(seconds[runner.name], len(names)),
         }
     report["passed"] = all(c["passed"] for e in report["runtimes"].values() for c in e["gate"])
@@ -179,7 +187,14 @@ def add_parser(subparsers: Any) -> None:
     add_runtime_options(parser, batch_size=16)
     limits = ", ".join(gate.DRIFT_LIMITS)
     defaults = ", ".join(f"{k}={v:g}" for k, v in gate.DEFAULT_DRIFT_TOLERANCE.items())
-    add_report_options(parser, f"limit: {limits}; NAME=none drops one (defaults {defaults})")
+    reduced = ", ".join(f"{k}={v:g}" for k, v in gate.default_drift_tolerance("bf16").items())
+    int8 = ", ".join(f"{k}={v:g}" for k, v in gate.default_drift_tolerance("int8").items())
+    add_report_options(
+        parser,
+        f"limit: {limits}; NAME=none drops one. Without --tolerance each runtime gets the default of the precision "
+        f"it computes in: fp32 {defaults}; bf16, fp16, tf32 {reduced}; int8 {int8}. A --tolerance applies to every "
+        "runtime, over the fp32 defaults",
+    )
     parser.set_defaults(func=main)
 
 
@@ -195,7 +210,10 @@ def _main(args: Any, written: dict[str, Path]) -> int:
     from .reference import specs_and_cache
     from .report import write_reports
 
-    tolerance = gate.parse_tolerance(args.tolerance, gate.DRIFT_LIMITS, gate.DEFAULT_DRIFT_TOLERANCE)
+    # no --tolerance: each runtime gets the default of its precision (see lvvit.comparison.default_drift_tolerance)
+    tolerance = None
+    if args.tolerance:
+        tolerance = gate.parse_tolerance(args.tolerance, gate.DRIFT_LIMITS, gate.DEFAULT_DRIFT_TOLERANCE)
     if args.limit is not None and args.images is None:
         raise DatasetError("--limit applies to --images")
     synthetic = args.synthetic if args.images is not None or args.synthetic is not None else 16

@@ -19,6 +19,7 @@ from lvvit.comparison import (
     Limit,
     check_gate,
     checked_bound,
+    default_drift_tolerance,
     failed_lines,
 )
 from lvvit.comparison import ToleranceError as _CoreToleranceError
@@ -32,6 +33,7 @@ __all__ = [
     "DRIFT_LIMITS",
     "check",
     "check_tolerance",
+    "default_drift_tolerance",
     "parse_tolerance",
     "raise_if_failed",
 ]

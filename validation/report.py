@@ -253,6 +253,12 @@ def drift_blocks(report: dict[str, Any]) -> tuple[str, list[Block]]:
     blocks.append(Table(["runtime", "image", "max abs error", "top-1 Paddle / runtime"], worst_rows))
     blocks.append(Heading("Tolerance", 2))
     blocks.append(Table(["limit", "value", "meaning"], _limit_rows(report)))
+    for name in names:  # a runtime in reduced precision is gated by its own defaults (lvvit.comparison)
+        own = report["runtimes"][name].get("tolerance")
+        if own is not None and own != report["tolerance"]:
+            precision = report["runtimes"][name]["describe"].get("precision")
+            blocks.append(Paragraph(f"{name} computes in {precision} and is gated by its precision's defaults:"))
+            blocks.append(Table(["limit", "value", "meaning"], _limit_rows({**report, "tolerance": own})))
     blocks.append(
         Paragraph(
             "Definitions: max_rel is the largest per-image max error divided by that image's max |logit|; "
