@@ -304,7 +304,8 @@ def bench_blocks(report: dict[str, Any]) -> tuple[str, list[Block]]:
         Heading(title, 1),
         Paragraph(
             f"Batched runs use {report['streams']} streams (the batch split into parallel parts) on every runtime; "
-            "ratios are throughput over the faster Paddle Inference configuration (one stream or the streams)."
+            "a batch smaller than that (batch 1) runs whole on all the threads. "
+            "Ratios are throughput over the faster Paddle Inference configuration (one stream or the streams)."
         ),
         Paragraph(
             f"CPU: {report['cpu']['model_name']}; weights: {report['weights']}; "
