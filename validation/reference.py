@@ -230,7 +230,7 @@ def specs_and_cache(args: Any, source: ModelSource, log: Any) -> tuple[dict[str,
 
 
 def add_parser(subparsers: Any) -> None:
-    from .options import add_engine_options, add_model_options, positive
+    from .options import add_engine_options, add_model_options, at_most, positive
 
     parser = subparsers.add_parser(
         "reference",
@@ -241,8 +241,10 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("data", type=Path, help="the folder of images (searched recursively, as drift --images)")
     parser.add_argument("--cache", type=Path, required=True, metavar="DIR", help="the cache folder to write")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N images")
-    parser.add_argument("--workers", type=int, default=4, help="threads reading images ahead (default 4)")
+    parser.add_argument("--limit", type=positive, default=None, help="only the first N images")
+    parser.add_argument(
+        "--workers", type=at_most(64), default=4, help="threads reading images ahead, 1..64 (default 4)"
+    )
     add_model_options(parser)
     add_engine_options(parser, reference_cache=False)
     parser.add_argument("--batch-size", type=positive, default=16, help="images per Paddle run (default 16)")
