@@ -85,12 +85,14 @@ def run_engine_bench(
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .options import positive
+
     parser = argparse.ArgumentParser(prog="python -m validation.engine_bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="lvvit_s", help="model (random weights; default lvvit_s)")
-    parser.add_argument("--images", type=int, default=64, help="images per engine (default 64)")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per predictor call (default 8)")
-    parser.add_argument("--shard-size", type=int, default=32, help="images per shard (default 32)")
-    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: its own)")
+    parser.add_argument("--images", type=positive, default=64, help="images per engine (default 64)")
+    parser.add_argument("--batch-size", type=positive, default=8, help="images per predictor call (default 8)")
+    parser.add_argument("--shard-size", type=positive, default=32, help="images per shard (default 32)")
+    parser.add_argument("--threads", type=positive, default=None, help="ONNX Runtime threads (default: its own)")
     parser.add_argument("--workdir", type=Path, default=Path("build/engine_bench"), help="default build/engine_bench")
     args = parser.parse_args(argv)
     result = run_engine_bench(args.preset, args.images, args.batch_size, args.shard_size, args.workdir, args.threads)

@@ -62,9 +62,13 @@ def write_sample_photos(folder: str | Path, variants: int = 1) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .options import at_most
+
     parser = argparse.ArgumentParser(prog="python -m validation.photos", description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path, help="where to write the JPEG files")
-    parser.add_argument("--variants", type=int, default=1, help="images per photo: the photo plus crops (default 1)")
+    parser.add_argument(
+        "--variants", type=at_most(64), default=1, help="images per photo: the photo plus crops, 1..64 (default 1)"
+    )
     args = parser.parse_args(argv)
     paths = write_sample_photos(args.folder, args.variants)
     print(f"wrote {len(paths)} images to {args.folder}")
