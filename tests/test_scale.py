@@ -131,7 +131,7 @@ def test_a_shard_folder_of_another_run_is_refused(digits_model, tmp_path):
 
 def test_a_cached_reference_runs_no_paddle_and_gives_the_same_drift(digits_model, tmp_path, monkeypatch):
     from runtimes import paddle_native
-    from validation.reference import ReferenceCache, reference_key
+    from validation.reference_cache import ReferenceCache, reference_key
 
     onnx, data, specs = digits_model
     source = ModelSource(spec=digits.digits_spec(), weights=digits.WEIGHTS, onnx=onnx)
@@ -160,7 +160,7 @@ def test_a_cached_reference_runs_no_paddle_and_gives_the_same_drift(digits_model
 def test_a_stale_reference_cache_is_refused_naming_what_differs(digits_model, tmp_path):
     from dataclasses import replace
 
-    from validation.reference import ReferenceCache, ReferenceCacheError, reference_key
+    from validation.reference_cache import ReferenceCache, ReferenceCacheError, reference_key
 
     onnx, _, _ = digits_model
     source = ModelSource(spec=digits.digits_spec(), weights=digits.WEIGHTS, onnx=onnx)
@@ -208,7 +208,7 @@ def test_reference_and_accuracy_command_lines_with_a_cache(digits_model, tmp_pat
 def test_the_ray_engine_without_ray_says_how_to_install_it(monkeypatch):
     import sys
 
-    from validation.engines import EngineError
+    from validation.errors import EngineError
     from validation.ray_engine import _import_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)  # as in a base install
@@ -225,7 +225,7 @@ def test_validation_imports_no_ray():
 
 
 def test_a_ray_client_address_is_refused_with_the_way_that_works():
-    from validation.engines import EngineError
+    from validation.errors import EngineError
     from validation.ray_engine import RayEngine
 
     with pytest.raises(EngineError, match=r"Ray Data does not run through Ray Client .*--ray-address auto"):

@@ -21,11 +21,11 @@ from lvvit.metadata import OUTPUT_NAME
 
 from . import gate
 from .data import Dataset
-from .engines import DEFAULT_SHARD_SIZE, LocalEngine, describe_engine, evaluate
+from .engines import DEFAULT_SHARD_SIZE, LocalEngine, evaluate
 from .errors import DatasetError
 from .provenance import environment
 from .runners import Participant, num_classes_of
-from .shards import Engine, merged_top5
+from .shards import Engine, describe_engine, merged_top5
 
 
 def run_accuracy(

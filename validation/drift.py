@@ -18,11 +18,11 @@ from lvvit.metadata import OUTPUT_NAME
 
 from . import gate
 from .data import Dataset, Failure, image_folder
-from .engines import DEFAULT_SHARD_SIZE, LocalEngine, describe_engine, evaluate, synthetic_samples
+from .engines import DEFAULT_SHARD_SIZE, LocalEngine, evaluate, synthetic_samples
 from .errors import DatasetError
 from .provenance import environment
 from .runners import Participant, num_classes_of
-from .shards import Engine, merged_errors
+from .shards import Engine, describe_engine, merged_errors
 
 
 @dataclass(frozen=True)

@@ -26,19 +26,15 @@ from lvvit.synthetic import synthetic_batch
 from runtimes.spec import PredictorSpec
 
 from .data import Batch, Failure, Sample, stream_batches
-from .errors import ValidationError
+from .errors import EngineError
 from .runners import Participant, Runner, open_runners
 from .shards import Engine, ShardLogits, ShardRecords, ShardStore, run_shards
 
 if TYPE_CHECKING:
-    from .reference import ReferenceCache
+    from .reference_cache import ReferenceCache
 
 ENGINES = ("local", "ray")
 DEFAULT_SHARD_SIZE = 1000  # images per shard: what an interrupted run can lose, and one file each
-
-
-class EngineError(ValidationError, RuntimeError):
-    """An engine that cannot run: unknown, not installed, or fed runtimes whose inputs differ."""
 
 
 def synthetic_samples(count: int, seed: int) -> list[Sample]:
@@ -107,11 +103,6 @@ class LocalEngine:
         return {"name": "local", "batch_size": self.batch_size, "workers": self.workers}
 
 
-def describe_engine(engine: Engine) -> dict[str, object]:
-    describe = getattr(engine, "describe", None)
-    return describe() if callable(describe) else {"name": type(engine).__name__}
-
-
 def evaluate(
     samples: Sequence[Sample],
     run: Mapping[str, object],
@@ -155,7 +146,7 @@ def engine_for(
         if reference_cache is None:
             yield participants[0], participants[1:], engine
             return
-        from .reference import CachedReference, WithCachedReference
+        from .reference_cache import CachedReference, WithCachedReference
 
         config = participants[0].preprocess_config
         if json.loads(json.dumps(config.to_dict())) != reference_cache.key["preprocess"]:  # tuples as JSON lists

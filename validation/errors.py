@@ -31,3 +31,7 @@ class GateFailure(ValidationError, RuntimeError):
 
     Raised by `check_gate` after the report is written, so the numbers are on disk too.
     """
+
+
+class EngineError(ValidationError, RuntimeError):
+    """An engine that cannot run: unknown, not installed, or fed runtimes whose inputs differ."""

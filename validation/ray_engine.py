@@ -34,7 +34,7 @@ from lvvit.presets import PreprocessConfig
 from runtimes.spec import REFERENCE, PredictorSpec, read_model_metadata
 
 from .data import Failure, Sample
-from .engines import EngineError
+from .errors import EngineError
 from .shards import ShardLogits
 
 EMBEDDED_OBJECT_STORE_BYTES = 256 << 20  # images stream through; a small store leaves the memory to the runtimes

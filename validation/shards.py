@@ -238,3 +238,7 @@ def merged_top5(shards: Sequence[ShardRecords], runtime: str) -> np.ndarray:
 def all_records(shards: Sequence[ShardRecords]) -> list[dict[str, Any]]:
     return [r for s in shards for r in s.records]
 
+
+def describe_engine(engine: Engine) -> dict[str, object]:
+    describe = getattr(engine, "describe", None)
+    return describe() if callable(describe) else {"name": type(engine).__name__}
