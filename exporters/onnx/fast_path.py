@@ -89,7 +89,7 @@ def apply_fast_path(proto, model, fast: FastPath, log: Log):
             f"      calibrating int8 ({fast.quantizer}) on {len(calibration.used)} images from {calibration.folder}; "
             f"the gate also sees {calibration.held_out} held-out images"
         )
-        proto = quantize_int8(proto, calibration, model.preset.preprocess, fast.quantizer)
+        proto = quantize_int8(proto, calibration, model.preset.preprocess, fast.quantizer, lambda m: log("      " + m))
         images = preprocess_batch(calibration.evaluation, model.preset.preprocess)
     return proto, images
 

@@ -4,7 +4,9 @@ Two quantizers, chosen explicitly:
 - `nncf` (default): OpenVINO's NNCF with its transformer scheme (SmoothQuant, fast bias
   correction, quantizers placed where OpenVINO and ONNX Runtime run int8 kernels).
 - `ort`: ONNX Runtime's `quantize_static`, per-channel int8 weights, min/max activations.
-Both write QDQ ONNX that ONNX Runtime and OpenVINO run.
+Both write QDQ ONNX that ONNX Runtime and OpenVINO run. NNCF's SmoothQuant leaves a Multiply by a
+per-channel scale before each smoothed MatMul; `fold_smooth_quant_scales` folds those it can into
+the op before them (a LayerNorm's scale and bias, or a Mul by a constant), which is exact maths.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ from __future__ import annotations
 import contextlib
 import io
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from lvvit.errors import ImageError
 from lvvit.metadata import INPUT_NAME
@@ -101,11 +104,19 @@ QUANTIZERS = ("nncf", "ort")
 
 
 def quantize_int8(
-    proto: onnx.ModelProto, calibration: CalibrationSet, config: PreprocessConfig, quantizer: str = "nncf"
+    proto: onnx.ModelProto,
+    calibration: CalibrationSet,
+    config: PreprocessConfig,
+    quantizer: str = "nncf",
+    log: Callable[[str], None] | None = None,
 ) -> onnx.ModelProto:
     """The int8 QDQ graph of `proto`, calibrated on `calibration`'s images with `quantizer`."""
     if quantizer == "nncf":
-        return _quantize_nncf(proto, calibration, config)
+        quantized = _quantize_nncf(proto, calibration, config)
+        folded = fold_smooth_quant_scales(quantized)
+        if log is not None:
+            log(f"folded {folded.describe()}")
+        return quantized
     if quantizer == "ort":
         return _quantize_ort(proto, calibration, config)
     raise ExportError(f"--quantizer must be one of {', '.join(QUANTIZERS)}, got {quantizer!r}")
@@ -176,3 +187,110 @@ def _quantize_ort(proto: onnx.ModelProto, calibration: CalibrationSet, config: P
         except Exception as exc:  # ONNX Runtime's quantizer raises bare exceptions
             raise ExportError(f"int8 quantization (ort) failed: {type(exc).__name__}: {exc}") from exc
         return onnx.load(str(target))
+
+
+# -- SmoothQuant's leftover Multiply nodes ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FoldReport:
+    into_layernorm: int
+    into_mul: int
+    left: int  # SmoothQuant Multiply nodes with nothing to fold into (e.g. after a Reshape)
+
+    def describe(self) -> str:
+        return (
+            f"{self.into_layernorm} SmoothQuant Multiply nodes into the LayerNorm before them and "
+            f"{self.into_mul} into the constant Mul before them; {self.left} left (no op to fold into)"
+        )
+
+
+SMOOTH_QUANT_MARK = "nncf_smooth_quant"  # NNCF names its SmoothQuant Multiply nodes `<op>_0_0/nncf_smooth_quant`
+
+
+def _constant_operand(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto]) -> tuple[int, str] | None:
+    """(index of the activation input, name of the initializer input) of a binary Mul by a constant."""
+    if node.op_type != "Mul" or len(node.input) != 2:
+        return None
+    for i in (0, 1):
+        if node.input[1 - i] in initializers and node.input[i] not in initializers:
+            return i, node.input[1 - i]
+    return None
+
+
+def fold_smooth_quant_scales(proto: onnx.ModelProto) -> FoldReport:
+    """Fold each SmoothQuant `Mul(x, s)` (constant `s`) into the op producing `x`, in place, where that is exact.
+
+    `LayerNormalization(x) * s` -> the norm's scale and bias multiplied by `s` (one per channel), and
+    `(y * c) * s` -> `y * (c * s)`, provided `x` feeds nothing else but Shape nodes. The LayerNorm's
+    scale and bias keep their state-dict names (`validation locate` finds the stages through them), so
+    a scale or bias shared with another node is left alone.
+    """
+    graph = proto.graph
+    initializers = {init.name: init for init in graph.initializer}
+    uses: dict[str, int] = {}
+    producer: dict[str, onnx.NodeProto] = {}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+            readers.setdefault(name, []).append(node)
+        for name in node.output:
+            producer[name] = node
+    outputs = {o.name for o in graph.output}
+    removed: list[onnx.NodeProto] = []
+    into_layernorm = into_mul = left = 0
+    for node in list(graph.node):
+        operand = _constant_operand(node, initializers)
+        if operand is None or SMOOTH_QUANT_MARK not in node.name:
+            continue
+        index, scale_name = operand
+        x = node.input[index]
+        before = producer.get(x)
+        only_reader = all(r is node or r.op_type == "Shape" for r in readers.get(x, []))
+        only_reader = only_reader and x not in outputs and node.output[0] not in outputs
+        scale = numpy_helper.to_array(initializers[scale_name])
+        folded = False
+        if before is not None and only_reader and before.op_type == "LayerNormalization":
+            folded = _fold_into_layernorm(before, scale, initializers, uses)
+            into_layernorm += folded
+        elif before is not None and only_reader and (prior := _constant_operand(before, initializers)):
+            c_name = prior[1]
+            merged = numpy_helper.to_array(initializers[c_name]) * scale
+            if uses[c_name] > 1:  # shared: give this Mul its own constant
+                c_name = f"{c_name}.smooth_quant_folded.{len(removed)}"
+                graph.initializer.append(numpy_helper.from_array(merged, c_name))
+                initializers[c_name] = graph.initializer[-1]
+                before.input[1 - prior[0]] = c_name
+            else:
+                initializers[c_name].CopyFrom(numpy_helper.from_array(merged, c_name))
+            folded = True
+            into_mul += 1
+        if not folded:
+            left += 1
+            continue
+        for reader in readers.get(node.output[0], []):  # the Mul's readers now read the op before it
+            reader.input[:] = [x if name == node.output[0] else name for name in reader.input]
+        removed.append(node)
+    for node in removed:
+        graph.node.remove(node)
+    used = {name for node in graph.node for name in node.input}
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)
+    return FoldReport(into_layernorm, into_mul, left)
+
+
+def _fold_into_layernorm(
+    norm: onnx.NodeProto, scale: np.ndarray, initializers: dict[str, onnx.TensorProto], uses: dict[str, int]
+) -> bool:
+    params = [name for name in norm.input[1:3] if name]
+    if any(name not in initializers or uses[name] > 1 for name in params):
+        return False
+    gamma = numpy_helper.to_array(initializers[params[0]])
+    if scale.size not in (1, gamma.size) or (scale.ndim and scale.shape[-1] != scale.size):
+        return False  # not one factor per channel of the normalised (last) axis
+    per_channel = scale.reshape(-1).astype(gamma.dtype)
+    for name in params:
+        value = numpy_helper.to_array(initializers[name]) * per_channel
+        initializers[name].CopyFrom(numpy_helper.from_array(value.astype(gamma.dtype), name))
+    return True
