@@ -77,9 +77,80 @@ def test_a_layernorm_whose_scale_is_shared_is_left_alone():
 
 
 @pytest.fixture(scope="module")
-def digits_folder(tmp_path_factory):
+def photos(tmp_path_factory):
+    pytest.importorskip("skimage")
+    from validation.photos import write_sample_photos
+
+    folder = tmp_path_factory.mktemp("photos")
+    write_sample_photos(folder, variants=2)
+    return folder
+
+
+def test_accuracy_control_reaches_the_gate_plain_int8_misses(photos, tmp_path):
+    """A tiny random model calibrated on one photo: plain int8 fails the 99% gate on 38 photos; with accuracy
+    control the export keeps what costs agreement in float and passes the same gate."""
+    from exporters.errors import VerificationError
+    from exporters.onnx import FastPath, export_onnx
+
+    from .conftest import TINY
+
+    common = {"resolution": 64, **TINY}
+    plain_log: list[str] = []
+    with pytest.raises(VerificationError, match=r"top-1 agreement >= 99\.0%"):
+        export_onnx("lvvit_s", output=tmp_path / "plain/", log=plain_log.append, **common,
+                    fast=FastPath(quantize="int8", calibration=photos, calibration_count=1))  # fmt: skip
+    # the plain NNCF file has SmoothQuant: its Multiply after each of the 4 LayerNorms is folded away
+    assert any("folded 4 SmoothQuant Multiply nodes into the LayerNorm" in m for m in plain_log), plain_log
+    messages: list[str] = []
+    fast = FastPath(quantize="int8", calibration=photos, calibration_count=1, accuracy_control=True)
+    result = export_onnx("lvvit_s", output=tmp_path, fast=fast, log=messages.append, **common)
+    assert result.path.name == "lvvit_s_64_int8_ac.onnx" and result.metadata.precision == "int8"
+    assert result.checks[0].inputs == "real images" and result.checks[0].top1_agreement >= 0.99
+    kept = next(m for m in messages if "accuracy control kept" in m)
+    count = int(kept.split("kept ")[1].split(" of")[0])
+    assert count >= 1 and ".weight" in kept  # the layers kept in float, by their state-dict names
+    proto = onnx.load(str(result.path))
+    assert "with accuracy control; weighted layers kept in float: " in proto.graph.doc_string
+    assert sum(n.op_type == "DequantizeLinear" for n in proto.graph.node) > 10  # still an int8 graph
+
+
+def test_accuracy_control_on_the_trained_digits_model_agrees_on_held_out_images(tmp_path):
+    """Calibrated and controlled on training digits; >= 99% top-1 agreement with Paddle fp32 on the 450 held-out."""
+    import shutil
+
+    from exporters.onnx import FastPath, export_onnx
+    from lvvit import create_model
+    from lvvit.preprocess import image_files, preprocess_batch
+    from runtimes import OrtPredictor
     from validation.datasets import digits
 
-    out = tmp_path_factory.mktemp("digits")
-    digits.main(["--out", str(out)])
-    return out
+    digits.write_folder(tmp_path / "digits", log=lambda m: None)
+    calibration = tmp_path / "calibration"  # every 5th training image: all ten classes, none held out
+    calibration.mkdir()
+    for i, path in enumerate(image_files(tmp_path / "digits" / "train")[::5]):
+        shutil.copy(path, calibration / f"{i:04d}_{path.name}")
+    messages: list[str] = []
+    fast = FastPath(quantize="int8", calibration=calibration, calibration_count=32, accuracy_control=True)
+    result = export_onnx(digits.digits_spec(), weights=digits.WEIGHTS, output=tmp_path / "m/", fast=fast,
+                         log=messages.append)  # fmt: skip
+    assert any("accuracy control kept" in m for m in messages)
+    held_out = image_files(tmp_path / "digits" / "val")
+    assert len(held_out) == 450
+    spec = digits.digits_spec()
+    x = preprocess_batch(held_out, spec.preprocess)
+    from exporters.onnx.verify import paddle_logits
+
+    expected = paddle_logits(create_model(spec, weights=digits.WEIGHTS), x).argmax(1)
+    with OrtPredictor(result.path, batch_size=64) as predictor:
+        got = predictor.logits(x).argmax(1)
+    assert (got == expected).mean() >= 0.99
+
+
+def test_accuracy_control_needs_nncf_int8():
+    from exporters.errors import ExportError
+    from exporters.onnx import FastPath
+
+    with pytest.raises(ExportError, match="--accuracy-control applies to --quantize int8 with --quantizer nncf"):
+        FastPath(accuracy_control=True)
+    with pytest.raises(ExportError, match="--accuracy-control applies to --quantize int8 with --quantizer nncf"):
+        FastPath(quantize="int8", calibration=".", quantizer="ort", accuracy_control=True)
