@@ -150,3 +150,19 @@ def test_a_file_that_is_not_onnx_is_refused_with_its_name(tmp_path):
          str(tmp_path)], capture_output=True, text=True, cwd=ROOT,
     )  # fmt: skip
     assert run.returncode == 2 and "model.onnx" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_fp16_fused_graph_names_the_stages_it_hides(tmp_path):
+    """The fp16 graph keeps ONNX Runtime's SkipLayerNormalization: no residual stream tensor, but the final norm's."""
+    from exporters.onnx import FastPath
+
+    fp16 = export_onnx("lvvit_s", resolution=RES, output=tmp_path, fast=FastPath(precision="fp16"),
+                       log=lambda m: None, **ARCH).path  # fmt: skip
+    report = _locate(fp16)
+    stages = report["runtimes"]["ort"]["stages"]
+    assert report["export"]["metadata"]["precision"] == "fp16"
+    for block in ("blocks.0", "blocks.1", "blocks.2"):
+        assert not stages[block]["mapped"] and "fused SkipLayerNormalization" in stages[block]["reason"]
+    assert stages["norm"]["mapped"] and "SkipLayerNormalization" in stages["norm"]["how"]
+    for stage in ("stem", "norm", "head", "output"):  # half precision: about three significant digits
+        assert 1e-6 < stages[stage]["max_rel"] < 2e-2 and stages[stage]["min_cosine"] > 0.9999

@@ -7,7 +7,7 @@ through their weights, not through node names that change with every export:
 - `stem`: the output of the convolution on `patch_embed.proj.weight` (after its bias Add);
 - `blocks.i`: the residual stream after block i, i.e. the input of the LayerNormalization
   scaled by `blocks.{i+1}.norm1.weight` (by `norm.weight` after the last block);
-- `norm`: the output of that final LayerNormalization;
+- `norm`: the output of that final LayerNormalization (or of the SkipLayerNormalization it is fused into);
 - `head` / `aux_head`: the output of the matrix product on `head.weight` / `aux_head.weight`
   (after its bias Add);
 - `output`: the graph output.
@@ -127,8 +127,12 @@ def map_stages(proto: onnx.ModelProto, depth: int, aux_head: bool = True) -> dic
         weight = f"blocks.{i + 1}.norm1.weight" if i + 1 < depth else "norm.weight"
         norm = _norm_of(graph, weight)
         found[f"blocks.{i}"] = norm if isinstance(norm, Unmapped) else Mapped(norm.input[0], f"input of {weight}")
-    norm = _norm_of(graph, "norm.weight")
-    found["norm"] = norm if isinstance(norm, Unmapped) else Mapped(norm.output[0], "output of norm.weight")
+    norms = graph.nodes_using("norm.weight", {"LayerNormalization", "SkipLayerNormalization"})
+    found["norm"] = (  # a fused SkipLayerNormalization's first output is the norm's output too
+        Mapped(norms[0].output[0], f"output of the {norms[0].op_type} on norm.weight")
+        if len(norms) == 1
+        else Unmapped(f"{len(norms)} LayerNormalization nodes scaled by 'norm.weight' (expected one)")
+    )
     found["head"] = _layer_output(graph, "head.weight", {"MatMul", "Gemm"})
     if aux_head:
         found["aux_head"] = _layer_output(graph, "aux_head.weight", {"MatMul", "Gemm"})
