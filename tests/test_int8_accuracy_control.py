@@ -11,6 +11,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from exporters.onnx.quantize import fold_smooth_quant_scales
 
+from .test_export_fast_paths import photos  # noqa: F401 (the fixture: 38 real photographs and crops)
+
 C = 8
 
 
@@ -76,17 +78,7 @@ def test_a_layernorm_whose_scale_is_shared_is_left_alone():
     )
 
 
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-    pytest.importorskip("skimage")
-    from validation.photos import write_sample_photos
-
-    folder = tmp_path_factory.mktemp("photos")
-    write_sample_photos(folder, variants=2)
-    return folder
-
-
-def test_accuracy_control_reaches_the_gate_plain_int8_misses(photos, tmp_path):
+def test_accuracy_control_reaches_the_gate_plain_int8_misses(photos, tmp_path):  # noqa: F811
     """A tiny random model calibrated on one photo: plain int8 fails the 99% gate on 38 photos; with accuracy
     control the export keeps what costs agreement in float and passes the same gate."""
     from exporters.errors import VerificationError
