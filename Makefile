@@ -35,7 +35,9 @@ locate-samples: $(VENV)/.test
 	$(BIN)/python -m validation.photos $(SAMPLES)/photos --variants 2
 	$(BIN)/python -m exporters.onnx --preset lvvit_s --output $(SAMPLES)/
 	$(BIN)/python -m exporters.onnx --preset lvvit_s --precision fp16 --output $(SAMPLES)/
-	$(BIN)/python -m exporters.onnx --preset lvvit_s --quantize int8 --calibration $(SAMPLES)/photos --output $(SAMPLES)/
+	# random weights: int8 agrees with Paddle on ~92% of the photos, under the 99% gate; the sample shows where it parts
+	$(BIN)/python -m exporters.onnx --preset lvvit_s --quantize int8 --calibration $(SAMPLES)/photos --output $(SAMPLES)/ \
+	  --min-int8-agreement 0
 	for p in "" _fp16 _int8; do \
 	  $(BIN)/python -m validation locate --preset lvvit_s --onnx $(SAMPLES)/lvvit_s$$p.onnx --images $(SAMPLES)/photos \
 	    --limit 16 --runtime ort $$([ "$$p" = _fp16 ] || echo --runtime openvino) --report-dir docs/samples \
