@@ -106,7 +106,13 @@ class ExportStages:
         self.name, self.path, self.threads = runtime, path, threads
         self.tensors = {stage: m.tensor for stage, m in mapped.items()}
         self.unavailable: dict[str, str] = {}
-        self._run = self._open_ort(proto) if runtime == "ort" else self._open_openvino()
+        try:
+            self._run = self._open_ort(proto) if runtime == "ort" else self._open_openvino()
+        except Exception as exc:  # both runtimes raise their own classes straight from C++
+            raise ModelSourceError(
+                f"{path}: {RUNTIMES[runtime]} cannot load this graph with its stages as outputs "
+                f"({type(exc).__name__}: {str(exc)[:500]})"
+            ) from exc
 
     def _open_ort(self, proto: Any):
         import onnx
