@@ -19,6 +19,7 @@ class Artifacts:
     int8_ort: Path  # static QDQ int8 from ONNX Runtime's quantizer (what ONNX Runtime runs best)
     paddle: Path  # Paddle inference artifact (.pdiparams; .json beside it)
     images: Path  # the real images: calibration and drift
+    int8_ac: Path | None = None  # NNCF int8 with accuracy control (exported only when a path asks for it)
 
 
 def source_fingerprint(*packages: Path) -> str:
@@ -47,6 +48,7 @@ def prepare_artifacts(
     images: Path | None,
     log,
     calibration_count: int = 32,
+    accuracy_control: bool = False,
 ) -> Artifacts:
     """Export every path's file under `workdir`, or reuse them when made from the same inputs."""
     from exporters.onnx import FastPath, export_onnx, export_paddle_inference
@@ -69,6 +71,7 @@ def prepare_artifacts(
         workdir / f"{stem}_int8_ortq.onnx",
         workdir / f"{stem}.pdiparams",
         images,
+        workdir / f"{stem}_int8_ac.onnx" if accuracy_control else None,
     )
     key = {
         "preset": preset,
@@ -76,11 +79,13 @@ def prepare_artifacts(
         "weights": sha256_of(weights) if weights else None,
         "images": str(images),
         "calibration_count": calibration_count,
+        "accuracy_control": accuracy_control,
         "kit": package_version("lvvit-deploy"),
         "exporter_sources": exporter_fingerprint(),
     }
     stamp = workdir / "artifacts.json"
     files = [expected.onnx, expected.fused, expected.int8, expected.int8_ort, expected.paddle]
+    files += [expected.int8_ac] if expected.int8_ac else []
     if stamp.exists() and json.loads(stamp.read_text()) == key and all(p.exists() for p in files):
         log(f"reusing the exports in {workdir}")
         return expected
@@ -91,6 +96,10 @@ def prepare_artifacts(
     for quantizer in ("nncf", "ort"):
         int8 = FastPath(quantize="int8", calibration=images, calibration_count=calibration_count, quantizer=quantizer)
         export_onnx(**common, fast=int8)
+    if accuracy_control:  # the gate's images are the calibration folder's, as for the exporter's own option
+        controlled = FastPath(quantize="int8", calibration=images, calibration_count=calibration_count,
+                              accuracy_control=True)  # fmt: skip
+        export_onnx(**common, fast=controlled)
     del common["verify"]
     export_paddle_inference(**common)
     stamp.write_text(json.dumps(key))
