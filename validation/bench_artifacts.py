@@ -19,6 +19,7 @@ class Artifacts:
     int8_ort: Path  # static QDQ int8 from ONNX Runtime's quantizer (what ONNX Runtime runs best)
     paddle: Path  # Paddle inference artifact (.pdiparams; .json beside it)
     images: Path  # the real images: calibration and drift
+    int8_ac: Path | None = None  # NNCF int8 with accuracy control (exported only when a path asks for it)
 
 
 def source_fingerprint(*packages: Path) -> str:
@@ -47,6 +48,7 @@ def prepare_artifacts(
     images: Path | None,
     log,
     calibration_count: int = 32,
+    accuracy_control: bool = False,
 ) -> Artifacts:
     """Export every path's file under `workdir`, or reuse them when made from the same inputs."""
     from exporters.onnx import FastPath, export_onnx, export_paddle_inference
@@ -67,11 +69,13 @@ def prepare_artifacts(
         "weights": sha256_of(weights) if weights else None,
         "images": str(images),
         "calibration_count": calibration_count,
+        "accuracy_control": accuracy_control,
         "kit": package_version("lvvit-deploy"),
         "exporter_sources": exporter_fingerprint(),
     }
     stamp = workdir / "artifacts.json"
-    reused = _reusable(stamp, key, images)
+    names = ("onnx", "fused", "int8", "int8_ort", "paddle") + (("int8_ac",) if accuracy_control else ())
+    reused = _reusable(stamp, key, images, names)
     if reused is not None:
         log(f"reusing the exports in {workdir}")
         return reused
@@ -81,6 +85,10 @@ def prepare_artifacts(
     for name, quantizer in (("int8", "nncf"), ("int8_ort", "ort")):
         int8 = FastPath(quantize="int8", calibration=images, calibration_count=calibration_count, quantizer=quantizer)
         files[name] = export_onnx(**common, fast=int8).path
+    if accuracy_control:  # the gate's images are the calibration folder's, as for the exporter's own option
+        controlled = FastPath(quantize="int8", calibration=images, calibration_count=calibration_count,
+                              accuracy_control=True)  # fmt: skip
+        files["int8_ac"] = export_onnx(**common, fast=controlled).path
     del common["verify"]
     files["paddle"] = export_paddle_inference(**common).path
     # the exporters name the files; the stamp records their names, so a rerun finds them without guessing
@@ -88,11 +96,11 @@ def prepare_artifacts(
     return Artifacts(**files, images=images)
 
 
-def _reusable(stamp: Path, key: dict, images: Path) -> Artifacts | None:
+def _reusable(stamp: Path, key: dict, images: Path, names: tuple[str, ...]) -> Artifacts | None:
     """The files of an earlier run with the same inputs, when its stamp says so and they are all still there."""
     try:
         stored = json.loads(stamp.read_text())
-        files = {name: Path(stored["files"][name]) for name in ("onnx", "fused", "int8", "int8_ort", "paddle")}
+        files = {name: Path(stored["files"][name]) for name in names}
     except (OSError, ValueError, KeyError, TypeError):
         return None  # no stamp, or one from an older kit: export again
     if stored.get("key") != key or not all(p.exists() for p in files.values()):

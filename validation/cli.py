@@ -1,4 +1,4 @@
-"""`python -m validation {drift,accuracy,report,bench} ...`: one module per subcommand, registered by name.
+"""`python -m validation {drift,accuracy,report,bench,locate} ...`: one module per subcommand, registered by name.
 
 A subcommand module exposes `add_parser(subparsers)`, which adds its parser
 and sets `func` (args -> exit code) as a default. To add one, append its
@@ -17,7 +17,7 @@ from lvvit.errors import LvvitError
 
 from .errors import GateFailure
 
-COMMANDS = ("drift", "accuracy", "reference", "report", "bench")
+COMMANDS = ("drift", "accuracy", "reference", "report", "bench", "locate")
 
 
 def build_parser() -> argparse.ArgumentParser:

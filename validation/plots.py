@@ -141,3 +141,31 @@ def accuracy_per_class(report: dict[str, Any]) -> bytes:
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncols=min(len(entries), 4))
     ax.grid(True, axis="y", alpha=0.3)
     return _png(fig)
+
+
+def stage_growth(report: dict[str, Any]) -> bytes:
+    """A locate report's relative error along the network, one line per runtime, the threshold dashed."""
+    stages = report["stages"]
+    fig = _figure(max(8.0, 0.45 * len(stages)), 4.2)
+    ax = fig.add_subplot()
+    x = np.arange(len(stages))
+    floor = 1e-12  # an exact match still shows on the log scale
+    for i, (name, entry) in enumerate(report["runtimes"].items()):
+        color = _COLORS[i % len(_COLORS)]
+        for key, style in (("max_rel", "-"), ("mean_rel", ":")):
+            values = [max(entry["stages"][s][key], floor) if entry["stages"][s]["mapped"] else np.nan for s in stages]
+            ax.plot(x, values, style, marker="o", markersize=3, color=color, label=f"{name} {key.replace('_', ' ')}")
+        if entry["first_over"] is not None:
+            j = stages.index(entry["first_over"])
+            ax.plot([j], [max(entry["stages"][stages[j]]["max_rel"], floor)], "x", color="#d62728", markersize=11,
+                    markeredgewidth=2.5, label=f"{name}: first over the threshold")  # fmt: skip
+    limit = report["tolerance"].get("max_rel")
+    if limit:
+        ax.axhline(limit, color="#d62728", linestyle="--", linewidth=1, label=f"max_rel threshold {limit:g}")
+    ax.set_yscale("log")
+    ax.set_xticks(x, stages, fontsize=7, rotation=60)
+    ax.set_ylabel("relative error vs native Paddle")
+    ax.set_title("Error along the network (gaps: stages not mapped)")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=7)
+    return _png(fig)

@@ -350,10 +350,17 @@ def accuracy_blocks(report: dict[str, Any]) -> tuple[str, list[Block]]:
 
 # -- files -------------------------------------------------------------------------------------------------------
 
+def _locate_blocks(report: dict[str, Any]) -> tuple[str, list[Block]]:
+    from .locate import locate_blocks  # imported late: locate builds on this module
+
+    return locate_blocks(report)
+
+
 _BUILDERS: dict[str, Callable[[dict[str, Any]], tuple[str, list[Block]]]] = {
     "drift": drift_blocks,
     "accuracy": accuracy_blocks,
     "bench": bench_blocks,
+    "locate": _locate_blocks,
 }
 
 

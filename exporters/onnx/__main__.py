@@ -156,6 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"int8 accuracy gate: least top-1 agreement with Paddle fp32 on the calibration images "
         f"(default {INT8_MIN_AGREEMENT})",
     )
+    fast.add_argument(
+        "--accuracy-control",
+        action="store_true",
+        help="with --quantize int8 (nncf): keep the most sensitive parts in float (NNCF's "
+        "quantize_with_accuracy_control) until top-1 agreement with Paddle fp32 on the calibration folder's images "
+        "reaches --min-int8-agreement; file <preset>_int8_ac.onnx; the layers kept in float are printed and "
+        "recorded in the graph's doc string",
+    )
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the random initialisation and the verification inputs (default 0)"
     )
@@ -213,6 +221,7 @@ def _export(args: argparse.Namespace, common: dict):
         quantizer=args.quantizer,
         calibration_count=args.calibration_count,
         min_int8_agreement=args.min_int8_agreement,
+        accuracy_control=args.accuracy_control,
     )
     return export_onnx(**common, opset=args.opset, verify=not args.no_verify, atol=args.atol, fast=fast)
 

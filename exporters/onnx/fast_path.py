@@ -27,6 +27,7 @@ class FastPath:
     quantizer: str = "nncf"  # or "ort" (see exporters.onnx.quantize)
     calibration_count: int = 32
     min_int8_agreement: float = INT8_MIN_AGREEMENT
+    accuracy_control: bool = False  # int8: keep the most sensitive parts in float until the agreement gate is met
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -41,6 +42,8 @@ class FastPath:
             raise ExportError(f"--calibration-count must be at least 1, got {self.calibration_count}")
         if not 0.0 <= self.min_int8_agreement <= 1.0:  # NaN fails this too
             raise ExportError(f"--min-int8-agreement must be within [0, 1], got {self.min_int8_agreement}")
+        if self.accuracy_control and (self.quantize != "int8" or self.quantizer != "nncf"):
+            raise ExportError("--accuracy-control applies to --quantize int8 with --quantizer nncf")
         if self.quantize and (self.optimize or self.precision != "fp32"):
             raise ExportError("--quantize int8 applies to the portable fp32 graph; drop --optimize / --precision")
 
@@ -54,9 +57,10 @@ class FastPath:
 
     @property
     def tag(self) -> str:
-        """File-name suffix: '', '_ort' (fused), '_fp16', '_int8' (nncf), '_int8_ortq' (ONNX Runtime's quantizer)."""
+        """File-name suffix: '', '_ort' (fused), '_fp16', '_int8' (nncf), '_int8_ac' (nncf with accuracy control),
+        '_int8_ortq' (ONNX Runtime's quantizer)."""
         if self.quantize:
-            return "_int8" if self.quantizer == "nncf" else "_int8_ortq"
+            return ("_int8_ac" if self.accuracy_control else "_int8") if self.quantizer == "nncf" else "_int8_ortq"
         return "_fp16" if self.precision == "fp16" else "_ort" if self.optimize else ""
 
 
@@ -90,8 +94,19 @@ def apply_fast_path(proto, model, fast: FastPath, log: Log):
             f"      calibrating int8 ({fast.quantizer}) on {len(calibration.used)} images from {calibration.folder}; "
             f"the gate also sees {calibration.held_out} held-out images"
         )
-        proto = quantize_int8(proto, calibration, model.preset.preprocess, fast.quantizer)
         images = preprocess_batch(calibration.evaluation, model.preset.preprocess)
+        indent = lambda m: log("      " + m)  # noqa: E731
+        if fast.accuracy_control:
+            from .quantize import quantize_int8_accuracy_controlled
+            from .verify import paddle_logits
+
+            reference = paddle_logits(model, images).argmax(1)
+            log(f"      accuracy control: top-1 agreement >= {fast.min_int8_agreement:.1%} on {len(images)} images")
+            proto = quantize_int8_accuracy_controlled(
+                proto, calibration, model.preset.preprocess, images, reference, fast.min_int8_agreement, indent
+            )
+        else:
+            proto = quantize_int8(proto, calibration, model.preset.preprocess, fast.quantizer, indent)
     return proto, images
 
 

@@ -88,10 +88,15 @@ def check_onnx_file(path: Path, name: str) -> None:
         raise ConversionError(f"{name}: fails onnx.checker ({exc})") from exc
 
 
-def compare(session, model, x: np.ndarray, tolerance: Tolerance, inputs: str) -> DriftCheck:
+def paddle_logits(model, x: np.ndarray) -> np.ndarray:
     import paddle
 
-    expected = model(paddle.to_tensor(x)).numpy()
+    with paddle.no_grad():
+        return model(paddle.to_tensor(x)).numpy()
+
+
+def compare(session, model, x: np.ndarray, tolerance: Tolerance, inputs: str) -> DriftCheck:
+    expected = paddle_logits(model, x)
     got = session.run(None, {INPUT_NAME: x})[0]
     if got.shape != expected.shape:
         raise VerificationError(f"ONNX output shape {got.shape} differs from Paddle's {expected.shape}")

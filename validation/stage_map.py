@@ -1,0 +1,140 @@
+"""Which tensor of an exported ONNX graph holds each named stage of the Paddle model.
+
+The exporter names the graph's initializers after the Paddle state dict
+(`exporters.onnx.convert._use_state_dict_names`), so the stages are found
+through their weights, not through node names that change with every export:
+
+- `stem`: the output of the convolution on `patch_embed.proj.weight` (after its bias Add);
+- `blocks.i`: the residual stream after block i, i.e. the input of the LayerNormalization
+  scaled by `blocks.{i+1}.norm1.weight` (by `norm.weight` after the last block);
+- `norm`: the output of that final LayerNormalization (or of the SkipLayerNormalization it is fused into);
+- `head` / `aux_head`: the output of the matrix product on `head.weight` / `aux_head.weight`
+  (after its bias Add);
+- `output`: the graph output.
+
+In a quantized graph a weight reaches its Conv/MatMul through a DequantizeLinear
+whose input is the quantized initializer (NNCF names it `q_output_<name>_1`,
+ONNX Runtime `<name>_quantized`); those names are traced back to the state-dict name.
+A stage whose tensor is not in the graph (a fused graph's SkipLayerNormalization
+hides the residual stream; LayerNorm decomposed at an old opset) is returned as
+`Unmapped` with the reason, never guessed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+
+import onnx
+
+_QUANTIZED_NAME = re.compile(r"^(?:q_output_)?(?P<name>.+?)(?:_quantized|_\d+)?$")
+_PASS_THROUGH = {"Identity"}
+_SIDE_CONSUMERS = {"Shape", "QuantizeLinear"}  # read the tensor without being the next step of the stage
+
+
+@dataclass(frozen=True)
+class Mapped:
+    tensor: str  # the graph tensor that holds the stage
+    how: str  # what found it, for the report
+
+
+@dataclass(frozen=True)
+class Unmapped:
+    reason: str
+
+
+def stage_names(depth: int, aux_head: bool = True) -> list[str]:
+    """The stages in network order: stem, each block's residual stream, final norm, heads, output."""
+    names = ["stem", *(f"blocks.{i}" for i in range(depth)), "norm", "head"]
+    return [*names, "aux_head", "output"] if aux_head else [*names, "output"]
+
+
+class _Graph:
+    def __init__(self, proto: onnx.ModelProto) -> None:
+        graph = proto.graph
+        self.initializers = {init.name for init in graph.initializer}
+        self.producer: dict[str, onnx.NodeProto] = {}
+        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+        for node in graph.node:
+            for name in node.output:
+                self.producer[name] = node
+            for name in node.input:
+                self.consumers[name].append(node)
+        self.output = graph.output[0].name if graph.output else None
+
+    def weight_name(self, tensor: str) -> str | None:
+        """The state-dict name behind a node input: an initializer, or one dequantized by a DequantizeLinear."""
+        if tensor in self.initializers:
+            return tensor
+        node = self.producer.get(tensor)
+        if node is not None and node.op_type == "DequantizeLinear" and node.input[0] in self.initializers:
+            match = _QUANTIZED_NAME.match(node.input[0])
+            return match.group("name") if match else None
+        return None
+
+    def nodes_using(self, weight: str, op_types: set[str]) -> list[onnx.NodeProto]:
+        found = []
+        for node in self.producer.values():
+            if node.op_type in op_types and any(self.weight_name(i) == weight for i in node.input[1:]):
+                found.append(node)
+        return list({id(n): n for n in found}.values())
+
+    def _is_constant(self, tensor: str) -> bool:
+        node = self.producer.get(tensor)
+        return tensor in self.initializers or (node is not None and node.op_type == "Constant")
+
+    def after_bias(self, tensor: str) -> str:
+        """Follow pass-through nodes and one bias Add (an Add of a constant) from `tensor`."""
+        added_bias = False
+        while True:
+            nexts = [n for n in self.consumers.get(tensor, []) if n.op_type not in _SIDE_CONSUMERS]
+            if len(nexts) != 1:
+                return tensor
+            node = nexts[0]
+            if node.op_type in _PASS_THROUGH:
+                tensor = node.output[0]
+            elif node.op_type == "Add" and not added_bias and any(self._is_constant(i) for i in node.input):
+                tensor, added_bias = node.output[0], True
+            else:
+                return tensor
+
+
+def _layer_output(graph: _Graph, weight: str, ops: set[str]) -> Mapped | Unmapped:
+    nodes = graph.nodes_using(weight, ops)
+    if len(nodes) != 1:
+        return Unmapped(f"{len(nodes)} {'/'.join(sorted(ops))} nodes use the weight {weight!r} (expected one)")
+    return Mapped(graph.after_bias(nodes[0].output[0]), f"{nodes[0].op_type} on {weight} (+ bias)")
+
+
+def _norm_of(graph: _Graph, weight: str) -> onnx.NodeProto | Unmapped:
+    nodes = graph.nodes_using(weight, {"LayerNormalization"})
+    if len(nodes) == 1:
+        return nodes[0]
+    fused = graph.nodes_using(weight, {"SkipLayerNormalization"})
+    if fused:
+        return Unmapped(f"{weight} scales a fused SkipLayerNormalization: the residual stream is not a tensor here")
+    return Unmapped(f"no single LayerNormalization scaled by {weight!r} (fused, decomposed or renamed)")
+
+
+def map_stages(proto: onnx.ModelProto, depth: int, aux_head: bool = True) -> dict[str, Mapped | Unmapped]:
+    """Each stage of `stage_names(depth, aux_head)` -> the tensor holding it in `proto`, or why none does."""
+    graph = _Graph(proto)
+    found: dict[str, Mapped | Unmapped] = {
+        "stem": _layer_output(graph, "patch_embed.proj.weight", {"Conv"}),
+    }
+    for i in range(depth):
+        weight = f"blocks.{i + 1}.norm1.weight" if i + 1 < depth else "norm.weight"
+        norm = _norm_of(graph, weight)
+        found[f"blocks.{i}"] = norm if isinstance(norm, Unmapped) else Mapped(norm.input[0], f"input of {weight}")
+    norms = graph.nodes_using("norm.weight", {"LayerNormalization", "SkipLayerNormalization"})
+    found["norm"] = (  # a fused SkipLayerNormalization's first output is the norm's output too
+        Mapped(norms[0].output[0], f"output of the {norms[0].op_type} on norm.weight")
+        if len(norms) == 1
+        else Unmapped(f"{len(norms)} LayerNormalization nodes scaled by 'norm.weight' (expected one)")
+    )
+    found["head"] = _layer_output(graph, "head.weight", {"MatMul", "Gemm"})
+    if aux_head:
+        found["aux_head"] = _layer_output(graph, "aux_head.weight", {"MatMul", "Gemm"})
+    found["output"] = Mapped(graph.output, "graph output") if graph.output else Unmapped("the graph has no output")
+    return found
