@@ -24,13 +24,16 @@ from typing import Any
 
 import numpy as np
 
+from lvvit.comparison import GateCheck, drift_stats
+from lvvit.provenance import sha256_of
+
 from . import gate
 from .data import Dataset, Failure, image_folder, stream_batches
-from .drift import DriftInputs, _describe_inputs, _synthetic_batches
+from .drift import DriftInputs, _describe_inputs
+from .engines import load_batches, synthetic_samples
 from .errors import DatasetError, ModelSourceError
-from .metrics import drift_stats
 from .provenance import environment
-from .runners import ModelSource, check_given_files, ensure_onnx, file_sha256
+from .runners import ModelSource, check_given_files, ensure_onnx
 from .stage_map import Mapped, Unmapped, map_stages, stage_names
 
 RUNTIMES = {"ort": "ONNX Runtime (CPU) on the .onnx file", "openvino": "OpenVINO (CPU, f32) on the .onnx file"}
@@ -193,7 +196,7 @@ class ExportStages:
             "runtime": RUNTIMES[self.name],
             "threads": self.threads,
             **self._details,
-            "model_files": {str(self.path): file_sha256(self.path)},
+            "model_files": {str(self.path): sha256_of(self.path)},
             "versions": self._versions,
         }
 
@@ -213,7 +216,8 @@ class LocateSettings:
 
 def _batches(inputs: DriftInputs, config: Any, settings: LocateSettings) -> tuple[Any, Dataset | None]:
     if inputs.folder is None:
-        return _synthetic_batches(inputs.synthetic or 0, inputs.seed, config, settings.batch_size), None
+        samples = synthetic_samples(inputs.synthetic or 0, inputs.seed)
+        return load_batches(samples, config, settings.batch_size), None
     dataset = image_folder(inputs.folder).limited(inputs.limit)
     stream = stream_batches(
         dataset.samples, config, settings.batch_size, settings.workers, progress=settings.progress,
@@ -297,7 +301,7 @@ def run_locate(
         "kind": "locate",
         "environment": environment(command),
         "model": source.describe(),
-        "export": {"file": str(path), "sha256": file_sha256(path), "metadata": _export_metadata(path)},
+        "export": {"file": str(path), "sha256": sha256_of(path), "metadata": _export_metadata(path)},
         "preprocess": config.to_dict(),
         "inputs": _describe_inputs(inputs, dataset, failures, used),
         "batch_size": settings.batch_size,
@@ -413,7 +417,7 @@ def summary_line(report: dict[str, Any], runtime: str) -> str:
     if first is None:
         worst = max((stages[s]["max_rel"] for s in report["stages"] if stages[s]["mapped"]), default=0.0)
         return f"no stage over the threshold ({mapped} stages compared, largest max rel {worst:.3g}){tail}"
-    failed = "; ".join(gate.describe_check(c) for c in entry["gate"])
+    failed = "; ".join(GateCheck.from_dict(c).describe() for c in entry["gate"])
     return f"first stage over the threshold: {first} ({failed}){tail}"
 
 
