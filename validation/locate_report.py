@@ -8,7 +8,7 @@ from lvvit.comparison import GateCheck
 
 from . import plots
 from .document import Bullets, Figure, Heading, Paragraph, Table, Verdict
-from .report_blocks import _failure_blocks, _inputs_sentence, _model_lines, _num, _reproduce_blocks
+from .report_blocks import _failure_blocks, _inputs_sentence, _limit_rows, _model_lines, _num, _reproduce_blocks
 
 # How much exposing the stages as outputs may change a runtime's logits before its per-stage numbers are flagged.
 MAX_INSTRUMENTATION_REL = 1e-4
@@ -65,12 +65,8 @@ def locate_blocks(report: dict[str, Any]) -> tuple[str, list[Any]]:
             rows.append([stage, _num(s["max_abs"]), _num(s["mean_abs"]), _num(s["max_rel"]), _num(s["mean_rel"]),
                          f"{s['min_cosine']:.9f}", mark, f"{s['tensor']} ({s['how']})"])  # fmt: skip
         blocks.append(Table(header, rows))
-    limits = report["limits"]
     blocks.append(Heading("Threshold", 2))
-    blocks.append(Table(["limit", "value", "meaning"], [
-        [n, f"{'<=' if limits[n]['kind'] == 'max' else '>='} {v:g}", limits[n]["help"]]
-        for n, v in report["tolerance"].items()
-    ]))  # fmt: skip
+    blocks.append(Table(["limit", "value", "meaning"], _limit_rows(report)))
     blocks.append(
         Paragraph(
             "Stages: stem = the patch embedding's output; blocks.i = the residual stream after block i; norm = the "
