@@ -162,11 +162,10 @@ def _timing(seconds: float, images: int) -> dict[str, float | None]:
 def add_parser(subparsers: Any) -> None:
     from .options import (
         add_engine_options,
+        add_image_inputs,
         add_model_options,
         add_report_options,
         add_runtime_options,
-        at_most,
-        positive,
     )
 
     parser = subparsers.add_parser(
@@ -176,12 +175,7 @@ def add_parser(subparsers: Any) -> None:
         "max/mean/p99 absolute and relative error, cosine similarity, top-1 agreement, top-5 overlap and KL "
         "divergence per output; exit 1 when a runtime is outside the tolerance.",
     )
-    inputs = parser.add_argument_group("inputs (one of)")
-    source = inputs.add_mutually_exclusive_group()
-    source.add_argument("--images", type=Path, default=None, help="a folder of images (searched recursively)")
-    source.add_argument("--synthetic", type=positive, default=None, metavar="N", help="N synthetic images (default 16)")
-    inputs.add_argument("--limit", type=positive, default=None, help="only the first N images of --images")
-    inputs.add_argument("--workers", type=at_most(64), default=4, help="threads reading images, 1..64 (default 4)")
+    add_image_inputs(parser, default_synthetic=16)
     add_model_options(parser)
     add_engine_options(parser)
     add_runtime_options(parser, batch_size=16)

@@ -346,7 +346,7 @@ def _export_metadata(path: Path) -> dict[str, Any] | None:
 
 
 def add_parser(subparsers: Any) -> None:
-    from .options import add_model_options, add_report_options, at_most, positive
+    from .options import add_image_inputs, add_model_options, add_report_options, positive
 
     parser = subparsers.add_parser(
         "locate",
@@ -357,12 +357,7 @@ def add_parser(subparsers: Any) -> None:
         "block's residual stream, final norm, class head, aux head, output), mark the first stage over the "
         "threshold, and exit 1 when there is one.",
     )
-    inputs = parser.add_argument_group("inputs (one of)")
-    source = inputs.add_mutually_exclusive_group()
-    source.add_argument("--images", type=Path, default=None, help="a folder of images (searched recursively)")
-    source.add_argument("--synthetic", type=positive, default=None, metavar="N", help="N synthetic images (default 8)")
-    inputs.add_argument("--limit", type=positive, default=None, help="only the first N images of --images")
-    inputs.add_argument("--workers", type=at_most(64), default=4, help="threads reading images, 1..64 (default 4)")
+    add_image_inputs(parser, default_synthetic=8)
     add_model_options(parser)
     group = parser.add_argument_group("export runtimes")
     group.add_argument(

@@ -87,6 +87,17 @@ def add_preset_options(group: Any, required: bool = False) -> None:
     group.add_argument("--weights", type=Path, default=None, help=".pdparams, .safetensors or .pth.tar; none: random")
 
 
+def add_image_inputs(parser: argparse.ArgumentParser, default_synthetic: int) -> None:
+    """The inputs of drift and locate: a folder of images or synthetic images, and how they are read."""
+    inputs = parser.add_argument_group("inputs (one of)")
+    source = inputs.add_mutually_exclusive_group()
+    source.add_argument("--images", type=Path, default=None, help="a folder of images (searched recursively)")
+    synthetic_help = f"N synthetic images (default {default_synthetic})"
+    source.add_argument("--synthetic", type=positive, default=None, metavar="N", help=synthetic_help)
+    inputs.add_argument("--limit", type=positive, default=None, help="only the first N images of --images")
+    inputs.add_argument("--workers", type=at_most(64), default=4, help="threads reading images, 1..64 (default 4)")
+
+
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model (native Paddle is the reference; the runtimes load its exported files)")
     add_preset_options(group)
