@@ -133,7 +133,7 @@ def _tile(images: np.ndarray, batch: int) -> np.ndarray:
 DEFAULT_SETTLE_MS = 300
 
 
-def _time(
+def time_interleaved(
     opened: dict[str, Any], x: np.ndarray, warmup: int, repeats: int, settle_s: float, probe=None
 ) -> tuple[dict[str, list[float]], list[float]]:
     """Per path, the seconds of each timed run; and the probe's GFMA/s once per round (when given)."""
@@ -154,7 +154,7 @@ def _time(
     return seconds, rates
 
 
-def _stats(samples: list[float], batch: int) -> dict[str, float]:
+def timing_stats(samples: list[float], batch: int) -> dict[str, float]:
     ms = np.asarray(samples) * 1e3
     median = float(np.median(ms))
     return {
@@ -233,10 +233,10 @@ def run_bench(
         log(f"timing batch {batch}: {warmup} warm-up + {repeats} interleaved repeats per path, {settle_ms} ms apart")
         # the SGEMM probe runs in the batch-1 rounds, where the floor is compared
         batch_probe = probe if batch == 1 else None
-        seconds, rates = _time(opened, _tile(real, batch), warmup, repeats, settle_ms / 1e3, batch_probe)
+        seconds, rates = time_interleaved(opened, _tile(real, batch), warmup, repeats, settle_ms / 1e3, batch_probe)
         sgemm_rates += rates
         for name, samples in seconds.items():
-            by_name[name].timings[batch] = _stats(samples, batch)
+            by_name[name].timings[batch] = timing_stats(samples, batch)
     if not sgemm_rates:  # no batch-1 timing: measure it on its own
         sgemm_rates = [probe.gfma_per_s() for _ in range(5)]
     for predictor in opened.values():

@@ -41,7 +41,7 @@ class DriftInputs:
             raise DatasetError(f"the number of synthetic images must be at least 1, got {self.synthetic}")
 
 
-def _describe_inputs(
+def describe_inputs(
     inputs: DriftInputs, dataset: Dataset | None, failures: list[Failure], used: int
 ) -> dict[str, Any]:
     if dataset is None:
@@ -123,7 +123,7 @@ def run_drift(
         "environment": environment(command),
         "model": model or {},
         "preprocess": config.to_dict(),
-        "inputs": _describe_inputs(inputs, dataset, failures, len(names)),
+        "inputs": describe_inputs(inputs, dataset, failures, len(names)),
         "batch_size": batch_size,
         "engine": describe_engine(engine),
         "shards": {"size": shard_size, "count": len(shards), "computed": computed, "folder": folder},

@@ -29,7 +29,7 @@ from lvvit.provenance import sha256_of
 
 from . import gate
 from .data import Dataset, Failure, image_folder, stream_batches
-from .drift import DriftInputs, _describe_inputs
+from .drift import DriftInputs, describe_inputs
 from .engines import load_batches, synthetic_samples
 from .errors import DatasetError, ModelSourceError
 from .locate_report import MAX_INSTRUMENTATION_REL, summary_line
@@ -303,7 +303,7 @@ def run_locate(
         "model": source.describe(),
         "export": {"file": str(path), "sha256": sha256_of(path), "metadata": _export_metadata(path)},
         "preprocess": config.to_dict(),
-        "inputs": _describe_inputs(inputs, dataset, failures, used),
+        "inputs": describe_inputs(inputs, dataset, failures, used),
         "batch_size": settings.batch_size,
         "seconds": time.perf_counter() - started,
         "stages": paddle_side.names,

@@ -8,7 +8,7 @@ from lvvit.comparison import GateCheck
 
 from . import plots
 from .document import Bullets, Figure, Heading, Paragraph, Table, Verdict
-from .report_blocks import _failure_blocks, _inputs_sentence, _limit_rows, _model_lines, _num, _reproduce_blocks
+from .report_blocks import failure_blocks, fmt_num, inputs_sentence, limit_rows, model_lines, reproduce_blocks
 
 # How much exposing the stages as outputs may change a runtime's logits before its per-stage numbers are flagged.
 MAX_INSTRUMENTATION_REL = 1e-4
@@ -44,10 +44,10 @@ def locate_blocks(report: dict[str, Any]) -> tuple[str, list[Any]]:
     export = report["export"]
     precision = (export.get("metadata") or {}).get("precision", "unknown precision")
     title = f"Where the drift comes from: {model.get('preset', 'model')} export ({precision}) vs native Paddle"
-    blocks: list[Any] = [Heading(title, 1), Paragraph(_inputs_sentence(report["inputs"]))]
+    blocks: list[Any] = [Heading(title, 1), Paragraph(inputs_sentence(report["inputs"]))]
     graph = (export.get("metadata") or {}).get("graph", "unknown")
     exported = f"export: {export['file']} (sha256 {export['sha256'][:16]}…, {precision}, {graph} graph)"
-    blocks.append(Bullets([*_model_lines(model), exported]))
+    blocks.append(Bullets([*model_lines(model), exported]))
     blocks.append(Heading("Verdict", 2))
     for name, entry in report["runtimes"].items():
         blocks.append(Verdict(entry["first_over"] is None, f"{name}: {summary_line(report, name)}"))
@@ -62,11 +62,11 @@ def locate_blocks(report: dict[str, Any]) -> tuple[str, list[Any]]:
                 rows.append([stage, "-", "-", "-", "-", "-", "not mapped", s["reason"]])
                 continue
             mark = "FIRST" if stage == entry["first_over"] else ("yes" if s["over"] else "")
-            rows.append([stage, _num(s["max_abs"]), _num(s["mean_abs"]), _num(s["max_rel"]), _num(s["mean_rel"]),
-                         f"{s['min_cosine']:.9f}", mark, f"{s['tensor']} ({s['how']})"])  # fmt: skip
+            errors = [fmt_num(s[key]) for key in ("max_abs", "mean_abs", "max_rel", "mean_rel")]
+            rows.append([stage, *errors, f"{s['min_cosine']:.9f}", mark, f"{s['tensor']} ({s['how']})"])
         blocks.append(Table(header, rows))
     blocks.append(Heading("Threshold", 2))
-    blocks.append(Table(["limit", "value", "meaning"], _limit_rows(report)))
+    blocks.append(Table(["limit", "value", "meaning"], limit_rows(report)))
     blocks.append(
         Paragraph(
             "Stages: stem = the patch embedding's output; blocks.i = the residual stream after block i; norm = the "
@@ -77,6 +77,6 @@ def locate_blocks(report: dict[str, Any]) -> tuple[str, list[Any]]:
         )
     )
     if report["inputs"]["type"] == "folder":
-        blocks += _failure_blocks(report["inputs"])
-    blocks += _reproduce_blocks(report)
+        blocks += failure_blocks(report["inputs"])
+    blocks += reproduce_blocks(report)
     return title, blocks

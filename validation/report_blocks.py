@@ -19,7 +19,7 @@ from .document import Block, Bullets, Code, Figure, Heading, Paragraph, Table, V
 _SHOWN_FILES = 200  # unreadable/skipped files listed on the pages (the JSON has all)
 
 
-def _num(value: float | None, digits: int = 4) -> str:
+def fmt_num(value: float | None, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
     if value == 0:
@@ -44,7 +44,7 @@ def _speed(value: float | None) -> str:
 # -- shared sections ---------------------------------------------------------------------------------------------
 
 
-def _model_lines(model: dict[str, Any]) -> list[str]:
+def model_lines(model: dict[str, Any]) -> list[str]:
     if not model:
         return []
     lines = [f"preset: {model.get('preset')} at {model.get('resolution')}px"]
@@ -92,7 +92,7 @@ def _runtime_rows(report: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-def _failure_blocks(inputs: dict[str, Any]) -> list[Block]:
+def failure_blocks(inputs: dict[str, Any]) -> list[Block]:
     blocks: list[Block] = []
     unreadable = inputs.get("unreadable") or []
     skipped = inputs.get("skipped_files") or []
@@ -118,7 +118,7 @@ def _failure_blocks(inputs: dict[str, Any]) -> list[Block]:
     return blocks
 
 
-def _reproduce_blocks(report: dict[str, Any]) -> list[Block]:
+def reproduce_blocks(report: dict[str, Any]) -> list[Block]:
     env = report["environment"]
     blocks: list[Block] = [Heading("Runtimes", 2)]
     blocks.append(Table(["runtime", "what runs", "model files", "versions"], _runtime_rows(report)))
@@ -168,10 +168,10 @@ def _figure(name: str, caption: str, draw: Callable[[dict[str, Any]], bytes], re
         return Paragraph(f"Figure '{caption}' ({name}) could not be drawn: {type(exc).__name__}: {exc}")
 
 
-def _limit_rows(report: dict[str, Any]) -> list[list[str]]:
+def limit_rows(report: dict[str, Any]) -> list[list[str]]:
     limits = report["limits"]
     return [
-        [n, f"{'<=' if limits[n]['kind'] == 'max' else '>='} {_num(v, 6)}", limits[n]["help"]]
+        [n, f"{'<=' if limits[n]['kind'] == 'max' else '>='} {fmt_num(v, 6)}", limits[n]["help"]]
         for n, v in report["tolerance"].items()
     ]
 
@@ -179,24 +179,24 @@ def _limit_rows(report: dict[str, Any]) -> list[list[str]]:
 # -- drift -------------------------------------------------------------------------------------------------------
 
 _DRIFT_ROWS = [
-    ("max abs error", "max_abs", _num),
-    ("mean abs error", "mean_abs", _num),
-    ("median abs error", "median_abs", _num),
-    ("p99 abs error", "p99_abs", _num),
-    ("max relative error", "max_rel", _num),
-    ("mean relative error", "mean_rel", _num),
+    ("max abs error", "max_abs", fmt_num),
+    ("mean abs error", "mean_abs", fmt_num),
+    ("median abs error", "median_abs", fmt_num),
+    ("p99 abs error", "p99_abs", fmt_num),
+    ("max relative error", "max_rel", fmt_num),
+    ("mean relative error", "mean_rel", fmt_num),
     ("min cosine similarity", "min_cosine", lambda v: f"{v:.9f}"),
     ("mean cosine similarity", "mean_cosine", lambda v: f"{v:.9f}"),
     ("top-1 agreement", "top1_agreement", lambda v: f"{v * 100:.2f}%"),
     ("top-1 disagreements (near-ties)", None, None),
     ("top-5 overlap (mean)", "top5_overlap", lambda v: f"{v * 100:.2f}%"),
     ("top-5 overlap (min)", "min_top5_overlap", lambda v: f"{v * 100:.0f}%"),
-    ("KL divergence of the softmax (mean)", "mean_kl", _num),
-    ("KL divergence of the softmax (max)", "max_kl", _num),
+    ("KL divergence of the softmax (mean)", "mean_kl", fmt_num),
+    ("KL divergence of the softmax (max)", "max_kl", fmt_num),
 ]
 
 
-def _inputs_sentence(inputs: dict[str, Any]) -> str:
+def inputs_sentence(inputs: dict[str, Any]) -> str:
     if inputs["type"] == "synthetic":
         return (
             f"{inputs['images']} SYNTHETIC images (seed {inputs['seed']}): {inputs['generator']}. "
@@ -213,8 +213,8 @@ def drift_blocks(report: dict[str, Any]) -> tuple[str, list[Block]]:
     model = report.get("model") or {}
     names = list(report["runtimes"])
     title = f"Drift report: {model.get('preset', 'model')} {', '.join(names)} vs native Paddle"
-    blocks: list[Block] = [Heading(title, 1), Paragraph(_inputs_sentence(report["inputs"]))]
-    blocks += [Bullets(_model_lines(model) + _run_lines(report))] if model or _run_lines(report) else []
+    blocks: list[Block] = [Heading(title, 1), Paragraph(inputs_sentence(report["inputs"]))]
+    blocks += [Bullets(model_lines(model) + _run_lines(report))] if model or _run_lines(report) else []
     blocks.append(Heading("Verdict", 2))
     blocks += _gate_verdicts(report, "(tolerance gate)")
     output = report["output"]
@@ -243,17 +243,17 @@ def drift_blocks(report: dict[str, Any]) -> tuple[str, list[Block]]:
     for name in names:
         for item in report["runtimes"][name]["outputs"][output]["worst"][:3]:
             flip = "" if item["top1"] == item["reference_top1"] else " (top-1 differs)"
-            worst_rows.append([name, item["image"], _num(item["max_abs"]),
+            worst_rows.append([name, item["image"], fmt_num(item["max_abs"]),
                                f"{item['reference_top1']} / {item['top1']}{flip}"])  # fmt: skip
     blocks.append(Table(["runtime", "image", "max abs error", "top-1 Paddle / runtime"], worst_rows))
     blocks.append(Heading("Tolerance", 2))
-    blocks.append(Table(["limit", "value", "meaning"], _limit_rows(report)))
+    blocks.append(Table(["limit", "value", "meaning"], limit_rows(report)))
     for name in names:  # a runtime in reduced precision is gated by its own defaults (lvvit.comparison)
         own = report["runtimes"][name].get("tolerance")
         if own is not None and own != report["tolerance"]:
             precision = report["runtimes"][name]["describe"].get("precision")
             blocks.append(Paragraph(f"{name} computes in {precision} and is gated by its precision's defaults:"))
-            blocks.append(Table(["limit", "value", "meaning"], _limit_rows({**report, "tolerance": own})))
+            blocks.append(Table(["limit", "value", "meaning"], limit_rows({**report, "tolerance": own})))
     blocks.append(
         Paragraph(
             "Definitions: max_rel is the largest per-image max error divided by that image's max |logit|; "
@@ -263,8 +263,8 @@ def drift_blocks(report: dict[str, Any]) -> tuple[str, list[Block]]:
         )
     )
     if report["inputs"]["type"] == "folder":
-        blocks += _failure_blocks(report["inputs"])
-    blocks += _reproduce_blocks(report)
+        blocks += failure_blocks(report["inputs"])
+    blocks += reproduce_blocks(report)
     return title, blocks
 
 
@@ -310,7 +310,7 @@ def accuracy_blocks(report: dict[str, Any]) -> tuple[str, list[Block]]:
             + f"{report['num_classes']} classes; wall time {report['wall_seconds']:.1f}s."
         ),
     ]
-    blocks += [Bullets(_model_lines(model) + _run_lines(report))] if model or _run_lines(report) else []
+    blocks += [Bullets(model_lines(model) + _run_lines(report))] if model or _run_lines(report) else []
     blocks.append(Heading("Verdict", 2))
     blocks += _accuracy_summary(report)
     blocks += _gate_verdicts(report, "(accuracy gate)")
@@ -337,7 +337,7 @@ def accuracy_blocks(report: dict[str, Any]) -> tuple[str, list[Block]]:
     tolerance = report["tolerance"]
     if tolerance:
         blocks.append(Heading("Tolerance", 2))
-        blocks.append(Table(["limit", "value", "meaning"], _limit_rows(report)))
-    blocks += _failure_blocks(inputs)
-    blocks += _reproduce_blocks(report)
+        blocks.append(Table(["limit", "value", "meaning"], limit_rows(report)))
+    blocks += failure_blocks(inputs)
+    blocks += reproduce_blocks(report)
     return title, blocks

@@ -48,7 +48,7 @@ def compare_streams(
     """Batch-1 latency, batch-4N throughput and opening memory of each runtime at streams=1 and streams=N."""
     from lvvit.synthetic import synthetic_batch
 
-    from .bench import _stats, _time
+    from .bench import time_interleaved, timing_stats
 
     openers = _openers(model, runtimes, threads, streams)
     for name, open_predictor in openers.items():  # once untimed: libraries and allocators load outside the counts
@@ -64,9 +64,9 @@ def compare_streams(
     results: dict[str, Any] = {name: {"open_mib": memory[name]} for name in opened}
     for batch in (1, 4 * streams):
         x = synthetic_batch(batch, config)
-        seconds, _ = _time(opened, x, warmup, repeats, settle_ms / 1e3)
+        seconds, _ = time_interleaved(opened, x, warmup, repeats, settle_ms / 1e3)
         for name, samples in seconds.items():
-            results[name][f"batch{batch}"] = _stats(samples, batch)
+            results[name][f"batch{batch}"] = timing_stats(samples, batch)
     for predictor in opened.values():
         predictor.close()
     return {
