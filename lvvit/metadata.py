@@ -51,6 +51,7 @@ class ModelMetadata:
     labels: str = "imagenet-1k"
     graph: str = "exported"  # "exported" (portable), "ort-fused" (ONNX Runtime contrib ops), "paddle-inference"
     precision: str = "fp32"  # "fp32", "fp16" (weights and compute; I/O stays float32) or "int8" (QDQ)
+    float_stages: tuple[str, ...] = ()  # int8 with accuracy control: the stages kept in float (stem, blocks.3, head)
 
     @property
     def resolution(self) -> int:
@@ -83,6 +84,8 @@ class ModelMetadata:
             "graph": self.graph,
             "precision": self.precision,
         }
+        if self.float_stages:  # written only where there are some: other files keep their props as they were
+            values["float_stages"] = list(self.float_stages)
         return {PREFIX + k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in values.items()}
 
     @classmethod
@@ -113,6 +116,7 @@ MIN_CROP_PCT = 0.5  # resize_size = input_size / crop_pct stays <= 2 * MAX_INPUT
 MAX_NUM_CLASSES = 100_000
 MAX_BATCH = 4096
 MAX_NAME_CHARS = 256  # preset, labels, graph, precision
+MAX_STAGES = 1024  # float_stages: a stem, a head and the blocks (the largest preset has 24)
 CHANNEL_ORDERS = ("RGB",)
 LAYOUTS = ("NCHW",)
 _PREPROCESS_KEYS = {"input_size", "crop_pct", "interpolation", "mean", "std", "channel_order", "layout", "resize_size"}
@@ -177,6 +181,19 @@ class _Props:
         if default is not None and PREFIX + key not in self.props:
             return default
         return _json_value(self.text(key), self.source, PREFIX + key)
+
+    def names(self, key: str) -> tuple[str, ...]:
+        """A JSON list of at most MAX_STAGES names (absent: empty)."""
+        if PREFIX + key not in self.props:
+            return ()
+        value = self.json(key)
+        if (
+            not isinstance(value, list)
+            or len(value) > MAX_STAGES
+            or not all(isinstance(v, str) and 0 < len(v) <= MAX_NAME_CHARS for v in value)
+        ):
+            raise self.error(key, f"must be a list of at most {MAX_STAGES} names", value)
+        return tuple(value)
 
     def mapping(self, key: str, default: dict | None = None) -> dict[str, Any]:
         value = self.json(key, default)
@@ -273,4 +290,5 @@ def _parse(props: dict[str, str], source: str) -> ModelMetadata:
         labels=read.name("labels", "imagenet-1k"),
         graph=read.name("graph", "exported"),
         precision=read.name("precision", "fp32"),
+        float_stages=read.names("float_stages"),
     )

@@ -151,6 +151,8 @@ class Predictor(abc.ABC):
             "labels": self._labels.source if self._labels is not None else None,
             "batch_size": self.batch_size,
         }
+        if meta is not None and meta.float_stages:  # int8 with accuracy control: what it kept in float
+            described["float_stages"] = list(meta.float_stages)
         if self.streams > 1:
             described["stream_policy"] = (
                 f"batches of {self.streams}+ images run as {self.streams} parts at once, each on its share of the "

@@ -98,12 +98,25 @@ def test_accuracy_control_reaches_the_gate_plain_int8_misses(photos, tmp_path): 
     result = export_onnx("lvvit_s", output=tmp_path, fast=fast, log=messages.append, **common)
     assert result.path.name == "lvvit_s_64_int8_ac.onnx" and result.metadata.precision == "int8"
     assert result.checks[0].inputs == "real images" and result.checks[0].top1_agreement >= 0.99
-    kept = next(m for m in messages if "accuracy control kept" in m)
-    count = int(kept.split("kept ")[1].split(" of")[0])
-    assert count >= 1 and ".weight" in kept  # the layers kept in float, by their state-dict names
+    kept_line = next(m for m in messages if "accuracy control kept" in m)
+    stages = tuple(kept_line.split("in float (")[1].split(")")[0].split(", "))
+    assert len(stages) >= 1 and ".weight" in kept_line  # the stages, and the layers kept in float by their names
+    steps = [m for m in messages if m.lstrip().startswith("step ")]
+    assert len(steps) == len(stages) + 1 and "nothing in float" in steps[0]  # the first step is plain int8
+    assert result.metadata.float_stages == stages
+    from runtimes import read_model_metadata
+
+    assert read_model_metadata(result.path).float_stages == stages  # the file says what it kept
     proto = onnx.load(str(result.path))
-    assert "with accuracy control; weighted layers kept in float: " in proto.graph.doc_string
-    assert sum(n.op_type == "DequantizeLinear" for n in proto.graph.node) > 10  # still an int8 graph
+    assert f"with accuracy control; stages kept in float: {', '.join(stages)}" in proto.graph.doc_string
+    from exporters.onnx.stage_map import map_stages, stage_nodes
+
+    fp32 = onnx.load(str(export_onnx("lvvit_s", output=tmp_path / "fp32/", log=lambda m: None, **common).path))
+    in_float = {name for stage in stages for name in stage_nodes(fp32, map_stages(fp32, TINY["depth"]))[stage]}
+    dequantized = {n.output[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"}
+    dequantized_into = {n.name for n in proto.graph.node if dequantized & set(n.input)}
+    assert dequantized_into or len(stages) == TINY["depth"] + 2  # some int8 is left unless every stage is float
+    assert not dequantized_into & in_float  # what was kept in float reads no int8 tensor
 
 
 def test_accuracy_control_on_the_trained_digits_model_agrees_on_held_out_images(tmp_path):
@@ -146,3 +159,126 @@ def test_accuracy_control_needs_nncf_int8():
         FastPath(accuracy_control=True)
     with pytest.raises(ExportError, match="--accuracy-control applies to --quantize int8 with --quantizer nncf"):
         FastPath(quantize="int8", calibration=".", quantizer="ort", accuracy_control=True)
+
+
+# -- the loop itself, with a stand-in quantizer that damages chosen blocks unless they are kept in float ------------
+
+LOOP_ARCH = {"embed_dim": 64, "depth": 3, "num_heads": 4, "num_classes": 10}
+
+
+@pytest.fixture(scope="module")
+def tiny_fp32(tmp_path_factory):
+    from exporters.onnx import export_onnx
+
+    path = tmp_path_factory.mktemp("ac") / "tiny.onnx"
+    return onnx.load(str(export_onnx("lvvit_s", resolution=32, output=path, log=lambda m: None, **LOOP_ARCH).path))
+
+
+def _damaging(blocks: tuple[int, ...], scale: float = 0.5):
+    """A `quantize(proto, ignored)` that adds noise to every weight of `blocks` whose node is not ignored."""
+
+    def quantize(proto: onnx.ModelProto, ignored: list[str]) -> onnx.ModelProto:
+        users = {i: n.name for n in proto.graph.node for i in n.input}
+        damaged = copy.deepcopy(proto)
+        rng = np.random.default_rng(1)
+        for init in damaged.graph.initializer:
+            block = init.name.split(".")[1] if init.name.startswith("blocks.") else None
+            if block is not None and int(block) in blocks and init.name.endswith(".weight") and users[init.name]:
+                if users[init.name] not in ignored:
+                    w = numpy_helper.to_array(init)
+                    init.CopyFrom(numpy_helper.from_array(w + rng.normal(0, scale * w.std() + 1e-3, w.shape)
+                                                          .astype(np.float32), init.name))  # fmt: skip
+        return damaged
+
+    return quantize
+
+
+def _images_and_classes(proto: onnx.ModelProto, count: int = 24):
+    import onnxruntime as ort
+
+    images = np.random.default_rng(0).normal(0, 1, (count, 3, 32, 32)).astype(np.float32)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return images, session.run(None, {"image": images})[0].argmax(1)
+
+
+def test_every_node_belongs_to_exactly_one_stage(tiny_fp32):
+    from exporters.onnx.stage_map import graph_depth, map_stages, stage_nodes
+
+    assert graph_depth(tiny_fp32) == (3, True)
+    parts = stage_nodes(tiny_fp32, map_stages(tiny_fp32, 3))
+    assert list(parts) == ["stem", "blocks.0", "blocks.1", "blocks.2", "head"]
+    named = [name for names in parts.values() for name in names]
+    assert sorted(named) == sorted(n.name for n in tiny_fp32.graph.node)  # a partition: no node twice, none left
+    initializers = {i.name for i in tiny_fp32.graph.initializer}
+    where = {name: stage for stage, names in parts.items() for name in names}
+    for node in tiny_fp32.graph.node:
+        for weight in (i for i in node.input if i in initializers and i.endswith(".weight")):
+            owner = "head" if weight.startswith(("head.", "aux_head.", "norm.")) else (
+                "stem" if weight.startswith("patch_embed.") else ".".join(weight.split(".")[:2])
+            )  # fmt: skip
+            if owner != "blocks.0" or not weight.startswith("blocks.0.norm1"):  # block 0's first norm reads the stem
+                assert where[node.name] == owner, (node.name, weight)
+    for i in range(3):  # attention's two activation-by-activation products sit in their block
+        activation_matmuls = [n for n in tiny_fp32.graph.node if n.name in set(parts[f"blocks.{i}"])
+                              and n.op_type == "MatMul" and not set(n.input) & initializers]  # fmt: skip
+        assert len(activation_matmuls) == 2
+
+
+def test_the_loop_keeps_the_damaged_block_first_and_stops_at_the_target(tiny_fp32):
+    from exporters.onnx.accuracy_control import quantize_until_agreement
+
+    images, classes = _images_and_classes(tiny_fp32)
+    messages: list[str] = []
+    result = quantize_until_agreement(tiny_fp32, _damaging((1,)), images, classes, 0.99, log=messages.append)
+    assert result.steps[0].kept == () and result.steps[0].agreement < 0.99  # the damage costs agreement
+    first = result.steps[0].errors
+    assert first["blocks.1"] > 0.01  # the error each stage adds by itself: only block 1's, none propagated
+    assert first["stem"] == first["blocks.0"] == first["blocks.2"] == 0.0 and first["head"] < 1e-6
+    assert result.reached and result.kept == ("blocks.1",) and result.agreement == 1.0
+    assert "keeping blocks.1 in float next" in "\n".join(messages)
+
+
+def test_max_float_stages_stops_the_loop_below_the_target(tiny_fp32):
+    from exporters.onnx.accuracy_control import quantize_until_agreement
+
+    images, classes = _images_and_classes(tiny_fp32)
+    messages: list[str] = []
+    result = quantize_until_agreement(tiny_fp32, _damaging((0, 2)), images, classes, 0.99, max_float_stages=1,
+                                      log=messages.append)  # fmt: skip
+    assert not result.reached and len(result.steps) == 2 and result.kept[0] in ("blocks.0", "blocks.2")
+    assert result.agreement < 0.99
+    assert "stopped with 1 stages in float (--max-float-stages 1)" in messages[-1]
+    full = quantize_until_agreement(tiny_fp32, _damaging((0, 2)), images, classes, 0.99)
+    assert full.reached and sorted(full.kept) == ["blocks.0", "blocks.2"]
+
+
+def test_a_nan_stage_is_kept_first():
+    from exporters.onnx.accuracy_control import _finite_or_worst
+
+    errors = {"stem": 0.1, "blocks.0": float("nan"), "head": 0.5}
+    assert max(errors, key=lambda s: _finite_or_worst(errors[s])) == "blocks.0"
+
+
+def test_max_float_stages_needs_accuracy_control():
+    from exporters.errors import ExportError
+    from exporters.onnx import FastPath
+
+    with pytest.raises(ExportError, match="--max-float-stages applies to --accuracy-control"):
+        FastPath(quantize="int8", calibration=".", max_float_stages=2)
+    with pytest.raises(ExportError, match="must be at least 1, got 0"):
+        FastPath(quantize="int8", calibration=".", accuracy_control=True, max_float_stages=0)
+
+
+def test_the_float_stages_are_metadata_checked_when_read():
+    from lvvit.metadata import MetadataError, ModelMetadata
+    from lvvit import resolve_preset
+
+    spec = resolve_preset("lvvit_s")
+    meta = ModelMetadata("lvvit_s", spec.preprocess, 1000, None, 17, {}, {}, precision="int8",
+                         float_stages=("stem", "blocks.3"))  # fmt: skip
+    props = meta.to_props()
+    assert ModelMetadata.from_props(props).float_stages == ("stem", "blocks.3")
+    assert "lvvit.float_stages" not in ModelMetadata("lvvit_s", spec.preprocess, 1000, None, 17, {}, {}).to_props()
+    for bad in ('[1, 2]', '"stem"', '["' + "x" * 300 + '"]', "[" + ",".join(['"a"'] * 2000) + "]"):
+        with pytest.raises(MetadataError, match="lvvit.float_stages"):
+            ModelMetadata.from_props({**props, "lvvit.float_stages": bad}, "m.onnx")

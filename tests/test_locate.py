@@ -15,7 +15,7 @@ from exporters.onnx import export_onnx
 from lvvit import resolve_preset
 from validation import DriftInputs, ModelSource
 from validation.locate import LocateSettings, run_locate
-from validation.stage_map import Mapped, Unmapped, map_stages, stage_names
+from exporters.onnx.stage_map import Mapped, Unmapped, map_stages, stage_names
 
 from .conftest import ROOT, TINY
 

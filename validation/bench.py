@@ -119,6 +119,8 @@ def _open_all(
         else:
             opened[path.name] = predictor
             result.describe = predictor.describe()
+            if result.describe.get("float_stages"):
+                result.what += f"; in float: {', '.join(result.describe['float_stages'])}"
     return opened, results
 
 

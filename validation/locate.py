@@ -1,9 +1,9 @@
 """Where the drift comes from: native Paddle and an export compared stage by stage.
 
 The same inputs go through native Paddle eager, with forward hooks on the named
-stages (`validation.stage_map.stage_names`), and through the exported ONNX file
+stages (`exporters.onnx.stage_map.stage_names`), and through the exported ONNX file
 on ONNX Runtime or OpenVINO, with the stages' tensors added as outputs (found
-through the state-dict-named weights, see `validation.stage_map`). Per stage:
+through the state-dict-named weights, see `exporters.onnx.stage_map`). Per stage:
 max / mean absolute and relative error and cosine similarity; the first stage
 outside the threshold is where the answers part. A stage the export does not
 hold as a tensor is reported as not mapped, with the reason.
@@ -35,7 +35,7 @@ from .errors import DatasetError, ModelSourceError
 from .locate_report import MAX_INSTRUMENTATION_REL, summary_line
 from .provenance import environment
 from .runners import ModelSource, check_given_files, ensure_onnx
-from .stage_map import Mapped, Unmapped, map_stages, stage_names
+from exporters.onnx.stage_map import Mapped, Unmapped, map_stages, stage_names
 
 RUNTIMES = {"ort": "ONNX Runtime (CPU) on the .onnx file", "openvino": "OpenVINO (CPU, f32) on the .onnx file"}
 # The per-stage limits: those of the drift gate that mean something for any tensor (not top-k or KL).

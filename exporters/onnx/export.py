@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from lvvit.atomic import atomic_files, atomic_output
@@ -150,7 +150,8 @@ def export_onnx(
         from .convert import paddle_to_onnx
 
         proto = paddle_to_onnx(fusable_copy(model) if fast.rewrite else model, metadata)
-        proto, images = apply_fast_path(proto, model, fast, log)
+        proto, images, float_stages = apply_fast_path(proto, model, fast, log)
+        metadata = replace(metadata, float_stages=float_stages)
         _stamp(proto, metadata)
         onnx.save(proto, str(tmp))
         checks: list[DriftCheck] = []

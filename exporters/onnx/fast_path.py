@@ -27,7 +27,8 @@ class FastPath:
     quantizer: str = "nncf"  # or "ort" (see exporters.onnx.quantize)
     calibration_count: int = 32
     min_int8_agreement: float = INT8_MIN_AGREEMENT
-    accuracy_control: bool = False  # int8: keep the most sensitive parts in float until the agreement gate is met
+    accuracy_control: bool = False  # int8: keep the most sensitive stages in float until the agreement gate is met
+    max_float_stages: int | None = None  # accuracy control: stop after this many stages kept in float (None: all)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -44,6 +45,9 @@ class FastPath:
             raise ExportError(f"--min-int8-agreement must be within [0, 1], got {self.min_int8_agreement}")
         if self.accuracy_control and (self.quantize != "int8" or self.quantizer != "nncf"):
             raise ExportError("--accuracy-control applies to --quantize int8 with --quantizer nncf")
+        if self.max_float_stages is not None and (not self.accuracy_control or self.max_float_stages < 1):
+            raise ExportError(f"--max-float-stages applies to --accuracy-control and must be at least 1, "
+                              f"got {self.max_float_stages}")  # fmt: skip
         if self.quantize and (self.optimize or self.precision != "fp32"):
             raise ExportError("--quantize int8 applies to the portable fp32 graph; drop --optimize / --precision")
 
@@ -65,11 +69,13 @@ class FastPath:
 
 
 def apply_fast_path(proto, model, fast: FastPath, log: Log):
-    """Fuse / fp16 / int8 as asked; returns the new proto and the real images used (int8), if any."""
+    """Fuse / fp16 / int8 as asked; returns the new proto, the real images used (int8) if any, and the stages
+    accuracy control kept in float (empty otherwise)."""
     from .optimize import convert_to_fp16, expand_slow_cpu_fusions, fuse_for_onnxruntime
 
     arch = model.preset.arch
     images = None
+    float_stages: tuple[str, ...] = ()
     if fast.graph == "ort-fused":
         proto, report = fuse_for_onnxruntime(proto, arch.num_heads, arch.embed_dim, len(model.blocks))
         log("      " + report.line())
@@ -102,12 +108,13 @@ def apply_fast_path(proto, model, fast: FastPath, log: Log):
 
             reference = paddle_logits(model, images).argmax(1)
             log(f"      accuracy control: top-1 agreement >= {fast.min_int8_agreement:.1%} on {len(images)} images")
-            proto = quantize_int8_accuracy_controlled(
-                proto, calibration, model.preset.preprocess, images, reference, fast.min_int8_agreement, indent
-            )
+            proto, float_stages = quantize_int8_accuracy_controlled(
+                proto, calibration, model.preset.preprocess, images, reference, fast.min_int8_agreement,
+                fast.max_float_stages, indent,
+            )  # fmt: skip
         else:
             proto = quantize_int8(proto, calibration, model.preset.preprocess, fast.quantizer, indent)
-    return proto, images
+    return proto, images, float_stages
 
 
 def tolerance_for(fast: FastPath, atol: float) -> Tolerance:

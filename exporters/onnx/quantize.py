@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,8 +113,7 @@ def quantize_int8(
 ) -> onnx.ModelProto:
     """The int8 QDQ graph of `proto`, calibrated on `calibration`'s images with `quantizer`."""
     if quantizer == "nncf":
-        quantized = _quantize_nncf(proto, calibration, config)
-        folded = fold_smooth_quant_scales(quantized)
+        quantized, folded = _quantize_nncf(proto, calibration, config)
         if log is not None:
             log(f"folded {folded.describe()}")
         return quantized
@@ -123,7 +122,11 @@ def quantize_int8(
     raise ExportError(f"--quantizer must be one of {', '.join(QUANTIZERS)}, got {quantizer!r}")
 
 
-def _quantize_nncf(proto: onnx.ModelProto, calibration: CalibrationSet, config: PreprocessConfig) -> onnx.ModelProto:
+def _quantize_nncf(
+    proto: onnx.ModelProto, calibration: CalibrationSet, config: PreprocessConfig, ignored: Sequence[str] = ()
+) -> tuple[onnx.ModelProto, FoldReport]:
+    """NNCF's int8 QDQ graph, SmoothQuant's Multiply nodes folded where they can be, and what was folded;
+    the nodes named in `ignored` (and their inputs) stay in float."""
     try:
         import nncf
     except ImportError as exc:
@@ -134,16 +137,18 @@ def _quantize_nncf(proto: onnx.ModelProto, calibration: CalibrationSet, config: 
     dataset = nncf.Dataset(samples, lambda batch: {INPUT_NAME: batch})
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            return nncf.quantize(
+            quantized = nncf.quantize(
                 proto,
                 dataset,
                 model_type=nncf.ModelType.TRANSFORMER,
                 # symmetric activations: as fast on VNNI and, measured on lvvit_s, closer to fp32 than MIXED
                 preset=nncf.QuantizationPreset.PERFORMANCE,
                 subset_size=len(samples),
+                ignored_scope=nncf.IgnoredScope(names=list(ignored), validate=False) if ignored else None,
             )
     except Exception as exc:  # NNCF raises a variety of errors from its backends
         raise ExportError(f"int8 quantization (nncf) failed: {type(exc).__name__}: {exc}") from exc
+    return quantized, fold_smooth_quant_scales(quantized)
 
 
 def quantize_int8_accuracy_controlled(
@@ -153,82 +158,42 @@ def quantize_int8_accuracy_controlled(
     images: np.ndarray,
     reference_top1: np.ndarray,
     min_agreement: float,
+    max_float_stages: int | None = None,
     log: Callable[[str], None] | None = None,
-) -> onnx.ModelProto:
-    """NNCF int8 that keeps its most sensitive parts in float until top-1 agreement with `reference_top1`
-    (Paddle fp32's classes for `images`) reaches `min_agreement`.
+) -> tuple[onnx.ModelProto, tuple[str, ...]]:
+    """(NNCF int8 that keeps its most sensitive stages in float until top-1 agreement with `reference_top1`
+    (Paddle fp32's classes for `images`) reaches `min_agreement`, the stages kept in float) (see `accuracy_control`)."""
+    from .accuracy_control import quantize_until_agreement
 
-    NNCF's `quantize_with_accuracy_control` takes the ONNX graph as it is and ranks the quantizers by
-    how much each one costs the metric, on ONNX Runtime, so the kit uses it instead of a loop of its
-    own. The metric is the fraction of `images` whose top-1 is Paddle's; the allowed drop is measured
-    from the fp32 graph's own agreement. Cost, on 2 cores: seconds for the digits model; for lvvit_s
-    at 224px one ranking pass over its 118 quantizers took about 8 minutes on 38 images, and NNCF
-    re-ranks after a few reverts that do not help (random weights: from 89.5% to 94.7% agreement in
-    25 minutes, three ranking passes, against a 99% target; stopped there).
+    folds: list[FoldReport] = []
 
-    SmoothQuant is off here: NNCF's ONNX backend reverts a layer to float without undoing SmoothQuant's
-    scaling of its input (measured on a tiny LV-ViT: reverting one layer raised the agreement drop from
-    0.13 to 0.45, and no scope reached the target), while without it the restorer converges.
-    """
-    try:
-        import nncf
-        from nncf.quantization.advanced_parameters import (
-            AdvancedAccuracyRestorerParameters,
-            AdvancedQuantizationParameters,
-            AdvancedSmoothQuantParameters,
-        )
-    except ImportError as exc:
-        raise ExportError(f"--accuracy-control needs NNCF: pip install 'lvvit-deploy[int8]' ({exc})") from exc
-    if len(images) != len(reference_top1) or not len(images):
-        raise ExportError(f"accuracy control needs images with their Paddle classes, got {len(images)} and "
-                          f"{len(reference_top1)}")  # fmt: skip
-    samples = list(calibration.batches(config))
-    calibration_data = nncf.Dataset(samples, lambda batch: {INPUT_NAME: batch})
-    pairs = list(zip(images[:, None], reference_top1, strict=True))  # (one image [1, 3, H, W], Paddle's class)
-    validation_data = nncf.Dataset(pairs, lambda item: {INPUT_NAME: item[0]})
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            quantized = nncf.quantize_with_accuracy_control(
-                proto,
-                calibration_data,
-                validation_data,
-                _agreement_with_paddle,
-                max_drop=1.0 - min_agreement,
-                drop_type=nncf.DropType.ABSOLUTE,
-                model_type=nncf.ModelType.TRANSFORMER,
-                preset=nncf.QuantizationPreset.PERFORMANCE,  # as plain int8, so the two differ only in what is kept
-                subset_size=len(samples),
-                advanced_quantization_parameters=AdvancedQuantizationParameters(  # no SmoothQuant: see above
-                    smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1, convolution=-1)
-                ),
-                advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(num_ranking_workers=1),
-            )
-    except Exception as exc:  # NNCF raises a variety of errors from its backends
-        raise ExportError(f"int8 with accuracy control (nncf) failed: {type(exc).__name__}: {exc}") from exc
+    def quantize(graph: onnx.ModelProto, ignored: list[str]) -> onnx.ModelProto:  # each step measures what ships
+        quantized, folded = _quantize_nncf(graph, calibration, config, ignored)
+        folds.append(folded)
+        return quantized
+
+    controlled = quantize_until_agreement(
+        proto,
+        quantize,
+        images,
+        reference_top1,
+        min_agreement,
+        max_float_stages,
+        log,
+    )
+    quantized = controlled.proto
     kept, weighted = float_layers(quantized)
-    folded = fold_smooth_quant_scales(quantized)
+    folded = folds[-1]
+    stages = ", ".join(controlled.kept) or "none"
     if log is not None:
-        shown = ", ".join(kept) if kept else "none"
-        log(f"accuracy control kept {len(kept)} of {weighted} weighted layers in float: {shown}")
+        log(f"accuracy control kept {len(controlled.kept)} stages in float ({stages}): {len(kept)} of {weighted} "
+            f"weighted layers: {', '.join(kept) or 'none'}")  # fmt: skip
         log(f"folded {folded.describe()}")
     quantized.graph.doc_string = (
-        f"int8 (nncf, no SmoothQuant) with accuracy control; weighted layers kept in float: {', '.join(kept) or 'none'}"
+        f"int8 (nncf) with accuracy control; stages kept in float: {stages}; "
+        f"weighted layers kept in float: {', '.join(kept) or 'none'}"
     )
-    return quantized
-
-
-def _agreement_with_paddle(model: onnx.ModelProto, data) -> tuple[float, list[float]]:
-    """NNCF's validation function: per image 1.0 where the model's top-1 is Paddle's, and their mean."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    per_image = []
-    items = list(data)
-    for start in range(0, len(items), 16):
-        chunk = items[start : start + 16]
-        logits = session.run(None, {INPUT_NAME: np.concatenate([x for x, _ in chunk])})[0]
-        per_image += [float(got == want) for got, (_, want) in zip(logits.argmax(1).tolist(), chunk, strict=True)]
-    return float(np.mean(per_image)) if per_image else 0.0, per_image
+    return quantized, controlled.kept
 
 
 def float_layers(proto: onnx.ModelProto) -> tuple[list[str], int]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import onnx
@@ -137,4 +138,64 @@ def map_stages(proto: onnx.ModelProto, depth: int, aux_head: bool = True) -> dic
     if aux_head:
         found["aux_head"] = _layer_output(graph, "aux_head.weight", {"MatMul", "Gemm"})
     found["output"] = Mapped(graph.output, "graph output") if graph.output else Unmapped("the graph has no output")
+    return found
+
+
+def graph_depth(proto: onnx.ModelProto) -> tuple[int, bool]:
+    """(the number of blocks, whether there is an aux head), read from the state-dict-named weights.
+
+    A quantized graph holds some weights under NNCF's or ONNX Runtime's names; those are traced back as above.
+    """
+    graph = _Graph(proto)
+    names = set(graph.initializers)
+    names |= {graph.weight_name(n.output[0]) for n in proto.graph.node if n.op_type == "DequantizeLinear"} - {None}
+    blocks = {int(m.group(1)) for name in names if (m := re.match(r"^blocks\.(\d+)\.", name))}
+    depth = max(blocks) + 1 if blocks else 0
+    return depth, "aux_head.weight" in names
+
+
+def with_outputs(proto: onnx.ModelProto, tensors: Iterable[str]) -> onnx.ModelProto:
+    """A copy of `proto` that also outputs `tensors` (after its own outputs, in the given order)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    present = {o.name for o in copy.graph.output}
+    for tensor in dict.fromkeys(tensors):
+        if tensor not in present:
+            copy.graph.output.append(onnx.ValueInfoProto(name=tensor))
+    return copy
+
+
+def stage_nodes(proto: onnx.ModelProto, mapped: dict[str, Mapped | Unmapped]) -> dict[str, list[str]]:
+    """The names of the nodes that compute each stage from the one before it, in graph order.
+
+    `stem`: every node that does not read the stem's tensor (directly or through others); `blocks.i`: the nodes
+    that depend on block i-1's residual stream (the stem's, for block 0) but not on block i's; `head`: every
+    node after the last block's residual stream (final norm, class head, aux head, output). Found by which
+    tensors each node depends on, so attention's activation-by-activation MatMuls and every Add, Softmax and
+    Gelu of a block belong to it without being named. Raises ValueError naming an unmapped stage.
+    """
+    depth, _ = graph_depth(proto)
+    order = ["stem", *(f"blocks.{i}" for i in range(depth))]
+    for stage in order:
+        if not isinstance(mapped.get(stage), Mapped):
+            reason = mapped[stage].reason if isinstance(mapped.get(stage), Unmapped) else "not mapped"
+            raise ValueError(f"stage {stage} has no tensor in the graph: {reason}")
+    nodes = list(proto.graph.node)
+    names = [n.name or f"#{i}" for i, n in enumerate(nodes)]
+    depends = [_depends_on(nodes, mapped[stage].tensor) for stage in order]  # node indices downstream of each
+    everything = set(range(len(nodes)))
+    parts = {"stem": everything - depends[0]}
+    for i in range(depth):
+        parts[f"blocks.{i}"] = depends[i] - depends[i + 1]
+    parts["head"] = depends[depth]
+    return {stage: [names[k] for k in sorted(indices)] for stage, indices in parts.items()}
+
+
+def _depends_on(nodes: list[onnx.NodeProto], tensor: str) -> set[int]:
+    """The indices of the nodes (in topological order) that read `tensor` directly or through other nodes."""
+    reached, found = {tensor}, set()
+    for index, node in enumerate(nodes):
+        if any(name in reached for name in node.input):
+            found.add(index)
+            reached.update(node.output)
     return found

@@ -1,0 +1,207 @@
+"""int8 with accuracy control: keep the stages that lose the most in float until top-1 agrees with Paddle.
+
+The loop, per step:
+1. quantize the fp32 graph with NNCF, the stages kept so far in its ignored scope (the first step is plain
+   int8, with the same settings, so the two differ only in what is kept);
+2. measure its top-1 agreement with Paddle fp32 on the validation images, and the error each stage adds by
+   itself: the int8 graph is cut at every stage's tensor (`stage_map`), each stage runs on the fp32 graph's
+   values of the stage before it, and its output is compared with the fp32 graph's, per token standardized
+   (what the next LayerNorm sees), so the residual stream and the logits compare on one scale;
+3. stop when the agreement reaches the target; otherwise keep in float the stage that adds the most error,
+   and go again.
+
+Why the kit's own loop and not NNCF's `quantize_with_accuracy_control` (tried first, nncf 3.4):
+- its ONNX backend ranks quantizers by the metric alone (the NMSE ranking over logits raises
+  UnsupportedBackendError for ONNX), and top-1 agreement on a few dozen images ties most of lvvit_s's 118
+  quantizer groups, so the order is left to chance and it re-ranks after reverts that do not help: one
+  ranking pass took 8 minutes on 2 cores, and it had reached 94.7% from 89.5% after 25 minutes;
+- it reverts a layer without undoing SmoothQuant's scaling of its input, so it ran without SmoothQuant,
+  i.e. from a worse start than plain int8.
+Here the ranking is continuous (the error a stage adds), costs three runs per step instead of one per
+quantizer group, and each step is a fresh NNCF quantization, so SmoothQuant stays on and stays exact.
+A step costs one NNCF calibration (19 s for lvvit_s on 32 images, 2 cores) and one instrumented run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from ..errors import ExportError
+from .stage_map import Mapped, graph_depth, map_stages, stage_nodes, with_outputs
+
+BATCH = 8  # images per run: bounds the memory of the exposed stages (16 blocks x tokens x width per image)
+
+
+@dataclass(frozen=True)
+class ControlStep:
+    kept: tuple[str, ...]  # stages in float during this step
+    agreement: float  # top-1 agreement with Paddle fp32
+    errors: dict[str, float]  # stage -> the relative error it adds by itself (see `_measure`)
+    seconds: float
+
+
+@dataclass
+class ControlledInt8:
+    proto: onnx.ModelProto
+    steps: list[ControlStep] = field(default_factory=list)
+    reached: bool = False
+
+    @property
+    def kept(self) -> tuple[str, ...]:
+        return self.steps[-1].kept if self.steps else ()
+
+    @property
+    def agreement(self) -> float:
+        return self.steps[-1].agreement if self.steps else float("nan")
+
+
+def quantize_until_agreement(
+    proto: onnx.ModelProto,
+    quantize: Callable[[onnx.ModelProto, list[str]], onnx.ModelProto],
+    images: np.ndarray,
+    reference_top1: np.ndarray,
+    min_agreement: float,
+    max_float_stages: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> ControlledInt8:
+    """int8 of `proto` with the fewest stages kept in float (greedily) for top-1 agreement >= `min_agreement`.
+
+    `quantize(proto, ignored_node_names)` makes the int8 graph; `reference_top1` are Paddle fp32's classes for
+    `images`. Stops after `max_float_stages` stages kept (None: until every stage is float), with
+    `reached=False` when the target was not met; the export's gate then decides.
+    """
+    say = log or (lambda message: None)
+    if len(images) != len(reference_top1) or not len(images):
+        raise ExportError(f"accuracy control needs images with their Paddle classes, got {len(images)} and "
+                          f"{len(reference_top1)}")  # fmt: skip
+    depth, aux_head = graph_depth(proto)
+    try:
+        parts = stage_nodes(proto, map_stages(proto, depth, aux_head))
+    except ValueError as exc:
+        raise ExportError(f"accuracy control needs the graph's stages: {exc}") from exc
+    order = list(parts)  # stem, blocks.0 .. blocks.N-1, head
+    limit = len(order) if max_float_stages is None else min(max_float_stages, len(order))
+    fp32 = _StageRunner(proto, depth, aux_head, "the fp32 graph")
+    result = ControlledInt8(proto)
+    kept: list[str] = []
+    while True:
+        started = time.perf_counter()
+        quantized = quantize(proto, [name for stage in kept for name in parts[stage]])
+        cut = _StageRunner(quantized, depth, aux_head, "the int8 graph", cut=True)
+        agreement, errors = _measure(fp32, _session(quantized), cut, images, reference_top1)
+        step = ControlStep(tuple(kept), agreement, errors, time.perf_counter() - started)
+        result.steps.append(step)
+        result.proto = quantized
+        float_part = ", ".join(kept) if kept else "nothing"
+        say(f"step {len(result.steps)}: {float_part} in float: top-1 agreement {agreement:.1%} "
+            f"({step.seconds:.0f} s)")  # fmt: skip
+        if agreement >= min_agreement:
+            result.reached = True
+            return result
+        if len(kept) >= limit:
+            say(f"stopped with {len(kept)} stages in float (--max-float-stages {limit}), below the target "
+                f"{min_agreement:.1%}")  # fmt: skip
+            return result
+        stage = max((s for s in order if s not in kept), key=lambda s: _finite_or_worst(errors[s]))
+        say(f"  keeping {stage} in float next: it adds the most error by itself ({errors[stage]:.4f})")
+        kept.append(stage)
+
+
+def _finite_or_worst(value: float) -> float:
+    """A NaN or infinite error (an int8 stage that overflowed) ranks above every finite one."""
+    return value if np.isfinite(value) else np.inf
+
+
+class _StageRunner:
+    """A graph on ONNX Runtime's CPU provider with the stem's and every block's tensor as extra outputs.
+
+    `cut=True`: every stage's tensor is also an input (its producer writes `<name>:local` instead), so each
+    stage runs on the values fed for the stage before it, and its output is the error it adds by itself.
+    """
+
+    def __init__(self, proto: onnx.ModelProto, depth: int, aux_head: bool, what: str, cut: bool = False) -> None:
+        import onnxruntime as ort
+
+        mapped = map_stages(proto, depth, aux_head)
+        stages = ["stem", *(f"blocks.{i}" for i in range(depth))]
+        missing = [s for s in stages if not isinstance(mapped[s], Mapped)]
+        if missing:
+            raise ExportError(f"accuracy control: {what} hides the stages {', '.join(missing)}")
+        self.tensors = {s: mapped[s].tensor for s in stages}  # type: ignore[union-attr]
+        self.fed = list(self.tensors.values()) if cut else []
+        graph = _cut(proto, self.fed) if cut else proto
+        outputs = {s: t + _LOCAL if t in self.fed else t for s, t in self.tensors.items()}
+        instrumented = with_outputs(graph, outputs.values())
+        self.session = ort.InferenceSession(instrumented.SerializeToString(), providers=["CPUExecutionProvider"])
+        self.input = proto.graph.input[0].name
+        self.output = proto.graph.output[0].name
+        self.outputs = outputs
+
+    def run(self, batch: np.ndarray, fed: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """stage -> value (`head`: the graph's output); `fed`: the stage values the cut graph runs on."""
+        fed_values = {self.tensors[s]: v for s, v in (fed or {}).items() if self.tensors.get(s) in self.fed}
+        feed = {self.input: batch, **fed_values}
+        names = [self.output, *self.outputs.values()]
+        values = dict(zip(names, self.session.run(names, feed), strict=True))
+        return {"head": values[self.output], **{s: values[t] for s, t in self.outputs.items()}}
+
+
+_LOCAL = ":local"
+
+
+def _cut(proto: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
+    """A copy of `proto` in which each of `tensors` is a graph input; its producer's output is renamed."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    for node in copy.graph.node:
+        for k, name in enumerate(node.output):
+            if name in tensors:
+                node.output[k] = name + _LOCAL
+    for name in tensors:
+        copy.graph.input.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    return copy
+
+
+def _standardized(value: np.ndarray) -> np.ndarray:
+    """Each token (each image's logits) at zero mean and unit variance: what the next LayerNorm (or softmax's
+    ranking) sees, so that errors of the residual stream and of the logits compare on one scale."""
+    value = value.astype(np.float64)
+    value = value - value.mean(axis=-1, keepdims=True)
+    return value / np.maximum(value.std(axis=-1, keepdims=True), 1e-12)
+
+
+def _session(proto: onnx.ModelProto):
+    """The graph as it ships, on ONNX Runtime's CPU provider as the export's verification runs it (exposing
+    tensors would keep ONNX Runtime from fusing across them, and could change the answer)."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def _measure(
+    fp32: _StageRunner, int8, cut: _StageRunner, images: np.ndarray, reference_top1: np.ndarray
+) -> tuple[float, dict[str, float]]:
+    """(top-1 agreement of the int8 graph with `reference_top1`, stage -> the relative error the stage adds by
+    itself: its int8 output from the fp32 input, standardized per token, L2 over the image, mean over images).
+
+    `head` is measured at the output: the final norm, both heads and the output's max hold no other stage.
+    """
+    agree, sums = 0, {}
+    for start in range(0, len(images), BATCH):
+        batch = images[start : start + BATCH]
+        want = fp32.run(batch)
+        logits = int8.run(None, {int8.get_inputs()[0].name: batch})[0]
+        agree += int((logits.argmax(1) == reference_top1[start : start + BATCH]).sum())
+        got = cut.run(batch, fed=want)
+        for stage, value in want.items():
+            flat_want = _standardized(value).reshape(len(batch), -1)
+            flat_got = _standardized(got[stage]).reshape(len(batch), -1)
+            rel = np.linalg.norm(flat_got - flat_want, axis=1) / np.maximum(np.linalg.norm(flat_want, axis=1), 1e-12)
+            sums[stage] = sums.get(stage, 0.0) + float(rel.sum())
+    order = ["stem", *sorted((s for s in sums if s.startswith("blocks.")), key=lambda s: int(s.split(".")[1])), "head"]
+    return agree / len(images), {stage: sums[stage] / len(images) for stage in order}
