@@ -270,8 +270,8 @@ def test_max_float_stages_needs_accuracy_control():
 
 
 def test_the_float_stages_are_metadata_checked_when_read():
-    from lvvit.metadata import MetadataError, ModelMetadata
     from lvvit import resolve_preset
+    from lvvit.metadata import MetadataError, ModelMetadata
 
     spec = resolve_preset("lvvit_s")
     meta = ModelMetadata("lvvit_s", spec.preprocess, 1000, None, 17, {}, {}, precision="int8",
@@ -279,6 +279,6 @@ def test_the_float_stages_are_metadata_checked_when_read():
     props = meta.to_props()
     assert ModelMetadata.from_props(props).float_stages == ("stem", "blocks.3")
     assert "lvvit.float_stages" not in ModelMetadata("lvvit_s", spec.preprocess, 1000, None, 17, {}, {}).to_props()
-    for bad in ('[1, 2]', '"stem"', '["' + "x" * 300 + '"]', "[" + ",".join(['"a"'] * 2000) + "]"):
+    for bad in ("[1, 2]", '"stem"', '["' + "x" * 300 + '"]', "[" + ",".join(['"a"'] * 2000) + "]"):
         with pytest.raises(MetadataError, match="lvvit.float_stages"):
             ModelMetadata.from_props({**props, "lvvit.float_stages": bad}, "m.onnx")

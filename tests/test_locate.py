@@ -12,10 +12,10 @@ import pytest
 from onnx import numpy_helper
 
 from exporters.onnx import export_onnx
+from exporters.onnx.stage_map import Mapped, Unmapped, map_stages, stage_names
 from lvvit import resolve_preset
 from validation import DriftInputs, ModelSource
 from validation.locate import LocateSettings, run_locate
-from exporters.onnx.stage_map import Mapped, Unmapped, map_stages, stage_names
 
 from .conftest import ROOT, TINY
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from exporters.onnx.stage_map import Mapped, Unmapped, map_stages, stage_names
 from lvvit.comparison import drift_stats
 from lvvit.provenance import sha256_of
 
@@ -35,7 +36,6 @@ from .errors import DatasetError, ModelSourceError
 from .locate_report import MAX_INSTRUMENTATION_REL, summary_line
 from .provenance import environment
 from .runners import ModelSource, check_given_files, ensure_onnx
-from exporters.onnx.stage_map import Mapped, Unmapped, map_stages, stage_names
 
 RUNTIMES = {"ort": "ONNX Runtime (CPU) on the .onnx file", "openvino": "OpenVINO (CPU, f32) on the .onnx file"}
 # The per-stage limits: those of the drift gate that mean something for any tensor (not top-k or KL).

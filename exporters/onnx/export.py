@@ -25,7 +25,6 @@ MAX_RESOLUTION = 1024  # 4,096 patches: the verification's attention maps alone 
 MAX_BATCH = 64  # a fixed batch is verified at its own size: that many images through both runtimes
 
 
-
 @dataclass
 class ExportResult:
     path: Path
