@@ -108,6 +108,19 @@ def test_the_bf16_row_runs_only_where_bf16_is_native(monkeypatch, native):
         assert "no native bf16 (avx512_bf16 / amx_bf16)" in row.unavailable
 
 
+def test_the_on_request_int8_rows_and_their_exports_appear_only_when_listed():
+    from validation.bench import bench_paths
+    from validation.bench_artifacts import EXTRA_INT8
+
+    default = {s.name for s in bench_paths(threads=2, streams=2, include=None)}
+    assert not default & {"openvino-int8-ac", "openvino-int8-unfolded"}  # minutes of NNCF only when asked for
+    asked = bench_paths(2, 2, include={"openvino-int8-ac", "openvino-int8-unfolded", "openvino-int8"})
+    assert {s.name: s.artifact for s in asked} == {
+        "openvino-int8": "int8", "openvino-int8-ac": "int8_ac", "openvino-int8-unfolded": "int8_unfolded"
+    }  # fmt: skip
+    assert {s.artifact for s in asked} - {"int8"} == set(EXTRA_INT8)
+
+
 @pytest.mark.parametrize(
     ("flag", "value", "message"),
     [

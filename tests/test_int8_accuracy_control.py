@@ -119,6 +119,23 @@ def test_accuracy_control_reaches_the_gate_plain_int8_misses(photos, tmp_path): 
     assert not dequantized_into & in_float  # what was kept in float reads no int8 tensor
 
 
+def test_the_smooth_quant_multiplies_can_be_kept_for_comparison(photos, tmp_path):  # noqa: F811
+    """`--keep-smooth-quant-muls` writes NNCF's graph as it made it, beside the folded default, under its own name."""
+    from exporters.onnx import FastPath, export_onnx
+
+    from .conftest import TINY
+
+    common = {"resolution": 64, "log": lambda m: None, "verify": False, **TINY}
+    files = {}
+    for fold in (True, False):
+        fast = FastPath(quantize="int8", calibration=photos, calibration_count=2, fold_smooth_quant=fold)
+        files[fold] = export_onnx("lvvit_s", output=tmp_path, fast=fast, **common).path
+    assert (files[True].name, files[False].name) == ("lvvit_s_64_int8.onnx", "lvvit_s_64_int8_unfolded.onnx")
+    smoothing = {fold: sum("nncf_smooth_quant" in n.name for n in onnx.load(str(path)).graph.node)
+                 for fold, path in files.items()}  # fmt: skip
+    assert smoothing[False] == smoothing[True] + 6  # 4 folded into the LayerNorms, 2 into constant Muls
+
+
 def test_accuracy_control_on_the_trained_digits_model_agrees_on_held_out_images(tmp_path):
     """Calibrated and controlled on training digits; >= 99% top-1 agreement with Paddle fp32 on the 450 held-out."""
     import shutil
@@ -263,6 +280,8 @@ def test_max_float_stages_needs_accuracy_control():
     from exporters.errors import ExportError
     from exporters.onnx import FastPath
 
+    with pytest.raises(ExportError, match="--keep-smooth-quant-muls applies to --quantize int8 with --quantizer nncf"):
+        FastPath(quantize="int8", calibration=".", quantizer="ort", fold_smooth_quant=False)
     with pytest.raises(ExportError, match="--max-float-stages applies to --accuracy-control"):
         FastPath(quantize="int8", calibration=".", max_float_stages=2)
     with pytest.raises(ExportError, match="must be at least 1, got 0"):

@@ -82,17 +82,13 @@ def bench_paths(threads: int, streams: int, include: set[str] | None) -> list[Be
             "openvino-int8", "OpenVINO, int8 QDQ (nncf)", "openvino", "int8", {"precision": "f32", **run}, "int8"
         ),
     ]
-    if include is not None and "openvino-int8-ac" in include:  # minutes of NNCF: only when asked for
-        paths.append(
-            BenchPath(
-                "openvino-int8-ac",
-                "OpenVINO, int8 QDQ (nncf, accuracy control)",
-                "openvino",
-                "int8_ac",
-                {"precision": "f32", **run},
-                "int8",
-            )
-        )
+    on_request = [  # exported only when listed: accuracy control takes minutes; the unfolded file is a comparison
+        ("openvino-int8-ac", "OpenVINO, int8 QDQ (nncf, accuracy control)", "int8_ac"),
+        ("openvino-int8-unfolded", "OpenVINO, int8 QDQ (nncf, SmoothQuant's Multiply nodes left)", "int8_unfolded"),
+    ]
+    for name, what, artifact in on_request:
+        if include is not None and name in include:
+            paths.append(BenchPath(name, what, "openvino", artifact, {"precision": "f32", **run}, "int8"))
     if streams == 1:  # the same as paddle-inference
         paths = [p for p in paths if p.name != "paddle-inference-streams"]
     return [p for p in paths if include is None or p.name in include]
@@ -210,13 +206,13 @@ def run_bench(
     from lvvit.macs import count_macs
     from lvvit.preprocess import image_files, preprocess_batch
 
-    from .bench_artifacts import prepare_artifacts
+    from .bench_artifacts import EXTRA_INT8, prepare_artifacts
     from .cpu_floor import SgemmProbe, detect_cpu, ms_at_rate
 
     threads = threads or len(os.sched_getaffinity(0))
     streams = streams or threads
-    controlled = include is not None and "openvino-int8-ac" in include  # minutes of NNCF: only when asked
-    artifacts = prepare_artifacts(preset, weights, resolution, Path(workdir), images, log, accuracy_control=controlled)
+    extras = tuple(p.artifact for p in bench_paths(1, 1, include) if p.artifact in EXTRA_INT8)
+    artifacts = prepare_artifacts(preset, weights, resolution, Path(workdir), images, log, extras=extras)
     spec = resolve_preset(preset, resolution)
     config = spec.preprocess
     image_paths = image_files(artifacts.images)[:limit_images]
@@ -320,8 +316,9 @@ def add_parser(subparsers) -> None:
         "--paths",
         default=None,
         help="comma-separated subset of: paddle-eager, paddle-inference, ort-fp32, ort-fused, "
-        "openvino-f32, openvino-bf16, ort-int8, openvino-int8 (default: all), and openvino-int8-ac (int8 with "
-        "accuracy control, exported only when listed here)",
+        "openvino-f32, openvino-bf16, ort-int8, openvino-int8 (default: all), and, exported only when listed "
+        "here, openvino-int8-ac (int8 with accuracy control) and openvino-int8-unfolded (nncf int8 with "
+        "SmoothQuant's Multiply nodes left, to compare with the folded file)",
     )
     parser.add_argument(
         "--limit-images",

@@ -20,6 +20,11 @@ class Artifacts:
     paddle: Path  # Paddle inference artifact (.pdiparams; .json beside it)
     images: Path  # the real images: calibration and drift
     int8_ac: Path | None = None  # NNCF int8 with accuracy control (exported only when a path asks for it)
+    int8_unfolded: Path | None = None  # NNCF int8 with SmoothQuant's Multiply nodes left (only when asked for)
+
+
+# The exports made only when a bench path asks for them: FastPath options on top of NNCF int8.
+EXTRA_INT8 = {"int8_ac": {"accuracy_control": True}, "int8_unfolded": {"fold_smooth_quant": False}}
 
 
 def source_fingerprint(*packages: Path) -> str:
@@ -48,9 +53,10 @@ def prepare_artifacts(
     images: Path | None,
     log,
     calibration_count: int = 32,
-    accuracy_control: bool = False,
+    extras: tuple[str, ...] = (),
 ) -> Artifacts:
-    """Export every path's file under `workdir`, or reuse them when made from the same inputs."""
+    """Export every path's file under `workdir` (and the `EXTRA_INT8` files named in `extras`), or reuse them
+    when made from the same inputs."""
     from exporters.onnx import FastPath, export_onnx, export_paddle_inference
     from lvvit import resolve_preset
 
@@ -69,12 +75,12 @@ def prepare_artifacts(
         "weights": sha256_of(weights) if weights else None,
         "images": str(images),
         "calibration_count": calibration_count,
-        "accuracy_control": accuracy_control,
+        "extras": sorted(extras),
         "kit": package_version("lvvit-deploy"),
         "exporter_sources": exporter_fingerprint(),
     }
     stamp = workdir / "artifacts.json"
-    names = ("onnx", "fused", "int8", "int8_ort", "paddle") + (("int8_ac",) if accuracy_control else ())
+    names = ("onnx", "fused", "int8", "int8_ort", "paddle", *sorted(extras))
     reused = _reusable(stamp, key, images, names)
     if reused is not None:
         log(f"reusing the exports in {workdir}")
@@ -85,10 +91,9 @@ def prepare_artifacts(
     for name, quantizer in (("int8", "nncf"), ("int8_ort", "ort")):
         int8 = FastPath(quantize="int8", calibration=images, calibration_count=calibration_count, quantizer=quantizer)
         files[name] = export_onnx(**common, fast=int8).path
-    if accuracy_control:  # the gate's images are the calibration folder's, as for the exporter's own option
-        controlled = FastPath(quantize="int8", calibration=images, calibration_count=calibration_count,
-                              accuracy_control=True)  # fmt: skip
-        files["int8_ac"] = export_onnx(**common, fast=controlled).path
+    for name in sorted(extras):  # accuracy control's images are the calibration folder's, as for the exporter's
+        extra = FastPath(quantize="int8", calibration=images, calibration_count=calibration_count, **EXTRA_INT8[name])
+        files[name] = export_onnx(**common, fast=extra).path
     del common["verify"]
     files["paddle"] = export_paddle_inference(**common).path
     # the exporters name the files; the stamp records their names, so a rerun finds them without guessing

@@ -166,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
         "calibration (about 20 s for lvvit_s on 2 cores)",
     )
     fast.add_argument(
+        "--keep-smooth-quant-muls",
+        action="store_true",
+        help="with --quantize int8 (nncf): leave SmoothQuant's Multiply nodes as NNCF wrote them instead of "
+        "folding them into the LayerNorm or Mul before them (the fold is exact; this is for comparing speed); "
+        "file <preset>_int8_unfolded.onnx",
+    )
+    fast.add_argument(
         "--max-float-stages",
         type=_count,
         default=None,
@@ -231,6 +238,7 @@ def _export(args: argparse.Namespace, common: dict):
         min_int8_agreement=args.min_int8_agreement,
         accuracy_control=args.accuracy_control,
         max_float_stages=args.max_float_stages,
+        fold_smooth_quant=not args.keep_smooth_quant_muls,
     )
     return export_onnx(**common, opset=args.opset, verify=not args.no_verify, atol=args.atol, fast=fast)
 

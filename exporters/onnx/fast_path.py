@@ -29,6 +29,7 @@ class FastPath:
     min_int8_agreement: float = INT8_MIN_AGREEMENT
     accuracy_control: bool = False  # int8: keep the most sensitive stages in float until the agreement gate is met
     max_float_stages: int | None = None  # accuracy control: stop after this many stages kept in float (None: all)
+    fold_smooth_quant: bool = True  # nncf: fold SmoothQuant's Multiply nodes into the op before them (exact)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -48,6 +49,8 @@ class FastPath:
         if self.max_float_stages is not None and (not self.accuracy_control or self.max_float_stages < 1):
             raise ExportError(f"--max-float-stages applies to --accuracy-control and must be at least 1, "
                               f"got {self.max_float_stages}")  # fmt: skip
+        if not self.fold_smooth_quant and (self.quantize != "int8" or self.quantizer != "nncf"):
+            raise ExportError("--keep-smooth-quant-muls applies to --quantize int8 with --quantizer nncf")
         if self.quantize and (self.optimize or self.precision != "fp32"):
             raise ExportError("--quantize int8 applies to the portable fp32 graph; drop --optimize / --precision")
 
@@ -62,9 +65,11 @@ class FastPath:
     @property
     def tag(self) -> str:
         """File-name suffix: '', '_ort' (fused), '_fp16', '_int8' (nncf), '_int8_ac' (nncf with accuracy control),
-        '_int8_ortq' (ONNX Runtime's quantizer)."""
+        '_int8_unfolded' (nncf, SmoothQuant's Multiply nodes left), '_int8_ortq' (ONNX Runtime's quantizer)."""
+        if self.quantize and self.quantizer == "nncf":
+            return "_int8_ac" if self.accuracy_control else "_int8" if self.fold_smooth_quant else "_int8_unfolded"
         if self.quantize:
-            return ("_int8_ac" if self.accuracy_control else "_int8") if self.quantizer == "nncf" else "_int8_ortq"
+            return "_int8_ortq"
         return "_fp16" if self.precision == "fp16" else "_ort" if self.optimize else ""
 
 
@@ -113,7 +118,8 @@ def apply_fast_path(proto, model, fast: FastPath, log: Log):
                 fast.max_float_stages, indent,
             )  # fmt: skip
         else:
-            proto = quantize_int8(proto, calibration, model.preset.preprocess, fast.quantizer, indent)
+            proto = quantize_int8(proto, calibration, model.preset.preprocess, fast.quantizer, indent,
+                                  fast.fold_smooth_quant)  # fmt: skip
     return proto, images, float_stages
 
 

@@ -110,12 +110,14 @@ def quantize_int8(
     config: PreprocessConfig,
     quantizer: str = "nncf",
     log: Callable[[str], None] | None = None,
+    fold: bool = True,
 ) -> onnx.ModelProto:
-    """The int8 QDQ graph of `proto`, calibrated on `calibration`'s images with `quantizer`."""
+    """The int8 QDQ graph of `proto`, calibrated on `calibration`'s images with `quantizer`; nncf's with
+    SmoothQuant's Multiply nodes folded into the op before them unless `fold` is False (for comparison)."""
     if quantizer == "nncf":
-        quantized, folded = _quantize_nncf(proto, calibration, config)
+        quantized, folded = _quantize_nncf(proto, calibration, config, fold=fold)
         if log is not None:
-            log(f"folded {folded.describe()}")
+            log(f"folded {folded.describe()}" if fold else "SmoothQuant's Multiply nodes left as NNCF wrote them")
         return quantized
     if quantizer == "ort":
         return _quantize_ort(proto, calibration, config)
@@ -123,8 +125,12 @@ def quantize_int8(
 
 
 def _quantize_nncf(
-    proto: onnx.ModelProto, calibration: CalibrationSet, config: PreprocessConfig, ignored: Sequence[str] = ()
-) -> tuple[onnx.ModelProto, FoldReport]:
+    proto: onnx.ModelProto,
+    calibration: CalibrationSet,
+    config: PreprocessConfig,
+    ignored: Sequence[str] = (),
+    fold: bool = True,
+) -> tuple[onnx.ModelProto, FoldReport | None]:
     """NNCF's int8 QDQ graph, SmoothQuant's Multiply nodes folded where they can be, and what was folded;
     the nodes named in `ignored` (and their inputs) stay in float."""
     try:
@@ -148,7 +154,7 @@ def _quantize_nncf(
             )
     except Exception as exc:  # NNCF raises a variety of errors from its backends
         raise ExportError(f"int8 quantization (nncf) failed: {type(exc).__name__}: {exc}") from exc
-    return quantized, fold_smooth_quant_scales(quantized)
+    return quantized, fold_smooth_quant_scales(quantized) if fold else None
 
 
 def quantize_int8_accuracy_controlled(
