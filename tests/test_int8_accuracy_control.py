@@ -54,14 +54,18 @@ def _run(proto: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     return session.run(["y"], {"x": x})[0]
 
 
-def test_smooth_quant_multiplies_fold_into_the_layernorm_and_the_constant_mul_exactly():
+def test_smooth_quant_multiplies_fold_into_the_layernorm_exactly_and_stay_after_a_constant_mul():
+    """The Mul after the LayerNorm folds into it; the one after `Mul(h, 0.5)` stays, because folding it there made
+    the scalar a vector and OpenVINO's int8 lvvit_s ran about 20% slower."""
     proto = _smoothed_graph()
     folded = copy.deepcopy(proto)
     report = fold_smooth_quant_scales(folded)
-    assert (report.into_layernorm, report.into_mul, report.left) == (1, 1, 0)
+    assert (report.into_layernorm, report.left) == (1, 1)
     onnx.checker.check_model(folded, full_check=True)
-    assert [n.op_type for n in folded.graph.node] == ["LayerNormalization", "Shape", "MatMul", "Mul", "Relu"]
-    assert {i.name for i in folded.graph.initializer} == {"norm.weight", "norm.bias", "w", "half"}  # names kept
+    assert [n.op_type for n in folded.graph.node] == ["LayerNormalization", "Shape", "MatMul", "Mul", "Mul", "Relu"]
+    assert {i.name for i in folded.graph.initializer} == {"norm.weight", "norm.bias", "w", "half", "s2"}  # names kept
+    half = next(i for i in folded.graph.initializer if i.name == "half")
+    assert numpy_helper.to_array(half).shape == ()  # the constant Mul keeps its scalar
     x = np.random.default_rng(1).normal(0, 2, (2, 5, C)).astype(np.float32)
     expected, got = _run(proto, x), _run(folded, x)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
@@ -70,8 +74,8 @@ def test_smooth_quant_multiplies_fold_into_the_layernorm_and_the_constant_mul_ex
 def test_a_layernorm_whose_scale_is_shared_is_left_alone():
     folded = _smoothed_graph(shared_gamma=True)
     report = fold_smooth_quant_scales(folded)
-    assert (report.into_layernorm, report.into_mul, report.left) == (0, 1, 1)
-    assert sum("nncf_smooth_quant" in n.name for n in folded.graph.node) == 1
+    assert (report.into_layernorm, report.left) == (0, 2)
+    assert sum("nncf_smooth_quant" in n.name for n in folded.graph.node) == 2
     weight = next(i for i in folded.graph.initializer if i.name == "norm.weight")
     np.testing.assert_array_equal(
         numpy_helper.to_array(weight), numpy_helper.to_array(_smoothed_graph().graph.initializer[0])
@@ -133,7 +137,7 @@ def test_the_smooth_quant_multiplies_can_be_kept_for_comparison(photos, tmp_path
     assert (files[True].name, files[False].name) == ("lvvit_s_64_int8.onnx", "lvvit_s_64_int8_unfolded.onnx")
     smoothing = {fold: sum("nncf_smooth_quant" in n.name for n in onnx.load(str(path)).graph.node)
                  for fold, path in files.items()}  # fmt: skip
-    assert smoothing[False] == smoothing[True] + 6  # 4 folded into the LayerNorms, 2 into constant Muls
+    assert smoothing[False] == smoothing[True] + 4  # 4 folded into the LayerNorms
 
 
 def test_accuracy_control_on_the_trained_digits_model_agrees_on_held_out_images(tmp_path):
@@ -262,11 +266,33 @@ def test_max_float_stages_stops_the_loop_below_the_target(tiny_fp32):
     messages: list[str] = []
     result = quantize_until_agreement(tiny_fp32, _damaging((0, 2)), images, classes, 0.99, max_float_stages=1,
                                       log=messages.append)  # fmt: skip
-    assert not result.reached and len(result.steps) == 2 and result.kept[0] in ("blocks.0", "blocks.2")
-    assert result.agreement < 0.99
-    assert "stopped with 1 stages in float (--max-float-stages 1)" in messages[-1]
+    assert not result.reached and len(result.steps) == 2 and result.steps[1].kept[0] in ("blocks.0", "blocks.2")
+    best = max(range(2), key=lambda i: (result.steps[i].agreement, -i))  # the best step, the earlier among equals
+    assert result.chosen == best and result.kept == result.steps[best].kept and result.agreement < 0.99
+    assert "no step reached 99.0% (--max-float-stages 1); the best was step" in messages[-1]
     full = quantize_until_agreement(tiny_fp32, _damaging((0, 2)), images, classes, 0.99)
     assert full.reached and sorted(full.kept) == ["blocks.0", "blocks.2"]
+
+
+def test_when_no_step_reaches_the_target_the_best_step_is_kept(tiny_fp32):
+    """Keeping block 1 in float makes things worse here (the stand-in then damages block 2 far more): the result is
+    the first step's graph, not the last one's."""
+    from exporters.onnx.accuracy_control import quantize_until_agreement
+    from exporters.onnx.stage_map import map_stages, stage_nodes
+
+    block1 = set(stage_nodes(tiny_fp32, map_stages(tiny_fp32, 3))["blocks.1"])
+    mild, harsh = _damaging((1,), scale=0.3), _damaging((2,), scale=3.0)
+
+    def quantize(proto, ignored):
+        return harsh(proto, []) if block1 & set(ignored) else mild(proto, [])
+
+    images, classes = _images_and_classes(tiny_fp32)
+    result = quantize_until_agreement(tiny_fp32, quantize, images, classes, 0.99, max_float_stages=1)
+    assert [s.kept for s in result.steps] == [(), ("blocks.1",)]
+    assert result.steps[1].agreement < result.steps[0].agreement < 0.99
+    assert result.chosen == 0 and result.kept == () and not result.reached
+    expected = mild(tiny_fp32, [])
+    assert [i.raw_data for i in result.proto.graph.initializer] == [i.raw_data for i in expected.graph.initializer]
 
 
 def test_a_nan_stage_is_kept_first():

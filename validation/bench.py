@@ -200,6 +200,7 @@ def run_bench(
     log=print,
     limit_images: int | None = None,
     settle_ms: int = DEFAULT_SETTLE_MS,
+    max_float_stages: int | None = None,
 ) -> dict[str, Any]:
     """Export the paths' files (or reuse them), time each path per batch size, measure drift; return a report."""
     from lvvit import resolve_preset
@@ -212,7 +213,8 @@ def run_bench(
     threads = threads or len(os.sched_getaffinity(0))
     streams = streams or threads
     extras = tuple(p.artifact for p in bench_paths(1, 1, include) if p.artifact in EXTRA_INT8)
-    artifacts = prepare_artifacts(preset, weights, resolution, Path(workdir), images, log, extras=extras)
+    artifacts = prepare_artifacts(preset, weights, resolution, Path(workdir), images, log, extras=extras,
+                                  max_float_stages=max_float_stages)  # fmt: skip
     spec = resolve_preset(preset, resolution)
     config = spec.preprocess
     image_paths = image_files(artifacts.images)[:limit_images]
@@ -321,6 +323,12 @@ def add_parser(subparsers) -> None:
         "SmoothQuant's Multiply nodes left, to compare with the folded file)",
     )
     parser.add_argument(
+        "--max-float-stages",
+        type=positive,
+        default=None,
+        help="openvino-int8-ac: the export's --max-float-stages (default: until the target or every stage is float)",
+    )
+    parser.add_argument(
         "--limit-images",
         type=positive,
         default=None,
@@ -356,6 +364,7 @@ def _main(args) -> int:
         log=lambda m: print(m, file=sys.stderr, flush=True),
         limit_images=args.limit_images,
         settle_ms=args.settle_ms,
+        max_float_stages=args.max_float_stages,
     )  # fmt: skip
     from .report import write_reports
 

@@ -54,6 +54,7 @@ def prepare_artifacts(
     log,
     calibration_count: int = 32,
     extras: tuple[str, ...] = (),
+    max_float_stages: int | None = None,
 ) -> Artifacts:
     """Export every path's file under `workdir` (and the `EXTRA_INT8` files named in `extras`), or reuse them
     when made from the same inputs."""
@@ -76,6 +77,7 @@ def prepare_artifacts(
         "images": str(images),
         "calibration_count": calibration_count,
         "extras": sorted(extras),
+        "max_float_stages": max_float_stages if "int8_ac" in extras else None,
         "kit": package_version("lvvit-deploy"),
         "exporter_sources": exporter_fingerprint(),
     }
@@ -92,7 +94,8 @@ def prepare_artifacts(
         int8 = FastPath(quantize="int8", calibration=images, calibration_count=calibration_count, quantizer=quantizer)
         files[name] = export_onnx(**common, fast=int8).path
     for name in sorted(extras):  # accuracy control's images are the calibration folder's, as for the exporter's
-        extra = FastPath(quantize="int8", calibration=images, calibration_count=calibration_count, **EXTRA_INT8[name])
+        options = {**EXTRA_INT8[name], **({"max_float_stages": max_float_stages} if name == "int8_ac" else {})}
+        extra = FastPath(quantize="int8", calibration=images, calibration_count=calibration_count, **options)
         files[name] = export_onnx(**common, fast=extra).path
     del common["verify"]
     files["paddle"] = export_paddle_inference(**common).path

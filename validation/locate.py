@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from exporters.onnx.stage_map import Mapped, Unmapped, map_stages, stage_names
+from exporters.onnx.stage_map import Mapped, Unmapped, map_stages, stage_names, with_outputs
 from lvvit.comparison import drift_stats
 from lvvit.provenance import sha256_of
 
@@ -118,17 +118,11 @@ class ExportStages:
             ) from exc
 
     def _open_ort(self, proto: Any):
-        import onnx
         import onnxruntime as ort
 
         from runtimes.ort_providers import CPU_DISABLED_FUSIONS
 
-        copy = onnx.ModelProto()
-        copy.CopyFrom(proto)
-        present = {o.name for o in copy.graph.output}
-        for tensor in dict.fromkeys(self.tensors.values()):
-            if tensor not in present:
-                copy.graph.output.append(onnx.ValueInfoProto(name=tensor))
+        copy = with_outputs(proto, self.tensors.values())
         options = ort.SessionOptions()
         if self.threads:
             options.intra_op_num_threads = self.threads

@@ -47,17 +47,18 @@ class ControlStep:
 
 @dataclass
 class ControlledInt8:
-    proto: onnx.ModelProto
+    proto: onnx.ModelProto  # the chosen step's graph
     steps: list[ControlStep] = field(default_factory=list)
+    chosen: int = 0  # index into `steps`
     reached: bool = False
 
     @property
     def kept(self) -> tuple[str, ...]:
-        return self.steps[-1].kept if self.steps else ()
+        return self.steps[self.chosen].kept if self.steps else ()
 
     @property
     def agreement(self) -> float:
-        return self.steps[-1].agreement if self.steps else float("nan")
+        return self.steps[self.chosen].agreement if self.steps else float("nan")
 
 
 def quantize_until_agreement(
@@ -72,8 +73,9 @@ def quantize_until_agreement(
     """int8 of `proto` with the fewest stages kept in float (greedily) for top-1 agreement >= `min_agreement`.
 
     `quantize(proto, ignored_node_names)` makes the int8 graph; `reference_top1` are Paddle fp32's classes for
-    `images`. Stops after `max_float_stages` stages kept (None: until every stage is float), with
-    `reached=False` when the target was not met; the export's gate then decides.
+    `images`. Stops after `max_float_stages` stages kept (None: until every stage is float). When no step met
+    the target, the result is the step with the best agreement (the fewest stages in float among equals),
+    with `reached=False`; the export's gate then decides.
     """
     say = log or (lambda message: None)
     if len(images) != len(reference_top1) or not len(images):
@@ -95,8 +97,10 @@ def quantize_until_agreement(
         cut = _StageRunner(quantized, depth, aux_head, "the int8 graph", cut=True)
         agreement, errors = _measure(fp32, _session(quantized), cut, images, reference_top1)
         step = ControlStep(tuple(kept), agreement, errors, time.perf_counter() - started)
+        best = result.agreement
         result.steps.append(step)
-        result.proto = quantized
+        if len(result.steps) == 1 or agreement > best:  # a NaN agreement is never better; equals: fewer stages
+            result.proto, result.chosen = quantized, len(result.steps) - 1
         float_part = ", ".join(kept) if kept else "nothing"
         say(f"step {len(result.steps)}: {float_part} in float: top-1 agreement {agreement:.1%} "
             f"({step.seconds:.0f} s)")  # fmt: skip
@@ -104,8 +108,10 @@ def quantize_until_agreement(
             result.reached = True
             return result
         if len(kept) >= limit:
-            say(f"stopped with {len(kept)} stages in float (--max-float-stages {limit}), below the target "
-                f"{min_agreement:.1%}")  # fmt: skip
+            why = "every stage is in float" if limit == len(order) else f"--max-float-stages {limit}"
+            best = result.steps[result.chosen]
+            say(f"no step reached {min_agreement:.1%} ({why}); the best was step {result.chosen + 1}: "
+                f"{', '.join(best.kept) or 'nothing'} in float, {best.agreement:.1%}")  # fmt: skip
             return result
         stage = max((s for s in order if s not in kept), key=lambda s: _finite_or_worst(errors[s]))
         say(f"  keeping {stage} in float next: it adds the most error by itself ({errors[stage]:.4f})")
