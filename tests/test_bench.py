@@ -197,6 +197,9 @@ def test_bench_cli_on_a_tiny_model(tmp_path):
     low, high = report["measured_sgemm_gfma_per_s_range"]
     assert 0 < low <= report["measured_sgemm_gfma_per_s"] <= high  # one probe per batch-1 round
     assert report["measured_floor_ms_batch1"] > 0 and report["floor_ms_batch1"] > 0
+    cpu = report["cpu"]  # the floor's clock: the fastest probe round's, where that beat the nominal clock
+    implied = high / (cpu["cores"] * cpu["fp32_macs_per_cycle"])
+    assert cpu["clock_ghz"] == pytest.approx(max(implied, report["nominal_clock_ghz"]), abs=2e-3)
     table = (tmp_path / "bench.md").read_text()
     assert "x Paddle Inference" in table and "Arithmetic floors at batch 1" in table
     assert "b1 x floor of its precision" in table

@@ -100,9 +100,15 @@ def bench_blocks(report: dict[str, Any]) -> tuple[str, list[Block]]:
             continue
         best = min(timed, key=lambda p: _timings(p)[1]["median_ms"])
         latency = _timings(best)[1]["median_ms"]
+        x_floor = _timings(best)[1]["x_floor"]
         notes.append(
-            f"Fastest {precision} path at batch 1: {best['name']}, {latency:.1f} ms = "
-            f"{_timings(best)[1]['x_floor']:.2f}x its floor."
+            f"Fastest {precision} path at batch 1: {best['name']}, {latency:.1f} ms = {x_floor:.2f}x its floor."
+            + (
+                " It beat the floor: its cores ran faster than in any SGEMM probe round, so this floor's clock is "
+                "too low."
+                if x_floor < 1
+                else ""
+            )  # fmt: skip
         )
     if 1 in batches:
         sgemm = report["measured_sgemm_gfma_per_s"]
