@@ -295,6 +295,23 @@ def test_when_no_step_reaches_the_target_the_best_step_is_kept(tiny_fp32):
     assert [i.raw_data for i in result.proto.graph.initializer] == [i.raw_data for i in expected.graph.initializer]
 
 
+def test_a_graph_whose_stages_cannot_be_found_is_refused_by_name(tiny_fp32):
+    from exporters.errors import ExportError
+    from exporters.onnx.accuracy_control import quantize_until_agreement
+
+    renamed = copy.deepcopy(tiny_fp32)  # the norm that marks block 0's residual stream, under another name
+    for init in renamed.graph.initializer:
+        if init.name == "blocks.1.norm1.weight":
+            init.name = "renamed"
+    for node in renamed.graph.node:
+        node.input[:] = ["renamed" if i == "blocks.1.norm1.weight" else i for i in node.input]
+    images, classes = _images_and_classes(tiny_fp32, count=2)
+    with pytest.raises(ExportError, match=r"accuracy control needs the graph's stages: stage blocks\.0 has no tensor"):
+        quantize_until_agreement(renamed, _damaging(()), images, classes, 0.99)
+    with pytest.raises(ExportError, match="needs images with their Paddle classes, got 2 and 1"):
+        quantize_until_agreement(tiny_fp32, _damaging(()), images, classes[:1], 0.99)
+
+
 def test_a_nan_stage_is_kept_first():
     from exporters.onnx.accuracy_control import _finite_or_worst
 
