@@ -266,6 +266,20 @@ def test_class_folders_list_what_is_not_a_regular_file(tmp_path):
         assert reason in skipped[f"cat/{name}"], (name, skipped)
 
 
+def test_calibration_folders_list_image_names_that_are_not_regular_files(tmp_path):
+    from exporters.onnx.quantize import find_calibration_images
+    from lvvit import resolve_preset
+
+    expected = _hostile_entries(tmp_path / "calibration")
+    _photo(tmp_path / "calibration" / "ok.png")
+    found = find_calibration_images(tmp_path / "calibration", resolve_preset("lvvit_s").preprocess, limit=4)
+    assert [p.name for p in found.used] == ["ok.png"]
+    skipped = {path.name: reason for path, reason in found.skipped}
+    assert set(skipped) == set(expected) - {"again"}  # the folder loop is no image name
+    for name, reason in skipped.items():
+        assert expected[name] in reason, (name, reason)
+
+
 # -- label files ---------------------------------------------------------------------------------------------------
 
 

@@ -25,8 +25,9 @@ from onnx import numpy_helper
 from lvvit.errors import ImageError
 from lvvit.interrupt import temporary
 from lvvit.metadata import INPUT_NAME
-from lvvit.preprocess import image_files, preprocess
+from lvvit.preprocess import is_image_name, preprocess
 from lvvit.presets import PreprocessConfig
+from lvvit.regular_files import walk_regular_files
 
 from ..errors import ExportError
 
@@ -64,15 +65,17 @@ class CalibrationSet:
 
 def find_calibration_images(folder: str | Path, config: PreprocessConfig, limit: int) -> CalibrationSet:
     """Readable images under `folder` (sorted, recursive): the first `limit` calibrate, up to
-    `EVALUATION_LIMIT` evaluate; unreadable ones are listed, not fatal."""
+    `EVALUATION_LIMIT` evaluate; unreadable ones, and image names that are no regular file (a FIFO, a
+    device, a broken link or a loop), are listed, not fatal."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ExportError(f"--calibration {folder}: not a folder of images")
-    candidates = image_files(folder)
     if limit < 1:
         raise ExportError(f"--calibration-count must be at least 1, got {limit}")
+    files, odd = walk_regular_files(folder)
+    candidates = [p for p in files if is_image_name(p)]
     readable: list[Path] = []
-    skipped: list[tuple[Path, str]] = []
+    skipped: list[tuple[Path, str]] = [(s.path, s.reason) for s in odd if is_image_name(s.path)]
     for path in candidates:
         if len(readable) == max(limit, EVALUATION_LIMIT):
             break
