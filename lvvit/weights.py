@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .atomic import atomic_output
+from .atomic import OutputPathError, atomic_output
 from .errors import WeightsError, WeightsMismatchError
 from .provenance import sha256_of
 from .safe_pickle import (
@@ -341,10 +341,14 @@ def save_state_dict(model: nn.Layer, target: str | Path) -> Path:
     target = Path(target)
     state = {k: v.numpy() for k, v in model.state_dict().items()}
     if target.name.endswith(".safetensors"):
+        from safetensors import SafetensorError
         from safetensors.numpy import save_file
 
-        with atomic_output(target) as tmp:
-            save_file(state, str(tmp), metadata={"format": "paddle"})
+        try:
+            with atomic_output(target) as tmp:
+                save_file(state, str(tmp), metadata={"format": "paddle"})
+        except SafetensorError as exc:  # its I/O errors (a full disk, a quota) are not OSError
+            raise OutputPathError(f"{target}: cannot write the weights ({clip(str(exc), 300)})") from exc
     elif target.name.endswith(".pdparams"):
         with atomic_output(target) as tmp:
             paddle.save(model.state_dict(), str(tmp))

@@ -209,6 +209,27 @@ def test_a_full_disk_names_the_path_and_the_cause(tmp_path, writer):
     assert target.read_bytes() == b"older" and [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
 
 
+def test_saving_weights_to_a_full_disk_names_the_file(tmp_path):
+    """safetensors reports a failed write as its own SafetensorError, not an OSError: the kit names the file."""
+    target = tmp_path / "w.safetensors"
+    target.write_bytes(b"older")
+    result = run_bounded(
+        f"""
+        import resource, signal
+        from lvvit import create_model
+        from lvvit.weights import save_state_dict
+        model = create_model("lvvit_s", resolution=32, embed_dim=64, depth=2, num_heads=4, num_classes=10)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (10_000, 10_000))
+        save_state_dict(model, {str(target)!r})
+        """,
+        timeout_s=120,
+    )
+    assert result.raised(OutputPathError), result.output
+    assert f"{target}: cannot write the weights" in result.message
+    assert target.read_bytes() == b"older" and [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
+
+
 def test_a_file_set_replaces_the_older_set_as_a_unit(tmp_path):
     for name in ("a.json", "a.md", "a_old.png"):
         (tmp_path / name).write_text("older")
