@@ -109,9 +109,8 @@ def quantize_until_agreement(
             return result
         if len(kept) >= limit:
             why = "every stage is in float" if limit == len(order) else f"--max-float-stages {limit}"
-            best = result.steps[result.chosen]
             say(f"no step reached {min_agreement:.1%} ({why}); the best was step {result.chosen + 1}: "
-                f"{', '.join(best.kept) or 'nothing'} in float, {best.agreement:.1%}")  # fmt: skip
+                f"{', '.join(result.kept) or 'nothing'} in float, {result.agreement:.1%}")  # fmt: skip
             return result
         stage = max((s for s in order if s not in kept), key=lambda s: _finite_or_worst(errors[s]))
         say(f"  keeping {stage} in float next: it adds the most error by itself ({errors[stage]:.4f})")
