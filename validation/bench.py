@@ -212,14 +212,14 @@ def run_bench(
 
     threads = threads or len(os.sched_getaffinity(0))
     streams = streams or threads
-    extras = tuple(p.artifact for p in bench_paths(1, 1, include) if p.artifact in EXTRA_INT8)
+    paths = bench_paths(threads, streams, include)
+    extras = tuple(p.artifact for p in paths if p.artifact in EXTRA_INT8)
     artifacts = prepare_artifacts(preset, weights, resolution, Path(workdir), images, log, extras=extras,
                                   max_float_stages=max_float_stages)  # fmt: skip
     spec = resolve_preset(preset, resolution)
     config = spec.preprocess
     image_paths = image_files(artifacts.images)[:limit_images]
     real = preprocess_batch(image_paths, config)
-    paths = bench_paths(threads, streams, include)
     log(f"opening {len(paths)} paths with {threads} threads ({streams} streams where batched)")
     opened, results = _open_all(paths, artifacts, spec, weights, log)
     by_name = {r.name: r for r in results}

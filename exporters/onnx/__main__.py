@@ -159,17 +159,18 @@ def build_parser() -> argparse.ArgumentParser:
     fast.add_argument(
         "--accuracy-control",
         action="store_true",
-        help="with --quantize int8 (nncf): keep stages (stem, a block, the head) in float, the one whose error "
-        "grows most first, re-quantizing each time, until top-1 agreement with Paddle fp32 on the calibration "
-        "folder's images reaches --min-int8-agreement; file <preset>_int8_ac.onnx; each step and the stages "
-        "and layers kept in float are printed and recorded in the graph's doc string. A step costs one "
-        "calibration (about 20 s for lvvit_s on 2 cores)",
+        help="with --quantize int8 (nncf): keep stages (stem, a block, the head) in float, the one that adds the "
+        "most error by itself first, re-quantizing each time, until top-1 agreement with Paddle fp32 on the "
+        "calibration folder's images reaches --min-int8-agreement; file <preset>_int8_ac.onnx; each step is "
+        "printed, the stages kept in float are recorded in the metadata (lvvit.float_stages) and, with the "
+        "layers, in the graph's doc string. A step costs one calibration and three runs over the images "
+        "(about 35 s for lvvit_s on 2 cores)",
     )
     fast.add_argument(
         "--keep-smooth-quant-muls",
         action="store_true",
         help="with --quantize int8 (nncf): leave SmoothQuant's Multiply nodes as NNCF wrote them instead of "
-        "folding them into the LayerNorm or Mul before them (the fold is exact; this is for comparing speed); "
+        "folding those after a LayerNorm into it (the fold is exact; this is for comparing speed); "
         "file <preset>_int8_unfolded.onnx",
     )
     fast.add_argument(

@@ -29,7 +29,7 @@ class FastPath:
     min_int8_agreement: float = INT8_MIN_AGREEMENT
     accuracy_control: bool = False  # int8: keep the most sensitive stages in float until the agreement gate is met
     max_float_stages: int | None = None  # accuracy control: stop after this many stages kept in float (None: all)
-    fold_smooth_quant: bool = True  # nncf: fold SmoothQuant's Multiply nodes into the op before them (exact)
+    fold_smooth_quant: bool = True  # nncf: fold SmoothQuant's Multiply nodes into the LayerNorm before them (exact)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

@@ -5,8 +5,8 @@ Two quantizers, chosen explicitly:
   correction, quantizers placed where OpenVINO and ONNX Runtime run int8 kernels).
 - `ort`: ONNX Runtime's `quantize_static`, per-channel int8 weights, min/max activations.
 Both write QDQ ONNX that ONNX Runtime and OpenVINO run. NNCF's SmoothQuant leaves a Multiply by a
-per-channel scale before each smoothed MatMul; `fold_smooth_quant_scales` folds those it can into
-the op before them (a LayerNorm's scale and bias, or a Mul by a constant), which is exact maths.
+per-channel scale before each smoothed MatMul; `fold_smooth_quant_scales` folds those after a
+LayerNorm into its scale and bias, which is exact maths (those after a constant Mul stay: see there).
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def quantize_int8(
     fold: bool = True,
 ) -> onnx.ModelProto:
     """The int8 QDQ graph of `proto`, calibrated on `calibration`'s images with `quantizer`; nncf's with
-    SmoothQuant's Multiply nodes folded into the op before them unless `fold` is False (for comparison)."""
+    SmoothQuant's Multiply nodes after a LayerNorm folded into it unless `fold` is False (for comparison)."""
     if quantizer == "nncf":
         quantized, folded = _quantize_nncf(proto, calibration, config, fold=fold)
         if log is not None:
@@ -134,7 +134,8 @@ def _quantize_nncf(
     ignored: Sequence[str] = (),
     fold: bool = True,
 ) -> tuple[onnx.ModelProto, FoldReport | None]:
-    """NNCF's int8 QDQ graph, SmoothQuant's Multiply nodes folded where they can be, and what was folded;
+    """NNCF's int8 QDQ graph, SmoothQuant's Multiply nodes after a LayerNorm folded (unless `fold` is False), and
+    what was folded;
     the nodes named in `ignored` (and their inputs) stay in float."""
     try:
         import nncf
@@ -174,7 +175,7 @@ def quantize_int8_accuracy_controlled(
     (Paddle fp32's classes for `images`) reaches `min_agreement`, the stages kept in float) (see `accuracy_control`)."""
     from .accuracy_control import quantize_until_agreement
 
-    folds: list[FoldReport] = []
+    folds: list[FoldReport] = []  # one per step, in step order
 
     def quantize(graph: onnx.ModelProto, ignored: list[str]) -> onnx.ModelProto:  # each step measures what ships
         quantized, folded = _quantize_nncf(graph, calibration, config, ignored)
@@ -192,7 +193,7 @@ def quantize_int8_accuracy_controlled(
     )
     quantized = controlled.proto
     kept, weighted = float_layers(quantized)
-    folded = folds[-1]
+    folded = folds[controlled.chosen]  # the chosen step need not be the last
     stages = ", ".join(controlled.kept) or "none"
     if log is not None:
         log(f"accuracy control kept {len(controlled.kept)} stages in float ({stages}): {len(kept)} of {weighted} "

@@ -174,7 +174,7 @@ def stage_nodes(proto: onnx.ModelProto, mapped: dict[str, Mapped | Unmapped]) ->
     tensors each node depends on, so attention's activation-by-activation MatMuls and every Add, Softmax and
     Gelu of a block belong to it without being named. Raises ValueError naming an unmapped stage.
     """
-    depth, _ = graph_depth(proto)
+    depth = sum(stage.startswith("blocks.") for stage in mapped)
     order = ["stem", *(f"blocks.{i}" for i in range(depth))]
     for stage in order:
         if not isinstance(mapped.get(stage), Mapped):
