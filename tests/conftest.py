@@ -15,6 +15,18 @@ if str(ROOT) not in sys.path:
 # Small enough for a 2-core CI machine, big enough to exercise every path.
 TINY = {"embed_dim": 64, "depth": 2, "num_heads": 4, "num_classes": 10}
 
+# Stored /proc/cpuinfo of each CPU kind the kit runs on; the kit's CPU detection reads the file named by
+# LVVIT_CPUINFO (its one override), so every branch is checked on any machine.
+CPUINFO_DIR = ROOT / "tests" / "data" / "cpuinfo"
+CPU_KINDS = ("skylake_sp", "ice_lake", "sapphire_rapids", "zen3", "zen4", "zen5")
+
+
+@pytest.fixture(params=CPU_KINDS)
+def cpu_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each CPU kind in turn, as the kit's CPU detection sees it."""
+    monkeypatch.setenv("LVVIT_CPUINFO", str(CPUINFO_DIR / f"{request.param}.txt"))
+    return request.param
+
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: real presets at full size (run in CI, skip with -m 'not slow')")

@@ -12,7 +12,7 @@ from lvvit import get_preset
 from lvvit.macs import count_macs
 from validation.cpu_floor import detect_cpu, has_native_bf16
 
-from .conftest import ROOT
+from .conftest import CPU_KINDS, CPUINFO_DIR, ROOT
 
 pytest_plugins = ["tests.runtime_fixtures"]
 
@@ -22,87 +22,99 @@ def test_lvvit_s_is_about_6_5_gmac():
     assert count_macs(preset.arch, 224) / 1e9 == pytest.approx(6.55, abs=0.05)
 
 
-def _cpuinfo(tmp_path, vendor: str, family: int, model: int, name: str, flags: str, mhz: str = "2600.000"):
-    info = tmp_path / f"cpuinfo-{family}-{model}"
-    info.write_text(
-        f"vendor_id\t: {vendor}\ncpu family\t: {family}\nmodel\t\t: {model}\nmodel name\t: {name}\n"
-        f"cpu MHz\t\t: {mhz}\nflags\t\t: fpu {flags}\n"
-    )
-    return info
-
-
-# The three CPU kinds this project runs on, read from their /proc/cpuinfo (family, model and flags as the
-# kernel reports them): the floor takes the FMA width from the microarchitecture, not from the ISA alone.
-CASCADE_LAKE = ("GenuineIntel", 6, 85, "Intel(R) Xeon(R) Platinum 8259CL CPU @ 2.50GHz", "avx2 fma avx512f avx512_vnni")
-ZEN4 = ("AuthenticAMD", 25, 17, "AMD EPYC", "avx2 fma avx512f avx512_bf16 avx512_vnni")
-SAPPHIRE_RAPIDS = (
-    "GenuineIntel", 6, 143, "Intel(R) Xeon(R) Platinum 8488C",
-    "avx2 fma avx512f avx512_bf16 avx512_vnni amx_bf16 amx_int8 amx_tile",
-)  # fmt: skip
 MACS = 6_550_000_000
 
+# Per stored cpuinfo: microarchitecture, fp32 / bf16 / int8 MACs per core and cycle, the int8 instructions, and
+# whether bf16 is native. Without VNNI, int8 runs through vpmaddubsw + vpmaddwd at twice the fp32 rate.
+KINDS = {
+    "skylake_sp": ("Intel Skylake-SP / Cascade Lake", 32, None, 64, "AVX-512BW", False),
+    "ice_lake": ("Intel Ice Lake-SP", 32, None, 128, "AVX512-VNNI", False),
+    "sapphire_rapids": ("Intel Sapphire Rapids", 32, 512, 1024, "AMX", True),
+    "zen3": ("AMD Zen 3", 16, None, 32, "AVX2", False),
+    "zen4": ("AMD Zen 4", 16, 32, 64, "AVX512-VNNI", True),  # AVX-512 executed on 2 x 256-bit pipes
+    "zen5": ("AMD Zen 5", 32, 64, 128, "AVX512-VNNI", True),
+}
 
-def test_floor_arithmetic_is_shown(tmp_path):
-    cpu = detect_cpu(cores=2, cpuinfo=_cpuinfo(tmp_path, *CASCADE_LAKE))
-    assert cpu.microarchitecture.name == "Intel Skylake-SP / Cascade Lake" and cpu.clock_ghz == 2.5
-    assert cpu.peak_gfma_per_s == 160  # 2 cores x 2.5 GHz x 2 units x 16 lanes
-    assert cpu.floor_ms(MACS) == pytest.approx(40.9, abs=0.1)
+
+def test_every_cpu_kind_has_its_expectations():
+    assert set(KINDS) == set(CPU_KINDS)
+
+
+def test_floor_arithmetic_is_shown(monkeypatch):
+    monkeypatch.setenv("LVVIT_CPUINFO", str(CPUINFO_DIR / "skylake_sp.txt"))
+    cpu = detect_cpu(cores=2)
+    assert cpu.microarchitecture.name == "Intel Skylake-SP / Cascade Lake" and cpu.clock_ghz == 3.0
+    assert cpu.peak_gfma_per_s == 192  # 2 cores x 3 GHz x 2 units x 16 lanes
+    assert cpu.floor_ms(MACS) == pytest.approx(34.1, abs=0.1)
     working = cpu.working(MACS)
-    assert "2 FMA units x 16 fp32 lanes" in working and "= 160.0 GMAC/s" in working and "40.9 ms" in working
+    assert "2 FMA units x 16 fp32 lanes" in working and "= 192.0 GMAC/s" in working and "34.1 ms" in working
     assert "nominal clock from the model name, boost not counted" in working
+    assert cpu.to_dict()["cpuinfo"].endswith("skylake_sp.txt")  # the report says where the CPU was read from
 
 
-@pytest.mark.parametrize(
-    ("kind", "arch", "fp32", "bf16", "int8"),
-    [
-        (CASCADE_LAKE, "Intel Skylake-SP / Cascade Lake", 32, None, 128),  # no bf16; VNNI on 2 x 512 bits
-        (ZEN4, "AMD Zen 4", 16, 32, 64),  # AVX-512 executed on 2 x 256-bit pipes
-        (SAPPHIRE_RAPIDS, "Intel Sapphire Rapids", 32, 512, 1024),  # AMX tiles for bf16 and int8
-    ],
-)
-def test_macs_per_cycle_follow_the_microarchitecture(tmp_path, kind, arch, fp32, bf16, int8):
-    cpu = detect_cpu(cores=2, cpuinfo=_cpuinfo(tmp_path, *kind))
+def test_each_cpu_kinds_floors_follow_its_microarchitecture(cpu_kind):
+    arch, fp32, bf16, int8, int8_path, native_bf16 = KINDS[cpu_kind]
+    cpu = detect_cpu(cores=2)
     assert cpu.microarchitecture.name == arch and cpu.microarchitecture.source == "table"
     assert (cpu.fp32_macs_per_cycle, cpu.bf16_macs_per_cycle, cpu.int8_macs_per_cycle) == (fp32, bf16, int8)
+    assert cpu.int8 == int8_path and has_native_bf16() is native_bf16
     if bf16 is None:
         assert cpu.floor_ms(MACS, "bf16") is None and cpu.working(MACS, "bf16") == "no native bf16 path on this CPU"
     else:
         assert cpu.floor_ms(MACS, "bf16") == pytest.approx(cpu.floor_ms(MACS) * fp32 / bf16)
+    # every kind has an int8 floor: VNNI, AMX, or the vpmaddubsw pair
     assert cpu.floor_ms(MACS, "int8") == pytest.approx(cpu.floor_ms(MACS) * fp32 / int8)
+    assert f"{int8_path} int8" in cpu.working(MACS, "int8")
 
 
-def test_an_unknown_cpu_gets_the_widest_reading_and_says_so(tmp_path):
-    cpu = detect_cpu(cores=2, cpuinfo=_cpuinfo(tmp_path, "HygonGenuine", 24, 1, "Hygon C86", "avx2 fma"))
+def test_an_unknown_cpu_gets_the_widest_reading_and_says_so(tmp_path, monkeypatch):
+    info = tmp_path / "cpuinfo"
+    info.write_text("vendor_id\t: HygonGenuine\ncpu family\t: 24\nmodel\t\t: 1\nmodel name\t: Hygon C86\n"
+                    "cpu MHz\t\t: 2600.000\nflags\t\t: fpu ssse3 avx2 fma\n")  # fmt: skip
+    monkeypatch.setenv("LVVIT_CPUINFO", str(info))
+    cpu = detect_cpu(cores=2)
     assert cpu.fp32_macs_per_cycle == 16  # 2 units x 8 lanes: an upper bound on the peak, so a lower bound on time
     assert "not in the table: assumed 2 FMA units of 256 bits" in cpu.microarchitecture.source
 
 
-def test_a_probe_faster_than_the_nominal_clock_raises_the_floors_clock(tmp_path):
-    cpu = detect_cpu(cores=2, cpuinfo=_cpuinfo(tmp_path, *ZEN4, mhz="2596.130"))
-    assert cpu.peak_gfma_per_s == pytest.approx(83.07, abs=0.01)  # 2 x 2.596 GHz x 16
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(None, r"LVVIT_CPUINFO=.*missing: no such file"), (b"x" * ((16 << 20) + 1), r"more than 16 MiB")],
+    ids=["missing", "huge"],
+)
+def test_a_bad_cpuinfo_override_is_named(tmp_path, monkeypatch, content, message):
+    from validation.errors import CpuInfoError
+
+    info = tmp_path / "missing"
+    if content is not None:
+        info.write_bytes(content)
+    monkeypatch.setenv("LVVIT_CPUINFO", str(info))
+    with pytest.raises(CpuInfoError, match=message):
+        detect_cpu(cores=2)
+
+
+def test_a_probe_faster_than_the_nominal_clock_raises_the_floors_clock(monkeypatch):
+    monkeypatch.setenv("LVVIT_CPUINFO", str(CPUINFO_DIR / "zen4.txt"))
+    cpu = detect_cpu(cores=2)
+    assert cpu.peak_gfma_per_s == pytest.approx(83.2, abs=0.01)  # 2 x 2.6 GHz x 16
     assert cpu.at_measured_rate(60.0) is cpu  # below the nominal peak: the nominal clock stands
-    boosted = cpu.at_measured_rate(94.0)  # measured on this EPYC: more than the nominal peak
+    boosted = cpu.at_measured_rate(94.0)  # measured on an EPYC: more than the nominal peak
     assert boosted.clock_ghz == pytest.approx(94.0 / 32, abs=1e-3) and boosted.peak_gfma_per_s >= 94.0 - 0.1
     assert boosted.floor_ms(MACS) <= 1e3 * MACS / 94e9 + 0.1  # a real floor: not above what the probe reached
     assert "implied by the measured SGEMM rate (94 GFMA/s)" in boosted.working(MACS)
 
 
-def test_bf16_detection_reads_the_flags(tmp_path):
+def test_bf16_detection_reads_the_flags():
     assert has_native_bf16({"avx512_bf16"}) and has_native_bf16({"amx_bf16"}) and not has_native_bf16({"avx2"})
-    assert has_native_bf16(set(ZEN4[-1].split())) and not has_native_bf16(set(CASCADE_LAKE[-1].split()))
 
 
-@pytest.mark.parametrize("native", [True, False], ids=["native-bf16", "no-bf16"])
-def test_the_bf16_row_runs_only_where_bf16_is_native(monkeypatch, native):
-    # Both branches on any CPU: the capability is faked, the row's decision is what is checked.
-    import validation.cpu_floor as cpu_floor
+def test_the_bf16_row_runs_only_where_bf16_is_native(cpu_kind):
     from validation.bench import bench_paths
 
-    monkeypatch.setattr(cpu_floor, "has_native_bf16", lambda flags=None: native)
     specs = {s.name: s for s in bench_paths(threads=2, streams=2, include=None)}
     row = specs["openvino-bf16"]
     assert row.precision == "bf16"
-    if native:
+    if KINDS[cpu_kind][-1]:
         assert row.unavailable is None
     else:
         assert "no native bf16 (avx512_bf16 / amx_bf16)" in row.unavailable

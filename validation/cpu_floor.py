@@ -16,8 +16,13 @@ clock, the floor is recomputed at the implied clock, so it never claims a
 rate the machine has been seen to beat.
 
 Three peaks: fp32 (FMA lanes), bf16 (AVX512-BF16 dot products, or AMX tiles)
-and int8 (VNNI dot products, or AMX tiles); the bench compares each path with
-the floor of its own precision.
+and int8 (VNNI dot products, AMX tiles, or without either the
+vpmaddubsw/vpmaddwd pair of AVX2 and AVX-512BW); the bench compares each path
+with the floor of its own precision.
+
+The CPU is read from /proc/cpuinfo, or from the file that the environment
+variable LVVIT_CPUINFO names: the one override, through which the tests read
+each CPU kind's stored cpuinfo, and which the report records.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ from pathlib import Path
 # 2048 int8 OP = 1024 int8 MACs).
 AMX_BF16_MACS_PER_CYCLE = 512
 AMX_INT8_MACS_PER_CYCLE = 1024
+CPUINFO_ENV = "LVVIT_CPUINFO"
+PROC_CPUINFO = Path("/proc/cpuinfo")
+_MAX_CPUINFO_BYTES = 16 << 20  # a 512-thread machine's cpuinfo is under 1 MiB
 
 
 def ms_at_rate(macs: int, gmac_per_s: float) -> float:
@@ -100,8 +108,9 @@ class CpuFloor:
     microarchitecture: Microarchitecture
     isa: str
     bf16: str | None  # "AMX" or "AVX512-BF16": native bf16 dot products, else None
-    int8: str | None  # "AMX", "AVX512-VNNI" or "AVX-VNNI", else None (int8 runs through wider fp32/int16 math)
+    int8: str | None  # "AMX", "AVX512-VNNI", "AVX-VNNI", or the vpmaddubsw pair of "AVX-512BW" / "AVX2" / "SSSE3"
     model_name: str
+    cpuinfo: str = str(PROC_CPUINFO)  # the file the CPU was read from
 
     @property
     def fp32_macs_per_cycle(self) -> int:
@@ -117,6 +126,10 @@ class CpuFloor:
     def int8_macs_per_cycle(self) -> int | None:
         if self.int8 == "AMX":
             return AMX_INT8_MACS_PER_CYCLE
+        if self.int8 in _PAIRWISE_INT8:
+            # vpmaddubsw (u8 x s8 pairs into int16) then vpmaddwd (into int32): two multiply uops where VNNI's
+            # vpdpbusd has one, so twice the fp32 rate rather than four times
+            return 2 * self.fp32_macs_per_cycle
         return 4 * self.fp32_macs_per_cycle if self.int8 else None  # four int8 products per 32-bit lane
 
     def peak_gmac_per_s(self, precision: str = "fp32") -> float | None:
@@ -180,18 +193,56 @@ class CpuFloor:
         }
 
 
+_PAIRWISE_INT8 = ("AVX-512BW", "AVX2", "SSSE3")
+
+
+def _int8_path(flags: set[str]) -> str | None:
+    """The widest int8 dot-product instructions the flags offer."""
+    for flag, name in (
+        ("amx_int8", "AMX"),
+        ("avx512_vnni", "AVX512-VNNI"),
+        ("avx_vnni", "AVX-VNNI"),
+        ("avx512bw", "AVX-512BW"),
+        ("avx2", "AVX2"),
+        ("ssse3", "SSSE3"),
+    ):
+        if flag in flags:
+            return name
+    return None
+
+
 def _field(text: str, name: str) -> str | None:
     match = re.search(rf"^{name}\s*:\s*(.+)$", text, re.M)
     return match.group(1).strip() if match else None
 
 
-def _read(cpuinfo: str | Path) -> str:
-    path = Path(cpuinfo)
-    return path.read_text() if path.exists() else ""
+def cpuinfo_path() -> Path:
+    """/proc/cpuinfo, or the file LVVIT_CPUINFO names."""
+    override = os.environ.get(CPUINFO_ENV)
+    return Path(override) if override else PROC_CPUINFO
 
 
-def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str]:
-    flags = _field(_read(cpuinfo), "flags")
+def _read() -> tuple[str, Path]:
+    """The cpuinfo text and its file; empty where /proc/cpuinfo does not exist (not Linux)."""
+    from .errors import CpuInfoError
+
+    path = cpuinfo_path()
+    try:
+        with path.open("rb") as file:
+            data = file.read(_MAX_CPUINFO_BYTES + 1)
+    except FileNotFoundError:
+        if path == PROC_CPUINFO:
+            return "", path
+        raise CpuInfoError(f"{CPUINFO_ENV}={path}: no such file") from None
+    except OSError as exc:
+        raise CpuInfoError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if len(data) > _MAX_CPUINFO_BYTES:
+        raise CpuInfoError(f"{path}: more than {_MAX_CPUINFO_BYTES >> 20} MiB, not a cpuinfo file")
+    return data.decode("utf-8", errors="replace"), path
+
+
+def cpu_flags() -> set[str]:
+    flags = _field(_read()[0], "flags")
     return set(flags.split()) if flags else set()
 
 
@@ -204,9 +255,9 @@ def _int(value: str | None) -> int | None:
     return int(value) if value and value.isdigit() else None
 
 
-def detect_cpu(cores: int | None = None, cpuinfo: str | Path = "/proc/cpuinfo") -> CpuFloor:
+def detect_cpu(cores: int | None = None) -> CpuFloor:
     """Read the model name, microarchitecture, clock and native precisions of this CPU (Linux)."""
-    text = _read(cpuinfo)
+    text, path = _read()
     model_name = _field(text, "model name") or "unknown"
     ghz_match = re.search(r"@\s*([\d.]+)\s*GHz", model_name)
     mhz = _field(text, "cpu MHz")
@@ -221,14 +272,8 @@ def detect_cpu(cores: int | None = None, cpuinfo: str | Path = "/proc/cpuinfo") 
     arch = microarchitecture(_field(text, "vendor_id") or "", family, model, flags)
     isa = {512: "AVX-512", 256: "AVX2+FMA", 128: "SSE"}[_widest_bits(flags)]
     bf16 = "AMX" if "amx_bf16" in flags else "AVX512-BF16" if "avx512_bf16" in flags else None
-    int8 = (
-        "AMX" if "amx_int8" in flags
-        else "AVX512-VNNI" if "avx512_vnni" in flags
-        else "AVX-VNNI" if "avx_vnni" in flags
-        else None
-    )  # fmt: skip
     usable = cores or len(os.sched_getaffinity(0))
-    return CpuFloor(usable, clock, source, arch, isa, bf16, int8, model_name)
+    return CpuFloor(usable, clock, source, arch, isa, bf16, _int8_path(flags), model_name, str(path))
 
 
 class SgemmProbe:

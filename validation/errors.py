@@ -22,6 +22,10 @@ class ModelSourceError(ValidationError, ValueError):
     """Model settings that contradict each other (preset vs metadata, weights vs the exported file)."""
 
 
+class CpuInfoError(ValidationError, ValueError):
+    """A cpuinfo file (LVVIT_CPUINFO) that is missing, unreadable or too large."""
+
+
 class ToleranceError(ValidationError, _CoreToleranceError):
     """An unknown tolerance name or an unreadable, non-finite or negative limit."""
 
