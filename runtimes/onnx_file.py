@@ -201,3 +201,12 @@ def _field(f: BinaryIO, path: Path, size: int, props: _BoundedProps) -> int:
 def kit_metadata(props: dict[str, str], path: Path) -> ModelMetadata | None:
     """The kit metadata in `props`, None when there is none; `MetadataError` when it is there but unreadable."""
     return ModelMetadata.from_props(props, str(path)) if any(k.startswith(PREFIX) for k in props) else None
+
+
+def graph_precision(metadata: ModelMetadata | None) -> str:
+    """The precision the graph itself computes in ("fp32", "fp16" or "int8" for QDQ), from its kit metadata.
+
+    Every runtime reports this for a reduced-precision file, whatever its own settings (one detection, so drift
+    and locate judge a file by the same limits on every runtime); a file without kit metadata counts as fp32.
+    """
+    return metadata.precision if metadata is not None else "fp32"

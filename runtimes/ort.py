@@ -23,7 +23,7 @@ from . import ort_providers as eps
 from .base import DEFAULT_BATCH_SIZE, LabelsArg, Predictor, check_threads_and_streams
 from .errors import BackendNotInstalledError, ConfigurationError, DeviceUnavailableError, ModelFileError
 from .model_info import build_model_info
-from .onnx_file import kit_metadata, read_onnx_file
+from .onnx_file import graph_precision, kit_metadata, read_onnx_file
 
 
 def _import_onnxruntime() -> Any:
@@ -96,7 +96,7 @@ class OrtPredictor(Predictor):
         self._tensorrt = {"fp16": tensorrt_fp16, "cache": str(tensorrt_cache) if tensorrt_cache else None}
         self._requested = device
         self.device = device  # the device that runs; "auto" is resolved below
-        self._graph_precision = metadata.precision if metadata is not None else "fp32"
+        self._graph_precision = graph_precision(metadata)
         self._session, self.device = self._open_session(path, device, batch_size, metadata)
         # batches smaller than `streams`: one session with all the threads (see runtimes.base)
         self._whole_session = (

@@ -29,7 +29,7 @@ from .errors import (
     PredictorClosedError,
 )
 from .model_info import build_model_info
-from .onnx_file import kit_metadata, read_onnx_file
+from .onnx_file import graph_precision, kit_metadata, read_onnx_file
 from .pool import Pool
 
 # accepted spellings -> the kit's name (as in every predictor's describe()); then OpenVINO's element type name
@@ -94,7 +94,8 @@ class OpenVinoPredictor(Predictor):
             raise DeviceUnavailableError(
                 f"device={device!r}: OpenVINO {ov.__version__} sees only {available} on this machine"
             )
-        self.precision = PRECISIONS[precision]
+        self._hint = PRECISIONS[precision]  # OpenVINO's inference precision: the math of the float parts
+        self._graph_precision = graph_precision(metadata)
         self.device = device
         self._threads = threads
         try:
@@ -128,7 +129,7 @@ class OpenVinoPredictor(Predictor):
     def _compile(self, core: Any, model: Any, path: Path, precision: str, threads: int | None, streams: int) -> Any:
         """The compiled model, refused when the plugin compiled another precision than the one asked for."""
         device = self.device
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": _OV_TYPE[self.precision], "NUM_STREAMS": streams}
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": _OV_TYPE[self._hint], "NUM_STREAMS": streams}
         if threads is not None and device.startswith("CPU"):
             config["INFERENCE_NUM_THREADS"] = threads  # OpenVINO splits the threads between its streams
         try:
@@ -138,13 +139,18 @@ class OpenVinoPredictor(Predictor):
                 f"OpenVINO cannot compile {path.name} for {device} at {precision} ({exc})"
             ) from exc
         actual = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-        if actual != _OV_TYPE[self.precision]:
+        if actual != _OV_TYPE[self._hint]:
             capabilities = _capabilities(core, device)
             raise DeviceUnavailableError(
                 f"precision={precision!r}: OpenVINO's {device} plugin compiled {path.name} at {actual} instead "
                 f"(device capabilities: {', '.join(capabilities) or 'unknown'}); choose a precision it supports"
             )
         return compiled
+
+    @property
+    def precision(self) -> str:
+        """The math the model runs in: the graph's own precision (an int8 QDQ or fp16 file), else the hint's."""
+        return self._graph_precision if self._graph_precision != "fp32" else self._hint
 
     def _logits_impl(self, batch: np.ndarray) -> np.ndarray:
         return self._infer_on(self._requests, batch)
@@ -168,6 +174,7 @@ class OpenVinoPredictor(Predictor):
             "device": self.device,
             "execution_devices": self._execution_devices,
             "precision": self.precision,
+            "inference_precision_hint": self._hint,
             "threads": self._threads,
             "streams": self.streams,
             "device_capabilities": self._capabilities,

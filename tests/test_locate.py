@@ -11,11 +11,12 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from exporters.onnx import export_onnx
+from exporters.onnx import FastPath, export_onnx
 from exporters.onnx.stage_map import Mapped, Unmapped, map_stages, stage_names
 from lvvit import resolve_preset
 from validation import DriftInputs, ModelSource
 from validation.locate import LocateSettings, run_locate
+from validation.locate_report import summary_line
 
 from .conftest import ROOT, TINY
 
@@ -166,3 +167,130 @@ def test_fp16_fused_graph_names_the_stages_it_hides(tmp_path):
     assert stages["norm"]["mapped"] and "SkipLayerNormalization" in stages["norm"]["how"]
     for stage in ("stem", "norm", "head", "output"):  # half precision: about three significant digits
         assert 1e-6 < stages[stage]["max_rel"] < 2e-2 and stages[stage]["min_cosine"] > 0.9999
+
+
+@pytest.mark.parametrize(
+    ("weight", "scale", "block"),
+    [("blocks.1.mlp.fc2.weight", 1.02, "blocks.1"), ("blocks.0.attn.proj.weight", 1.01, "blocks.0")],
+)
+def test_a_mild_fault_is_named_at_its_block_though_a_later_norm_crosses_the_threshold(
+    clean_onnx, tmp_path, weight, scale, block
+):
+    """One weight scaled by 1-2%: the error jumps at its block but stays under 1e-3; the final LayerNorm carries it
+    over the threshold, where the threshold alone would blame the norm."""
+    mild = tmp_path / "mild.onnx"
+    _with_weights(clean_onnx, mild, lambda name, w: w * scale if name == weight else None)
+    report = _locate(mild, ("ort", "openvino"))
+    assert not report["passed"] and report["tolerance"] == {"max_rel": 1e-3}
+    order = report["stages"]
+    for name in ("ort", "openvino"):
+        entry = report["runtimes"][name]
+        stages = entry["stages"]
+        assert entry["first_jump"] == block, (name, entry["first_jump"])
+        assert stages[block]["max_rel"] < 1e-3 and stages[block]["growth"] > 30
+        assert order.index(entry["first_over"]) > order.index(block)  # the threshold alone blames a later stage
+        assert [s for s in order if stages[s]["jump"]] == [block] and entry["doubtful"] == []
+        line = summary_line(report, name)
+        assert line.startswith(f"first divergent stage: {block}")
+        assert f"first stage over the threshold: {entry['first_over']}" in line
+
+
+def _swap_names(source, target, a: str, b: str) -> None:
+    """Rename `a` to `b` and `b` to `a` everywhere: the graph computes the same, its names now lie."""
+    proto = onnx.load(str(source))
+    swap = {a: b, b: a}
+    for init in proto.graph.initializer:
+        init.name = swap.get(init.name, init.name)
+    for node in proto.graph.node:
+        node.input[:] = [swap.get(i, i) for i in node.input]
+    onnx.save(proto, str(target))
+
+
+def test_swapped_initializer_names_make_a_doubtful_mapping_not_a_blamed_block(clean_onnx, tmp_path):
+    import onnxruntime as ort
+
+    swapped = tmp_path / "swapped.onnx"
+    _swap_names(clean_onnx, swapped, "blocks.1.norm1.weight", "blocks.2.norm1.weight")
+    x = np.random.default_rng(0).standard_normal((2, 3, RES, RES)).astype(np.float32)
+    same = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+            for p in (clean_onnx, swapped)]  # fmt: skip
+    np.testing.assert_array_equal(*same)  # drift cannot see it
+    report = _locate(swapped)
+    entry = report["runtimes"]["ort"]
+    assert entry["first_over"] is None and entry["first_jump"] is None and report["passed"]
+    assert entry["doubtful"] == ["blocks.0", "blocks.1"]
+    assert "matches Paddle's blocks.1" in entry["stages"]["blocks.0"]["doubtful"]
+    assert "look swapped" in entry["stages"]["blocks.1"]["doubtful"]
+    assert not entry["stages"]["blocks.2"]["doubtful"]
+    assert "doubtful mapping, not blamed: blocks.0, blocks.1" in summary_line(report, "ort")
+
+
+def test_a_weight_of_another_shape_makes_the_mapping_doubtful():
+    from validation.locate import _doubt
+
+    where = Mapped("t", "input of blocks.1.norm1.weight", "blocks.1.norm1.weight", (32,))
+    closest = {"blocks.0": ("blocks.0", 1e-7, 1e-7)}
+    reason = _doubt("blocks.0", where, closest, {"blocks.1.norm1.weight": (64,)})
+    assert reason == "the graph's blocks.1.norm1.weight has shape [32], Paddle's [64]"
+    assert _doubt("blocks.0", where, closest, {"blocks.1.norm1.weight": (32,)}) is None
+
+
+@pytest.fixture(scope="module")
+def int8_onnx(clean_onnx, tmp_path_factory):
+    pytest.importorskip("nncf")
+    pytest.importorskip("skimage")
+    from validation.photos import write_sample_photos
+
+    photos = tmp_path_factory.mktemp("photos")
+    write_sample_photos(photos, variants=1)
+    fast = FastPath(quantize="int8", calibration=photos, calibration_count=4, min_int8_agreement=0.0)
+    return export_onnx("lvvit_s", resolution=RES, output=clean_onnx.parent, fast=fast, log=lambda m: None, **ARCH).path
+
+
+def test_every_runtime_calls_an_int8_file_int8(int8_onnx, clean_onnx):
+    pytest.importorskip("openvino")
+    from runtimes import OpenVinoPredictor, OrtPredictor
+
+    for path, precision in ((int8_onnx, "int8"), (clean_onnx, "fp32")):
+        with OpenVinoPredictor(path) as ov, OrtPredictor(path) as ort:
+            assert ov.describe()["precision"] == ort.describe()["precision"] == precision, path
+            assert ov.describe()["inference_precision_hint"] == "fp32"  # what OpenVINO was asked for its float parts
+
+
+def test_locate_judges_an_int8_file_by_the_int8_limits(int8_onnx):
+    from validation.locate import STAGE_TOLERANCE_BY_PRECISION
+
+    report = _locate(int8_onnx)
+    entry = report["runtimes"]["ort"]
+    assert report["export"]["precision"] == "int8" and entry["describe"]["precision"] == "int8"
+    assert report["tolerance"] == STAGE_TOLERANCE_BY_PRECISION["int8"] and report["tolerance_source"] == "int8 default"
+    assert not entry["stages"]["stem"]["over"] and entry["first_over"] is None and report["passed"]
+    assert entry["stages"]["stem"]["max_rel"] > 1e-3  # int8 did move it, by more than the fp32 limit
+
+
+def _drift(onnx_path, report_dir, *runtimes: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "validation", "drift", *ARCH_ARGS, "--onnx", str(onnx_path), "--synthetic", "4",
+         *(a for r in runtimes for a in ("--runtime", r)), "--report-dir", str(report_dir), "--no-progress"],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+
+
+def test_fp32_then_int8_drift_in_one_folder_keep_apart_and_int8_is_judged_as_int8(clean_onnx, int8_onnx, tmp_path):
+    pytest.importorskip("openvino")
+    from lvvit.comparison import default_drift_tolerance
+
+    first = _drift(clean_onnx, tmp_path, "ort")
+    assert first.returncode == 0, first.stderr
+    second = _drift(int8_onnx, tmp_path, "ort", "openvino")
+    assert second.returncode in (0, 1), second.stderr  # the int8 gate's verdict, not a clash of names
+    assert json.loads((tmp_path / f"drift_lvvit_s_{RES}.json").read_text())["passed"]
+    report = json.loads((tmp_path / f"drift_lvvit_s_{RES}_int8.json").read_text())
+    for name in ("ort", "openvino"):
+        entry = report["runtimes"][name]
+        assert entry["describe"]["precision"] == "int8" and entry["tolerance"] == default_drift_tolerance("int8")
+    # another fp32 file of the same model takes the same default name: the refusal says how to keep both
+    other = tmp_path / "other.onnx"
+    _with_weights(clean_onnx, other, lambda name, w: w * 1.5 if name == "head.weight" else None)
+    third = _drift(other, tmp_path, "ort")
+    assert third.returncode == 2 and "give this run another --name" in third.stderr, third.stderr

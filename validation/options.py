@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -156,7 +157,8 @@ def add_report_options(parser: argparse.ArgumentParser, tolerance_help: str) -> 
         "--name",
         type=report_name,
         default=None,
-        help="file stem of the reports, without path separators (default: <command>_<preset>_<res>)",
+        help="file stem of the reports, without path separators (default: <command>_<preset>_<res>, then the "
+        "export's precision and graph kind where not fp32 / exported, e.g. drift_lvvit_s_224_int8)",
     )
     group.add_argument(
         "--tolerance", action="append", default=[], metavar="NAME=VALUE", help=tolerance_help + " (repeatable)"
@@ -282,7 +284,22 @@ def runtime_options(args: argparse.Namespace) -> RuntimeOptions:
 
 
 def report_stem(args: argparse.Namespace, command: str, source: ModelSource) -> str:
-    return args.name or f"{command}_{source.spec.name}_{source.spec.resolution}"
+    """--name, or `<command>_<preset>_<res>` and what sets the export apart: its precision and graph kind where
+    they are not fp32 and "exported" (`drift_lvvit_s_224_int8`), so runs on an fp32 and an int8 file of one model
+    in one report folder keep apart."""
+    return args.name or "_".join([command, source.spec.name, str(source.spec.resolution), *export_tags(source.onnx)])
+
+
+def export_tags(onnx: Path | None) -> list[str]:
+    """The precision and graph kind of an exported file, where not the default, as safe file-name parts."""
+    if onnx is None:  # the kit exports the portable fp32 graph itself
+        return []
+    from runtimes.onnx_file import graph_precision
+
+    metadata = read_model_metadata(onnx)
+    tags = [graph_precision(metadata)] + ([metadata.graph] if metadata is not None else [])
+    # the metadata comes from the file, maybe a stranger's: only name characters reach the file name
+    return [re.sub(r"[^A-Za-z0-9.-]", "-", tag)[:32] for tag in tags if tag not in ("fp32", "exported")]
 
 
 def interruptible(run: Callable[[argparse.Namespace, dict[str, Path]], int], args: argparse.Namespace) -> int:

@@ -155,6 +155,10 @@ def stage_growth(report: dict[str, Any]) -> bytes:
         for key, style in (("max_rel", "-"), ("mean_rel", ":")):
             values = [max(entry["stages"][s][key], floor) if entry["stages"][s]["mapped"] else np.nan for s in stages]
             ax.plot(x, values, style, marker="o", markersize=3, color=color, label=f"{name} {key.replace('_', ' ')}")
+        if entry.get("first_jump") is not None:
+            j = stages.index(entry["first_jump"])
+            ax.plot([j], [max(entry["stages"][stages[j]]["max_rel"], floor)], "D", color="#ff7f0e", markersize=8,
+                    fillstyle="none", markeredgewidth=2, label=f"{name}: first divergent stage")  # fmt: skip
         if entry["first_over"] is not None:
             j = stages.index(entry["first_over"])
             ax.plot([j], [max(entry["stages"][stages[j]]["max_rel"], floor)], "x", color="#d62728", markersize=11,

@@ -131,7 +131,8 @@ class ShardStore:
         differs = sorted(k for k in set(other) | set(self.description) if other.get(k) != self.description.get(k))
         raise ShardError(
             f"{self.folder}: holds the shards of another run (it differs in {', '.join(differs) or 'its key'}); "
-            "give another --report-dir or remove the folder to start over"
+            "give this run another --name (the report's and its shards' name), or another --report-dir, or remove "
+            "the folder to start over"
         )
 
     def path(self, index: int) -> Path:

@@ -38,6 +38,8 @@ _SIDE_CONSUMERS = {"Shape", "QuantizeLinear"}  # read the tensor without being t
 class Mapped:
     tensor: str  # the graph tensor that holds the stage
     how: str  # what found it, for the report
+    weight: str = ""  # the state-dict name the stage was found through ("" for the graph output)
+    weight_shape: tuple[int, ...] | None = None  # that initializer's shape in the graph, for the caller to check
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class _Graph:
     def __init__(self, proto: onnx.ModelProto) -> None:
         graph = proto.graph
         self.initializers = {init.name for init in graph.initializer}
+        self.dims = {init.name: tuple(init.dims) for init in graph.initializer}
         self.producer: dict[str, onnx.NodeProto] = {}
         self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
         for node in graph.node:
@@ -72,6 +75,14 @@ class _Graph:
         if node is not None and node.op_type == "DequantizeLinear" and node.input[0] in self.initializers:
             match = _QUANTIZED_NAME.match(node.input[0])
             return match.group("name") if match else None
+        return None
+
+    def weight_shape(self, node: onnx.NodeProto, weight: str) -> tuple[int, ...] | None:
+        """The shape of the initializer behind `weight` where `node` reads it (quantized: the int8 tensor's)."""
+        for tensor in node.input[1:]:
+            if self.weight_name(tensor) == weight:
+                source = self.producer.get(tensor)
+                return self.dims.get(tensor if source is None else source.input[0])
         return None
 
     def nodes_using(self, weight: str, op_types: set[str]) -> list[onnx.NodeProto]:
@@ -105,7 +116,8 @@ def _layer_output(graph: _Graph, weight: str, ops: set[str]) -> Mapped | Unmappe
     nodes = graph.nodes_using(weight, ops)
     if len(nodes) != 1:
         return Unmapped(f"{len(nodes)} {'/'.join(sorted(ops))} nodes use the weight {weight!r} (expected one)")
-    return Mapped(graph.after_bias(nodes[0].output[0]), f"{nodes[0].op_type} on {weight} (+ bias)")
+    how = f"{nodes[0].op_type} on {weight} (+ bias)"
+    return Mapped(graph.after_bias(nodes[0].output[0]), how, weight, graph.weight_shape(nodes[0], weight))
 
 
 def _norm_of(graph: _Graph, weight: str) -> onnx.NodeProto | Unmapped:
@@ -127,10 +139,19 @@ def map_stages(proto: onnx.ModelProto, depth: int, aux_head: bool = True) -> dic
     for i in range(depth):
         weight = f"blocks.{i + 1}.norm1.weight" if i + 1 < depth else "norm.weight"
         norm = _norm_of(graph, weight)
-        found[f"blocks.{i}"] = norm if isinstance(norm, Unmapped) else Mapped(norm.input[0], f"input of {weight}")
+        found[f"blocks.{i}"] = (
+            norm
+            if isinstance(norm, Unmapped)
+            else Mapped(norm.input[0], f"input of {weight}", weight, graph.weight_shape(norm, weight))
+        )
     norms = graph.nodes_using("norm.weight", {"LayerNormalization", "SkipLayerNormalization"})
     found["norm"] = (  # a fused SkipLayerNormalization's first output is the norm's output too
-        Mapped(norms[0].output[0], f"output of the {norms[0].op_type} on norm.weight")
+        Mapped(
+            norms[0].output[0],
+            f"output of the {norms[0].op_type} on norm.weight",
+            "norm.weight",
+            graph.weight_shape(norms[0], "norm.weight"),
+        )
         if len(norms) == 1
         else Unmapped(f"{len(norms)} LayerNormalization nodes scaled by 'norm.weight' (expected one)")
     )
