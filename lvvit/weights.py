@@ -8,6 +8,8 @@ grid part of `pos_embed` bicubically and keeps the class token's part.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
 import math
@@ -62,11 +64,13 @@ class WeightsInfo:
     checkpoint_key: str | None
     resampled_pos_embed: tuple[int, int] | None  # (old grid, new grid) when resampled
     converted_to_float32: tuple[tuple[str, int], ...] = ()  # (stored dtype, number of tensors) converted on load
+    tensors_sha256: str = ""  # the weights' identity (`tensors_sha256`); `sha256` is the file's, as provenance
 
     def to_dict(self) -> dict[str, object]:
         return {
             "file_name": self.file_name,
             "sha256": self.sha256,
+            "tensors_sha256": self.tensors_sha256,
             "layout": self.layout,
             "checkpoint_key": self.checkpoint_key,
             "resampled_pos_embed": list(self.resampled_pos_embed) if self.resampled_pos_embed else None,
@@ -277,6 +281,47 @@ def torch_to_paddle(state: StateDict, linear_weights: set[str]) -> StateDict:
     return out
 
 
+def tensors_sha256(state: Mapping[str, np.ndarray]) -> str:
+    """The weights' identity: SHA-256 over each tensor's name, dtype, shape and little-endian bytes, in name order.
+
+    Taken on the Paddle-layout state dict (the kit's names and layout after conversion, before any resampling),
+    so the authors' `.pth.tar` and the `.pdparams` or `.safetensors` that `python -m lvvit.convert` writes from
+    it are the same weights, whatever the file format, its pickle framing or its key order.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        value = np.ascontiguousarray(state[name], dtype=state[name].dtype.newbyteorder("<"))
+        header = json.dumps([name, value.dtype.str, list(value.shape)]).encode()
+        digest.update(len(header).to_bytes(8, "little") + header)
+        digest.update(memoryview(value).cast("B"))
+    return digest.hexdigest()
+
+
+def _lvvit_linear_weights(state: Mapping[str, np.ndarray]) -> set[str]:
+    """The nn.Linear weights of an LV-ViT state dict without building the model: its only 2-D `.weight` tensors
+    (convolutions are 4-D, norms 1-D, tokens 3-D); `linear_weight_names` of a built model gives the same set."""
+    return {name for name, value in state.items() if name.endswith(".weight") and value.ndim == 2}
+
+
+def weights_identity(path: str | Path, checkpoint_key: str | None = None) -> str:
+    """`tensors_sha256` of a weights file, read and converted to the Paddle layout as `load_weights` does."""
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise WeightsError(f"{path}: cannot read the weights file ({exc.strerror or exc})") from None
+    return _identity(str(path.resolve()), stat.st_size, stat.st_mtime_ns, checkpoint_key)
+
+
+@functools.lru_cache(maxsize=8)
+def _identity(path: str, _size: int, _mtime_ns: int, checkpoint_key: str | None) -> str:
+    # keyed by size and mtime too: a file rewritten in place is read again
+    state, layout, _used = read_state_dict(path, checkpoint_key)
+    if layout == "torch":
+        state = torch_to_paddle(state, _lvvit_linear_weights(state))
+    return tensors_sha256(state)
+
+
 def resample_pos_embed(pos_embed: np.ndarray, new_grid: int) -> np.ndarray:
     """[1, 1 + g*g, C] -> [1, 1 + new_grid^2, C]: bicubic on the grid, class token kept."""
     cls_part, grid_part = pos_embed[:, :1], pos_embed[:, 1:]
@@ -320,6 +365,7 @@ def load_weights(model: nn.Layer, path: str | Path, checkpoint_key: str | None =
     state, layout, used_key, converted = _read_state_dict(path, checkpoint_key)
     if layout == "torch":
         state = torch_to_paddle(state, linear_weight_names(model))
+    identity = tensors_sha256(state)  # before resampling: the weights, not the model at one resolution
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     resampled = None
     if "pos_embed" in state and "pos_embed" in expected and state["pos_embed"].shape != expected["pos_embed"]:
@@ -331,7 +377,7 @@ def load_weights(model: nn.Layer, path: str | Path, checkpoint_key: str | None =
     check_fit(state, expected, str(path))
     model_dtypes = {k: v.dtype for k, v in model.state_dict().items()}
     model.set_state_dict({k: paddle.to_tensor(v, dtype=model_dtypes[k]) for k, v in state.items()})
-    return WeightsInfo(path.name, sha256_of(path), layout, used_key, resampled, converted)
+    return WeightsInfo(path.name, sha256_of(path), layout, used_key, resampled, converted, identity)
 
 
 def save_state_dict(model: nn.Layer, target: str | Path) -> Path:

@@ -165,9 +165,12 @@ def test_a_stale_reference_cache_is_refused_naming_what_differs(digits_model, tm
     onnx, _, _ = digits_model
     source = ModelSource(spec=digits.digits_spec(), weights=digits.WEIGHTS, onnx=onnx)
     ReferenceCache.create(tmp_path / "cache", reference_key(source), classes=10)
-    other_weights = tmp_path / "other.safetensors"
-    other_weights.write_bytes(digits.WEIGHTS.read_bytes() + b" ")
-    with pytest.raises(ReferenceCacheError, match=r"differs in weights_sha256: cache '[0-9a-f]{64}', this run '"):
+    from lvvit import create_model
+    from lvvit.weights import save_state_dict
+
+    other_weights = save_state_dict(create_model(digits.digits_spec(), seed=1), tmp_path / "other.safetensors")
+    differs = r"differs in weights_tensors_sha256: cache '[0-9a-f]{64}', this run '"
+    with pytest.raises(ReferenceCacheError, match=differs):
         ReferenceCache.open(tmp_path / "cache", reference_key(replace(source, weights=other_weights)))
     spec = digits.digits_spec()
     cropped = replace(spec, preprocess=replace(spec.preprocess, crop_pct=1.0))
@@ -202,7 +205,7 @@ def test_reference_and_accuracy_command_lines_with_a_cache(digits_model, tmp_pat
     assert "(Paddle was not run)" in markdown
     assert numbers(resumed["runtimes"]["ort"]) == numbers(report["runtimes"]["ort"])
     stale = cli("accuracy", str(data), "--onnx", str(onnx), "--reference-cache", str(tmp_path / "c"))
-    assert stale.returncode == 2 and "differs in" in stale.stderr and "weights_sha256" in stale.stderr
+    assert stale.returncode == 2 and "differs in" in stale.stderr and "weights_tensors_sha256" in stale.stderr
 
 
 def test_the_ray_engine_without_ray_says_how_to_install_it(monkeypatch):

@@ -46,7 +46,7 @@ def reference_key(source: ModelSource) -> dict[str, Any]:
     """What the cached logits depend on; a cache is used only where every field is equal."""
     described = source.describe()
     return {
-        "weights_sha256": described["weights_sha256"],
+        "weights_tensors_sha256": described["weights_tensors_sha256"],  # the weights by their tensors, not file
         "checkpoint_key": described["checkpoint_key"],
         "seed": described["seed"],
         "preset": described["preset"],

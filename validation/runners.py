@@ -22,6 +22,7 @@ from lvvit.metadata import ModelMetadata
 from lvvit.presets import ArchConfig, PreprocessConfig, Preset, get_preset
 from lvvit.progress import Log
 from lvvit.provenance import RANDOM_INIT, sha256_of
+from lvvit.weights import weights_identity
 from runtimes.spec import REFERENCE, RUNTIMES, PredictorSpec, read_model_metadata
 
 from .errors import ModelSourceError
@@ -110,7 +111,8 @@ class ModelSource:
             "resolution": self.spec.resolution,
             "arch": self.spec.arch.to_kwargs(),
             "weights": str(self.weights) if self.weights else None,
-            "weights_sha256": sha256_of(self.weights) if self.weights else None,
+            "weights_sha256": sha256_of(self.weights) if self.weights else None,  # provenance: the file
+            "weights_tensors_sha256": weights_identity(self.weights, self.checkpoint_key) if self.weights else None,
             "checkpoint_key": self.checkpoint_key,
             "seed": None if self.weights else self.seed,
             "onnx": str(self.onnx) if self.onnx else None,
@@ -141,12 +143,21 @@ def check_same_model(source: ModelSource, path: Path, metadata: ModelMetadata | 
         return  # the runtime itself refuses a file without metadata, naming it
     recorded = metadata.weights or {}
     if source.weights is not None:
-        expected = sha256_of(source.weights)
-        if recorded.get("sha256") != expected:
-            made_from = recorded.get("file_name") or recorded.get("source", "unknown weights")
+        # the same weights are the same tensors, whatever file holds them (.pth.tar, converted .pdparams)
+        made_from = recorded.get("file_name") or recorded.get("source", "unknown weights")
+        expected = weights_identity(source.weights, source.checkpoint_key)
+        if recorded.get("tensors_sha256") is None:  # exported before tensor identities: only the file can compare
+            if recorded.get("sha256") != sha256_of(source.weights):
+                raise ModelSourceError(
+                    f"{path}: was exported from {made_from} (sha256 {recorded.get('sha256')}), not from "
+                    f"{source.weights} (sha256 {sha256_of(source.weights)}), and records no tensors_sha256 to "
+                    "compare the tensors by; export it again with this kit"
+                )
+        elif recorded["tensors_sha256"] != expected:
             raise ModelSourceError(
                 f"{path}: was exported from {made_from} (sha256 {recorded.get('sha256')}), not from "
-                f"{source.weights} (sha256 {expected}); compare files of the same weights"
+                f"{source.weights} (sha256 {sha256_of(source.weights)}): their tensors differ (tensors_sha256 "
+                f"{recorded['tensors_sha256']} vs {expected}); compare files of the same weights"
             )
     elif recorded.get("source") != RANDOM_INIT or recorded.get("seed") != source.seed:
         raise ModelSourceError(
