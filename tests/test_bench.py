@@ -187,24 +187,35 @@ def test_reused_exports_are_tied_to_the_exporter_sources(tmp_path):
 def test_bench_cli_on_a_tiny_model(tmp_path):
     pytest.importorskip("openvino")
     pytest.importorskip("nncf")
+    export = subprocess.run(
+        [sys.executable, "-m", "exporters.onnx", "--preset", "lvvit_s", "--resolution", "64", "--output",
+         str(tmp_path / "mine")], capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert export.returncode == 0, export.stderr[-2000:]
+    (mine,) = (tmp_path / "mine").glob("*.onnx")
     result = subprocess.run(
         [sys.executable, "-m", "validation", "bench", "--preset", "lvvit_s", "--resolution", "64",
          "--batch-sizes", "1,4", "--repeats", "2", "--warmup", "1", "--settle-ms", "100", "--workdir", str(tmp_path),
-         "--paths", "ort-fp32,openvino-f32,ort-int8"],
+         "--paths", "ort-fp32,ort-int8", "--onnx", str(mine)],
         capture_output=True, text=True, cwd=ROOT,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "bench.json").read_text())
     names = [p["name"] for p in report["paths"]]
-    assert names == ["paddle-eager", "paddle-inference", "paddle-inference-streams", "ort-fp32", "openvino-f32",
-                     "ort-int8"]  # fmt: skip
+    # the baseline alone is added to the paths asked for; the user's file runs on both ONNX runtimes
+    assert names == ["paddle-eager", "paddle-inference", "ort-fp32", "ort-int8", "file-ort", "file-openvino"]
+    assert report["baseline"] == "paddle-inference" and report["user_file"]["path"] == str(mine)
     for path in report["paths"]:
         assert path["skipped"] is None
         assert set(path["timings"]) == {"1", "4"}
         assert path["drift"]["images"] == report["images"]["count"] > 0
+        assert all(t["iqr_rel"] >= 0 for t in path["timings"].values())
     by_name = {p["name"]: p for p in report["paths"]}
     assert by_name["ort-fp32"]["drift"]["max_abs"] < 1e-4
+    assert by_name["file-ort"]["drift"]["max_abs"] < 1e-4 and by_name["file-openvino"]["drift"]["max_abs"] < 1e-4
+    assert by_name["file-ort"]["precision"] == "fp32" and mine.name in by_name["file-openvino"]["what"]
     assert by_name["ort-int8"]["precision"] == "int8"
+    assert report["cpu"]["int8"] == detect_cpu().int8  # this machine's branch: VNNI, AMX or the vpmaddubsw pair
     assert report["settle_ms"] == 100
     low, high = report["measured_sgemm_gfma_per_s_range"]
     assert 0 < low <= report["measured_sgemm_gfma_per_s"] <= high  # one probe per batch-1 round
@@ -213,7 +224,8 @@ def test_bench_cli_on_a_tiny_model(tmp_path):
     implied = high / (cpu["cores"] * cpu["fp32_macs_per_cycle"])
     assert cpu["clock_ghz"] == pytest.approx(max(implied, report["nominal_clock_ghz"]), abs=2e-3)
     table = (tmp_path / "bench.md").read_text()
-    assert "x Paddle Inference" in table and "Arithmetic floors at batch 1" in table
+    assert "b1 x paddle-inference" in table and "This run's noise" in table
+    assert "Arithmetic floors at batch 1" in table
     assert "b1 x floor of its precision" in table
     assert by_name["ort-fp32"]["timings"]["1"]["x_floor"] > 0 and by_name["ort-int8"]["timings"]["1"]["x_floor"] > 0
     assert "timed in the same rounds" in table and "100 ms apart" in table
@@ -224,6 +236,64 @@ def test_bench_cli_on_a_tiny_model(tmp_path):
     )  # fmt: skip
     assert again.returncode == 0, again.stderr
     assert (tmp_path / "r" / "bench.md").read_text() == table  # the JSON alone redraws the same page
+
+
+def _bench_report(timings: dict[str, tuple[float, float, float]]) -> dict:
+    """A bench report's JSON with batch-1 timings (median, p25, p75 in ms) per fp32 path."""
+    paths = [
+        {"name": name, "what": name, "precision": "fp32", "skipped": None, "drift": {},
+         "timings": {"1": {"median_ms": m, "p25_ms": lo, "p75_ms": hi, "images_per_s": 1e3 / m, "x_floor": m / 10}}}
+        for name, (m, lo, hi) in timings.items()
+    ]  # fmt: skip
+    cpu = {"model_name": "AMD EPYC", "clock_ghz": 2.6, "cores": 2, "fp32_macs_per_cycle": 16}
+    return {
+        "preset": "lvvit_s", "resolution": 224, "threads": 2, "streams": 2, "cpu": cpu, "weights": "random",
+        "warmup": 1, "repeats": 7, "settle_ms": 300, "images": {"count": 0, "folder": "-"}, "batch_sizes": [1],
+        "floor_working_by_precision": {"fp32": "..."}, "nominal_clock_ghz": 2.6,
+        "floor_ms_batch1_by_precision": {"fp32": 10.0}, "measured_sgemm_gfma_per_s": 80.0,
+        "measured_sgemm_gfma_per_s_range": [70.0, 90.0], "measured_floor_ms_batch1": 80.0, "paths": paths,
+    }  # fmt: skip
+
+
+def _page(report: dict) -> str:
+    from validation.bench_report import bench_blocks
+    from validation.document import to_markdown
+
+    return to_markdown(bench_blocks(report)[1], "bench")
+
+
+def test_the_baseline_is_one_named_path_even_where_another_paddle_configuration_is_faster():
+    report = _bench_report({
+        "paddle-inference": (100.0, 98.0, 102.0), "paddle-inference-streams": (80.0, 79.0, 81.0),
+        "ort-fp32": (50.0, 49.0, 51.0),
+    })  # fmt: skip
+    page = _page(report)
+    assert "| ort-fp32 | fp32 | 50.0 (49.0-51.0) | 20.00 | 2.00x |" in page  # over paddle-inference, not the streams
+    assert "| paddle-inference-streams | fp32 | 80.0 (79.0-81.0) | 12.50 | 1.25x |" in page
+
+
+def test_paths_within_the_runs_noise_are_not_ranked():
+    close = _page(_bench_report({
+        "paddle-inference": (100.0, 95.0, 105.0), "ort-fp32": (74.1, 72.0, 76.0), "openvino-f32": (73.7, 70.0, 75.0),
+    }))  # fmt: skip
+    assert "Fastest fp32 paths at batch 1, within this run's noise of each other" in close
+    assert "not ranked: openvino-f32 73.7 ms (70.0-75.0), ort-fp32 74.1 ms (72.0-76.0)" in close
+    assert "| paddle-inference | fp32 | 100.0 (95.0-105.0) | 10.00 | 1.00x |" in close
+    apart = _page(_bench_report({
+        "paddle-inference": (100.0, 99.0, 101.0), "ort-fp32": (97.0, 96.0, 99.5), "openvino-f32": (60.0, 59.0, 61.0),
+    }))  # fmt: skip
+    assert "Fastest fp32 path at batch 1: openvino-f32, 60.0 ms = 6.00x its floor." in apart
+    assert "| ort-fp32 | fp32 | 97.0 (96.0-99.5) | 10.31 | 1.03x (within noise) |" in apart
+    assert "This run's noise: a path's interquartile range spans" in apart
+
+
+def test_a_user_file_of_another_model_is_refused_before_any_export(tiny, tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "validation", "bench", "--preset", "lvvit_s", "--resolution", "64", "--onnx",
+         str(tiny.onnx), "--workdir", str(tmp_path / "work")], capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert run.returncode == 2 and "tiny.onnx: architecture" in run.stderr, run.stderr[-2000:]
+    assert not (tmp_path / "work").exists()  # refused before the minutes of exports
 
 
 def test_stream_latency_compares_each_runtime_with_one_stream(tiny, tmp_path, capsys):

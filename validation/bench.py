@@ -3,7 +3,10 @@
 Each path runs the same inputs at the same thread count. Repeats are
 interleaved (round-robin over the paths), so that a noisy neighbour slows
 every path alike and the ratios stay meaningful; medians and the interquartile
-spread are reported. Ratios are throughput against Paddle inference (oneDNN).
+spread are reported, and paths whose spreads overlap are called within the
+run's noise rather than ranked. Ratios are throughput against one baseline,
+`paddle-inference` (Paddle Inference, oneDNN, one stream). `--onnx FILE` adds
+the user's own file on ONNX Runtime and OpenVINO beside the bench's exports.
 """
 
 from __future__ import annotations
@@ -18,10 +21,10 @@ import numpy as np
 
 from lvvit.comparison import image_errors, summarize_drift
 from lvvit.presets import Preset
-from lvvit.provenance import RANDOM_INIT
+from lvvit.provenance import RANDOM_INIT, sha256_of
 from runtimes.spec import PredictorSpec
 
-from .bench_report import REFERENCES
+from .bench_report import BASELINE
 
 
 @dataclass
@@ -35,8 +38,11 @@ class BenchPath:
     options: dict[str, Any] = field(default_factory=dict)
     precision: str = "fp32"
     unavailable: str | None = None  # why this path cannot run here (reported, not silently dropped)
+    file: Path | None = None  # a user's own file (`--onnx`), instead of an `Artifacts` field
 
     def spec(self, artifacts: Any, preset: Preset, weights: Path | None) -> PredictorSpec:
+        if self.file is not None:
+            return PredictorSpec.for_model(self.runtime, self.file, **self.options)
         if self.artifact is None:
             return PredictorSpec.eager(preset, weights)
         return PredictorSpec.for_model(self.runtime, getattr(artifacts, self.artifact), **self.options)
@@ -92,6 +98,26 @@ def bench_paths(threads: int, streams: int, include: set[str] | None) -> list[Be
     if streams == 1:  # the same as paddle-inference
         paths = [p for p in paths if p.name != "paddle-inference-streams"]
     return [p for p in paths if include is None or p.name in include]
+
+
+def user_file_paths(onnx: Path, preset: Preset, weights: Path | None, threads: int, streams: int) -> list[BenchPath]:
+    """`--onnx FILE`: the user's file on ONNX Runtime and OpenVINO, checked to be the bench's model first."""
+    from runtimes.onnx_file import graph_precision
+    from runtimes.spec import read_model_metadata
+
+    from .runners import ModelSource, check_same_model
+
+    metadata = read_model_metadata(onnx)
+    check_same_model(ModelSource(spec=preset, weights=weights), onnx, metadata)
+    precision = graph_precision(metadata)  # the floor of its precision, as the predictors call it
+    run = {"threads": threads, "streams": streams}
+    return [
+        BenchPath("file-ort", f"ONNX Runtime on {onnx.name}", "ort", None, run, precision, file=onnx),
+        BenchPath(
+            "file-openvino", f"OpenVINO on {onnx.name}", "openvino", None, {"precision": "f32", **run}, precision,
+            file=onnx,
+        ),
+    ]  # fmt: skip
 
 
 def _open_all(
@@ -153,12 +179,15 @@ def time_interleaved(
 
 
 def timing_stats(samples: list[float], batch: int) -> dict[str, float]:
+    """Median, interquartile range (the run's own noise, which decides whether two paths are ranked), minimum."""
     ms = np.asarray(samples) * 1e3
     median = float(np.median(ms))
+    p25, p75 = float(np.percentile(ms, 25)), float(np.percentile(ms, 75))
     return {
         "median_ms": median,
-        "p25_ms": float(np.percentile(ms, 25)),
-        "p75_ms": float(np.percentile(ms, 75)),
+        "p25_ms": p25,
+        "p75_ms": p75,
+        "iqr_rel": (p75 - p25) / median,
         "min_ms": float(ms.min()),
         "images_per_s": batch / median * 1e3,
         "repeats": len(samples),
@@ -201,8 +230,12 @@ def run_bench(
     limit_images: int | None = None,
     settle_ms: int = DEFAULT_SETTLE_MS,
     max_float_stages: int | None = None,
+    onnx: Path | None = None,
 ) -> dict[str, Any]:
-    """Export the paths' files (or reuse them), time each path per batch size, measure drift; return a report."""
+    """Export the paths' files (or reuse them), time each path per batch size, measure drift; return a report.
+
+    `onnx`: a user's own file, timed on ONNX Runtime and OpenVINO beside the bench's exports.
+    """
     from lvvit import resolve_preset
     from lvvit.macs import count_macs
     from lvvit.preprocess import image_files, preprocess_batch
@@ -212,11 +245,13 @@ def run_bench(
 
     threads = threads or len(os.sched_getaffinity(0))
     streams = streams or threads
+    spec = resolve_preset(preset, resolution)
     paths = bench_paths(threads, streams, include)
+    if onnx is not None:  # checked before the minutes of exports
+        paths += user_file_paths(Path(onnx), spec, weights, threads, streams)
     extras = tuple(p.artifact for p in paths if p.artifact in EXTRA_INT8)
     artifacts = prepare_artifacts(preset, weights, resolution, Path(workdir), images, log, extras=extras,
                                   max_float_stages=max_float_stages)  # fmt: skip
-    spec = resolve_preset(preset, resolution)
     config = spec.preprocess
     image_paths = image_files(artifacts.images)[:limit_images]
     real = preprocess_batch(image_paths, config)
@@ -263,6 +298,8 @@ def run_bench(
         "warmup": warmup,
         "repeats": repeats,
         "settle_ms": settle_ms,
+        "baseline": BASELINE,
+        "user_file": {"path": str(onnx), "sha256": sha256_of(Path(onnx))} if onnx is not None else None,
         "images": {"folder": str(artifacts.images), "count": len(real)},
         "cpu": cpu.to_dict(),
         "nominal_clock_ghz": nominal.clock_ghz,
@@ -325,6 +362,13 @@ def add_parser(subparsers) -> None:
         "SmoothQuant's Multiply nodes left, to compare with the folded file)",
     )
     parser.add_argument(
+        "--onnx",
+        type=Path,
+        default=None,
+        help="your own exported .onnx file of this preset and weights, timed on ONNX Runtime and OpenVINO "
+        "(rows file-ort, file-openvino) beside the bench's exports",
+    )
+    parser.add_argument(
         "--max-float-stages",
         type=positive,
         default=None,
@@ -356,7 +400,7 @@ def _main(args) -> int:
 
     include = set(args.paths.split(",")) if args.paths else None
     if include:
-        include.update(REFERENCES)  # ratios need them
+        include.add(BASELINE)  # the ratios' baseline
     if include and "paddle-eager" not in include:
         include.add("paddle-eager")  # drift needs it
     report = run_bench(
@@ -367,6 +411,7 @@ def _main(args) -> int:
         limit_images=args.limit_images,
         settle_ms=args.settle_ms,
         max_float_stages=args.max_float_stages,
+        onnx=args.onnx,
     )  # fmt: skip
     from .report import write_reports
 

@@ -6,7 +6,9 @@ from typing import Any
 
 from .document import Block, Bullets, Heading, Paragraph, Table
 
-REFERENCES = ("paddle-inference", "paddle-inference-streams")  # ratios use the faster of the two
+# The one baseline of every ratio: Paddle Inference (oneDNN), one stream on all the threads. It is in every run
+# (streams or not); taking the faster of two Paddle configurations made the baseline switch between runs.
+BASELINE = "paddle-inference"
 
 
 def _timings(path: dict[str, Any]) -> dict[int, dict[str, float]]:
@@ -14,21 +16,51 @@ def _timings(path: dict[str, Any]) -> dict[int, dict[str, float]]:
     return {int(b): t for b, t in path["timings"].items()}
 
 
-def reference_throughput(paths: list[dict[str, Any]], batch: int) -> tuple[str, float] | None:
-    """The faster Paddle Inference configuration at `batch`: (name, images/s)."""
-    candidates = [
-        (p["name"], _timings(p)[batch]["images_per_s"])
-        for p in paths
-        if p["name"] in REFERENCES and not p["skipped"] and batch in _timings(p)
-    ]
-    return max(candidates, key=lambda c: c[1]) if candidates else None
+def _baseline(paths: list[dict[str, Any]], batch: int) -> dict[str, float] | None:
+    """The baseline's timings at `batch`, None where it did not run."""
+    found = next((p for p in paths if p["name"] == BASELINE and not p["skipped"]), None)
+    return _timings(found).get(batch) if found else None
 
 
-def _ratio(result: dict[str, Any], paths: list[dict[str, Any]], batch: int) -> float | None:
-    reference = reference_throughput(paths, batch)
-    if reference is None or batch not in _timings(result):
-        return None
-    return _timings(result)[batch]["images_per_s"] / reference[1]
+def within_noise(a: dict[str, float], b: dict[str, float]) -> bool:
+    """Whether two timings are within the run's own noise: their interquartile ranges overlap."""
+    return a["p25_ms"] <= b["p75_ms"] and b["p25_ms"] <= a["p75_ms"]
+
+
+def _ratio_cell(result: dict[str, Any], paths: list[dict[str, Any]], batch: int) -> str:
+    baseline, timing = _baseline(paths, batch), _timings(result).get(batch)
+    if baseline is None or timing is None:
+        return "-"
+    ratio = timing["images_per_s"] / baseline["images_per_s"]
+    noise = result["name"] != BASELINE and within_noise(timing, baseline)
+    return f"{ratio:.2f}x" + (" (within noise)" if noise else "")
+
+
+def _fastest_note(precision: str, timed: list[dict[str, Any]], floor_known: bool) -> str:
+    """The fastest path of a precision at batch 1, or the paths the run's noise cannot tell apart."""
+    ranked = sorted(timed, key=lambda p: _timings(p)[1]["median_ms"])
+    best = _timings(ranked[0])[1]
+    tied = [p for p in ranked[1:] if within_noise(_timings(p)[1], best)]
+    if tied:
+        shown = ", ".join(
+            f"{p['name']} {_timings(p)[1]['median_ms']:.1f} ms ({_timings(p)[1]['p25_ms']:.1f}-"
+            f"{_timings(p)[1]['p75_ms']:.1f})"
+            for p in [ranked[0], *tied]
+        )
+        return (
+            f"Fastest {precision} paths at batch 1, within this run's noise of each other (their interquartile "
+            f"ranges overlap), so not ranked: {shown}."
+        )
+    note = f"Fastest {precision} path at batch 1: {ranked[0]['name']}, {best['median_ms']:.1f} ms"
+    if not floor_known or "x_floor" not in best:
+        return note + "."
+    x_floor = best["x_floor"]
+    note += f" = {x_floor:.2f}x its floor."
+    if x_floor < 1:
+        note += (
+            " It beat the floor: its cores ran faster than in any SGEMM probe round, so this floor's clock is too low."
+        )
+    return note
 
 
 def bench_blocks(report: dict[str, Any]) -> tuple[str, list[Block]]:
@@ -37,7 +69,7 @@ def bench_blocks(report: dict[str, Any]) -> tuple[str, list[Block]]:
     batches = [int(b) for b in report["batch_sizes"]]
     header = ["path", "precision"]
     for b in batches:
-        header += [f"b{b} median ms (IQR)", f"b{b} img/s", f"b{b} x Paddle Inference"]
+        header += [f"b{b} median ms (IQR)", f"b{b} img/s", f"b{b} x {BASELINE}"]
     if 1 in batches:
         header.append("b1 x floor of its precision")
     header += ["max abs vs eager", "mean abs / median top-2 margin", "top-1 agreement"]
@@ -47,7 +79,8 @@ def bench_blocks(report: dict[str, Any]) -> tuple[str, list[Block]]:
         Paragraph(
             f"Batched runs use {report['streams']} streams (the batch split into parallel parts) on every runtime; "
             "a batch smaller than that (batch 1) runs whole on all the threads. "
-            "Ratios are throughput over the faster Paddle Inference configuration (one stream or the streams)."
+            f"Ratios are throughput over {BASELINE} (Paddle Inference, oneDNN, one stream on all the threads), the "
+            "baseline of every run; \"within noise\" marks a path whose interquartile range overlaps the baseline's."
         ),
         Paragraph(
             f"CPU: {report['cpu']['model_name']}; weights: {report['weights']}; "
@@ -64,13 +97,12 @@ def bench_blocks(report: dict[str, Any]) -> tuple[str, list[Block]]:
         row = [p["name"], p["precision"]]
         for b in batches:
             t = _timings(p).get(b)
-            ratio = _ratio(p, paths, b)
             row += (
                 [f"{t['median_ms']:.1f} ({t['p25_ms']:.1f}-{t['p75_ms']:.1f})", f"{t['images_per_s']:.2f}"]
                 if t
                 else ["-", "-"]
             )
-            row.append(f"{ratio:.2f}x" if ratio else "-")
+            row.append(_ratio_cell(p, paths, b))
         if 1 in batches:
             x_floor = _timings(p).get(1, {}).get("x_floor")
             row.append(f"{x_floor:.2f}x" if x_floor else "-")
@@ -96,19 +128,16 @@ def bench_blocks(report: dict[str, Any]) -> tuple[str, list[Block]]:
     notes = []
     for precision in ("fp32", "bf16", "int8"):
         timed = [p for p in paths if p["precision"] == precision and not p["skipped"] and 1 in _timings(p)]
-        if not timed or not report["floor_ms_batch1_by_precision"].get(precision):
-            continue
-        best = min(timed, key=lambda p: _timings(p)[1]["median_ms"])
-        latency = _timings(best)[1]["median_ms"]
-        x_floor = _timings(best)[1]["x_floor"]
+        if timed:
+            floor_known = bool(report["floor_ms_batch1_by_precision"].get(precision))
+            notes.append(_fastest_note(precision, timed, floor_known))
+    spreads = sorted(
+        (t["p75_ms"] - t["p25_ms"]) / t["median_ms"] for p in paths if not p["skipped"] for t in _timings(p).values()
+    )
+    if spreads:
         notes.append(
-            f"Fastest {precision} path at batch 1: {best['name']}, {latency:.1f} ms = {x_floor:.2f}x its floor."
-            + (
-                " It beat the floor: its cores ran faster than in any SGEMM probe round, so this floor's clock is "
-                "too low."
-                if x_floor < 1
-                else ""
-            )  # fmt: skip
+            f"This run's noise: a path's interquartile range spans {spreads[0]:.1%} to {spreads[-1]:.1%} of its "
+            f"median (median {spreads[len(spreads) // 2]:.1%}); paths closer than that are not ranked."
         )
     if 1 in batches:
         sgemm = report["measured_sgemm_gfma_per_s"]
