@@ -255,33 +255,31 @@ def _bench_report(timings: dict[str, tuple[float, float, float]]) -> dict:
     }  # fmt: skip
 
 
-def _page(report: dict) -> str:
+def _page(timings: dict[str, tuple[float, float, float]]) -> str:
+    """The Markdown page of `_bench_report(timings)`."""
     from validation.bench_report import bench_blocks
     from validation.document import to_markdown
 
-    return to_markdown(bench_blocks(report)[1], "bench")
+    return to_markdown(bench_blocks(_bench_report(timings))[1], "bench")
 
 
 def test_the_baseline_is_one_named_path_even_where_another_paddle_configuration_is_faster():
-    report = _bench_report({
+    page = _page({
         "paddle-inference": (100.0, 98.0, 102.0), "paddle-inference-streams": (80.0, 79.0, 81.0),
         "ort-fp32": (50.0, 49.0, 51.0),
     })  # fmt: skip
-    page = _page(report)
     assert "| ort-fp32 | fp32 | 50.0 (49.0-51.0) | 20.00 | 2.00x |" in page  # over paddle-inference, not the streams
     assert "| paddle-inference-streams | fp32 | 80.0 (79.0-81.0) | 12.50 | 1.25x |" in page
 
 
 def test_paths_within_the_runs_noise_are_not_ranked():
-    close = _page(_bench_report({
-        "paddle-inference": (100.0, 95.0, 105.0), "ort-fp32": (74.1, 72.0, 76.0), "openvino-f32": (73.7, 70.0, 75.0),
-    }))  # fmt: skip
+    close = _page({"paddle-inference": (100.0, 95.0, 105.0), "ort-fp32": (74.1, 72.0, 76.0),
+                   "openvino-f32": (73.7, 70.0, 75.0)})  # fmt: skip
     assert "Fastest fp32 paths at batch 1, within this run's noise of each other" in close
     assert "not ranked: openvino-f32 73.7 ms (70.0-75.0), ort-fp32 74.1 ms (72.0-76.0)" in close
     assert "| paddle-inference | fp32 | 100.0 (95.0-105.0) | 10.00 | 1.00x |" in close
-    apart = _page(_bench_report({
-        "paddle-inference": (100.0, 99.0, 101.0), "ort-fp32": (97.0, 96.0, 99.5), "openvino-f32": (60.0, 59.0, 61.0),
-    }))  # fmt: skip
+    apart = _page({"paddle-inference": (100.0, 99.0, 101.0), "ort-fp32": (97.0, 96.0, 99.5),
+                   "openvino-f32": (60.0, 59.0, 61.0)})  # fmt: skip
     assert "Fastest fp32 path at batch 1: openvino-f32, 60.0 ms = 6.00x its floor." in apart
     assert "| ort-fp32 | fp32 | 97.0 (96.0-99.5) | 10.31 | 1.03x (within noise) |" in apart
     assert "This run's noise: a path's interquartile range spans" in apart

@@ -52,7 +52,9 @@ def model_lines(model: dict[str, Any]) -> list[str]:
     if arch:
         lines.append("architecture: " + ", ".join(f"{k}={v}" for k, v in arch.items()))
     if model.get("weights"):
-        lines.append(f"weights: {model['weights']} (sha256 {model.get('weights_sha256')})")
+        identity = model.get("weights_tensors_sha256")  # older reports have the file's hash only
+        tensors = f"; tensors_sha256 {identity}, the weights' identity" if identity else ""
+        lines.append(f"weights: {model['weights']} (file sha256 {model.get('weights_sha256')}{tensors})")
     else:
         lines.append(f"weights: NONE, a deterministic random initialisation (seed {model.get('seed')})")
     return lines
