@@ -294,3 +294,16 @@ def test_fp32_then_int8_drift_in_one_folder_keep_apart_and_int8_is_judged_as_int
     _with_weights(clean_onnx, other, lambda name, w: w * 1.5 if name == "head.weight" else None)
     third = _drift(other, tmp_path, "ort")
     assert third.returncode == 2 and "give this run another --name" in third.stderr, third.stderr
+
+
+def test_default_report_names_take_only_name_characters_from_a_files_metadata(clean_onnx, tmp_path):
+    from validation.options import export_tags
+
+    proto = onnx.load(str(clean_onnx))
+    for prop in proto.metadata_props:
+        if prop.key == "lvvit.graph":
+            prop.value = "../../evil graph"  # the metadata may come from a stranger
+    odd = tmp_path / "odd.onnx"
+    onnx.save(proto, str(odd))
+    assert export_tags(None) == [] and export_tags(clean_onnx) == []  # the kit's own fp32 export: the plain name
+    assert export_tags(odd) == ["..-..-evil-graph"]
