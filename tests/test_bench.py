@@ -255,19 +255,22 @@ def _bench_report(timings: dict[str, tuple[float, float, float]]) -> dict:
     }  # fmt: skip
 
 
-def _page(timings: dict[str, tuple[float, float, float]]) -> str:
-    """The Markdown page of `_bench_report(timings)`."""
+def _page(timings: dict[str, tuple[float, float, float]], cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The Markdown page of `_bench_report(timings)`, its CPU read from `cpuinfo`."""
     from validation.bench_report import bench_blocks
     from validation.document import to_markdown
 
-    return to_markdown(bench_blocks(_bench_report(timings))[1], "bench")
+    report = _bench_report(timings)
+    report["cpu"]["cpuinfo"] = cpuinfo
+    return to_markdown(bench_blocks(report)[1], "bench")
 
 
 def test_the_baseline_is_one_named_path_even_where_another_paddle_configuration_is_faster():
     page = _page({
         "paddle-inference": (100.0, 98.0, 102.0), "paddle-inference-streams": (80.0, 79.0, 81.0),
         "ort-fp32": (50.0, 49.0, 51.0),
-    })  # fmt: skip
+    }, cpuinfo="tests/data/cpuinfo/zen4.txt")  # fmt: skip
+    assert "CPU: AMD EPYC (read from tests/data/cpuinfo/zen4.txt, named by LVVIT_CPUINFO)" in page
     assert "| ort-fp32 | fp32 | 50.0 (49.0-51.0) | 20.00 | 2.00x |" in page  # over paddle-inference, not the streams
     assert "| paddle-inference-streams | fp32 | 80.0 (79.0-81.0) | 12.50 | 1.25x |" in page
 
@@ -281,6 +284,7 @@ def test_paths_within_the_runs_noise_are_not_ranked():
     apart = _page({"paddle-inference": (100.0, 99.0, 101.0), "ort-fp32": (97.0, 96.0, 99.5),
                    "openvino-f32": (60.0, 59.0, 61.0)})  # fmt: skip
     assert "Fastest fp32 path at batch 1: openvino-f32, 60.0 ms = 6.00x its floor." in apart
+    assert "CPU: AMD EPYC; weights" in apart  # read from /proc/cpuinfo: no note
     assert "| ort-fp32 | fp32 | 97.0 (96.0-99.5) | 10.31 | 1.03x (within noise) |" in apart
     assert "This run's noise: a path's interquartile range spans" in apart
 

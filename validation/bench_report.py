@@ -63,6 +63,12 @@ def _fastest_note(precision: str, timed: list[dict[str, Any]], floor_known: bool
     return note
 
 
+def _cpuinfo_note(cpu: dict[str, Any]) -> str:
+    """Where the CPU was read from, when not /proc/cpuinfo (LVVIT_CPUINFO): its floors are that CPU's."""
+    source = cpu.get("cpuinfo", "/proc/cpuinfo")  # older reports: /proc/cpuinfo
+    return "" if source == "/proc/cpuinfo" else f" (read from {source}, named by LVVIT_CPUINFO)"
+
+
 def bench_blocks(report: dict[str, Any]) -> tuple[str, list[Block]]:
     """The side-by-side table, the ratios against Paddle inference, and the arithmetic floors."""
     paths = report["paths"]
@@ -83,7 +89,7 @@ def bench_blocks(report: dict[str, Any]) -> tuple[str, list[Block]]:
             "baseline of every run; \"within noise\" marks a path whose interquartile range overlaps the baseline's."
         ),
         Paragraph(
-            f"CPU: {report['cpu']['model_name']}; weights: {report['weights']}; "
+            f"CPU: {report['cpu']['model_name']}{_cpuinfo_note(report['cpu'])}; weights: {report['weights']}; "
             f"{report['warmup']} warm-up + {report['repeats']} interleaved repeats per path and batch size, "
             f"{report['settle_ms']} ms apart; "
             f"drift on {report['images']['count']} real images ({report['images']['folder']})."
