@@ -260,12 +260,18 @@ def test_every_runtime_calls_an_int8_file_int8(int8_onnx, clean_onnx):
 def test_locate_judges_an_int8_file_by_the_int8_limits(int8_onnx):
     from validation.locate import STAGE_TOLERANCE_BY_PRECISION
 
-    report = _locate(int8_onnx)
+    pytest.importorskip("openvino")
+    report = _locate(int8_onnx, ("ort", "openvino"))
     entry = report["runtimes"]["ort"]
     assert report["export"]["precision"] == "int8" and entry["describe"]["precision"] == "int8"
     assert report["tolerance"] == STAGE_TOLERANCE_BY_PRECISION["int8"] and report["tolerance_source"] == "int8 default"
-    assert not entry["stages"]["stem"]["over"] and entry["first_over"] is None and report["passed"]
+    assert not entry["stages"]["stem"]["over"] and entry["first_over"] is None
     assert entry["stages"]["stem"]["max_rel"] > 1e-3  # int8 did move it, by more than the fp32 limit
+    assert entry["first_jump"] is None  # int8's rounding is no fault
+    # OpenVINO reads the stem from a compile of its own: with it exposed beside the blocks, its int8 blocks broke
+    ov = report["runtimes"]["openvino"]
+    assert ov["describe"]["precision"] == "int8" and ov["instrumentation"]["trusted"]
+    assert all(ov["stages"][s]["min_cosine"] > 0.9 for s in ("stem", "blocks.0", "blocks.1", "blocks.2", "norm"))
 
 
 def _drift(onnx_path, report_dir, *runtimes: str) -> subprocess.CompletedProcess:
