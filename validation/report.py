@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lvvit.atomic import atomic_files
+from lvvit.atomic import atomic_files, sweep_leftovers
 
 from .bench_report import bench_blocks
 from .document import Block, Figure, to_html, to_markdown
@@ -79,6 +79,8 @@ def _write_set(out_dir: str | Path, stem: str, write: Callable[[Path], dict[str,
     no page of the set shows an older run's figure.
     """
     out_dir = Path(out_dir)
+    if out_dir.is_dir():
+        sweep_leftovers(out_dir)  # staging folders of a killed run
     stale = [f"{stem}_{name}.png" for name in FIGURES]
     with atomic_files(out_dir, stale) as staging:
         staged = write(staging)
