@@ -41,7 +41,8 @@ def _owner() -> str:
     return f"pid{os.getpid()}-"
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this id runs on this machine."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -57,7 +58,7 @@ def sweep_leftovers(folder: str | Path) -> list[Path]:
     with contextlib.suppress(OSError), os.scandir(folder) as entries:
         for entry in entries:
             match = _OWNER.match(entry.name)
-            if match is None or _alive(int(match.group(1) or match.group(2))):
+            if match is None or process_alive(int(match.group(1) or match.group(2))):
                 continue
             path = Path(entry.path)
             if entry.is_dir(follow_symlinks=False):

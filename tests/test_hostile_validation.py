@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -348,3 +349,122 @@ def test_a_killed_writers_leftovers_are_swept_on_resume(model, local, tmp_path):
     assert not any(p.exists() for p in left) and live.exists()
     write_reports(report, tmp_path, "acc")  # the report folder's staging leftovers go when a report set is written
     assert not staging.exists() and (tmp_path / "acc.md").is_file()
+
+
+# -- untyped crashes and unbounded costs -----------------------------------------------------------------------------
+
+
+def test_a_huge_shard_line_is_refused_in_bounded_memory(model, local, tmp_path):
+    """A 128 MiB record line: refused after reading its first 256 KiB, in a child that measures its peak memory."""
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    _, data, _ = model
+    folder = tmp_path / "acc.shards"
+    accuracy(local, data, folder)
+    shard = folder / "shard-00000.jsonl"
+    with shard.open("r+b") as f:
+        first = f.readline()
+        f.seek(len(first))
+        f.write(b'{"name": "' + b"x" * (128 << 20) + b'"}\n')
+    code = (
+        "from validation.shards import read_shard_file, ShardError\n"
+        "try:\n"
+        f"    read_shard_file(__import__('pathlib').Path({str(shard)!r}))\n"
+        "except ShardError as exc:\n"
+        "    print(exc)\n"
+        # VmHWM, the peak of this process's own memory (ru_maxrss would carry pytest's over the exec)
+        "print(next(int(x.split()[1]) >> 10 for x in open('/proc/self/status') if x.startswith('VmHWM')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    message, peak = done.stdout.strip().splitlines()
+    assert "shard-00000.jsonl: line 2 is longer than 262144 bytes" in message, done.stderr
+    assert int(peak) < 200, f"{peak} MiB to refuse one line"
+
+
+def _report(tmp_path, model, local):
+    _, data, _ = model
+    report = accuracy(local, data, tmp_path / "acc.shards")
+    write_reports(report, tmp_path, "acc")
+    return json.loads((tmp_path / "acc.json").read_text())
+
+
+def test_a_report_with_a_huge_integer_or_a_thousand_runtimes_renders_in_bounded_time(model, local, tmp_path):
+    import time
+
+    from validation.errors import ValidationError
+    from validation.report import render
+
+    report = _report(tmp_path, model, local)
+    huge = {**report, "chance_top1": 10**4000}
+    with pytest.raises(ValidationError, match=r"the accuracy report lacks or garbles a field .*OverflowError"):
+        render(huge, tmp_path / "huge", "huge")
+    many = {**report, "runtimes": {f"rt{i}": report["runtimes"]["ort"] for i in range(300)}}
+    started = time.perf_counter()
+    written = render(many, tmp_path / "many", "many")
+    seconds = time.perf_counter() - started
+    page = written["markdown"].read_text()
+    assert "(the first 12 of 300 runtimes; the tables list every one)" in page and "rt299" in page
+    assert page.count("**PASS**: rt") == 300  # every runtime's verdict is on the page
+    assert seconds < 40, f"{seconds:.1f} s to render 300 runtimes"
+
+
+SPECS = {
+    "a file name with ../": (lambda f: {"files": (f.__class__("../escaped.sh", 1, "0" * 64),)}, "bare file names"),
+    "an absolute file name": (lambda f: {"files": (f.__class__("/tmp/x.onnx", 1, "0" * 64),)}, "bare file names"),
+    "no file": (lambda f: {"files": ()}, "this ort spec names no model file"),
+    "files as strings": (lambda f: {"files": ("model.onnx",)}, "files must be ModelFile entries, got str"),
+    "a bad hash": (lambda f: {"files": (f.__class__(f.name, f.size, "nope"),)}, "'nope' is not a hex SHA-256"),
+    "a negative size": (lambda f: {"files": (f.__class__(f.name, -1, f.sha256),)}, "size -1 is not a number"),
+    "an unknown runtime": (lambda f: {"runtime": "tensorflow"}, "unknown runtime 'tensorflow'"),
+    "options not pairs": (lambda f: {"options": ("threads",)}, "options must be \\(name, value\\) pairs"),
+}
+
+
+@pytest.mark.parametrize("case", list(SPECS))
+def test_a_malformed_or_escaping_spec_is_refused_on_both_sides(model, tmp_path, case):
+    """Built here, or unpickled from elsewhere (no __init__ runs): refused before anything is read or written."""
+    import dataclasses
+    import pickle
+
+    from runtimes.errors import ConfigurationError, ModelFileError
+
+    _, _, specs = model
+    spec = specs["ort"]
+    change, message = SPECS[case]
+    fields = change(spec.files[0])
+    with pytest.raises((ConfigurationError, ModelFileError), match=message):
+        dataclasses.replace(spec, **fields)
+    forged = pickle.loads(pickle.dumps(spec))
+    for name, value in fields.items():
+        object.__setattr__(forged, name, value)  # what a crafted pickle gives: no __init__, no check
+    secret = tmp_path / "secret.txt"
+    secret.write_text("secret")
+    if "files" in fields and fields["files"] and not isinstance(fields["files"][0], str):
+        object.__setattr__(forged, "folder", str(tmp_path / "folder"))
+    for use in (forged.read_files, lambda: forged.materialize({"../escaped.sh": b"x"}, tmp_path / "w"), forged.open):
+        with pytest.raises((ConfigurationError, ModelFileError), match=message):
+            use()
+    assert not (tmp_path / "escaped.sh").exists() and not (tmp_path / "w").exists()
+
+
+def test_markdown_pages_show_hostile_names_as_text(model, local, tmp_path):
+    from validation.report import render
+
+    report = _report(tmp_path, model, local)
+    report["inputs"]["unreadable"] = [
+        {"name": "<script>alert(1)</script>.png", "reason": "<svg onload=alert(1)>"},
+        {"name": "[click](javascript:alert(1)).png", "reason": "a | pipe\nand a new line"},
+    ]
+    report["environment"]["command"] = ["python", "-m", "validation", "```", "<img src=x onerror=alert(1)>"]
+    page = render(report, tmp_path / "r", "r")["markdown"].read_text()
+    code = "````\npython -m validation ``` <img src=x onerror=alert(1)>\n````"  # a fence that the text cannot close
+    assert code in page
+    outside_code = page.replace(code, "")
+    for raw in ("<script>", "<svg", "<img"):
+        assert raw not in outside_code
+    assert not re.search(r"(?<!\\)\]\(javascript:", outside_code)  # no link: its brackets are escaped
+    assert "&lt;script>alert(1)&lt;/script>.png" in page and "&lt;svg onload=alert(1)>" in page
+    assert "\\[click\\](javascript:alert(1)).png" in page and "a \\| pipe and a new line" in page

@@ -57,7 +57,7 @@ def _pages(report: dict[str, Any], folder: Path, stem: str) -> dict[str, Path]:
         raise ValidationError(f"not a validation report (kind {kind!r}; expected one of {', '.join(_BUILDERS)})")
     try:
         title, blocks = _BUILDERS[kind](report)
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:  # a JSON file from elsewhere
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as exc:  # from elsewhere
         raise ValidationError(f"the {kind} report lacks or garbles a field the pages need ({type(exc).__name__}: "
                               f"{str(exc)[:200]})") from exc  # fmt: skip
     written: dict[str, Path] = {}
