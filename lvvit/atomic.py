@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import signal
 import stat
@@ -29,6 +30,44 @@ _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 class OutputPathError(LvvitError, OSError):
     """A result path that cannot be written."""
+
+
+# Staging names carry the writer's process id, so that a later run can tell a killed writer's leftovers (removed
+# by `sweep_leftovers`) from the files of a writer still at work in the same folder (left alone).
+_OWNER = re.compile(r"^\..*\.pid(\d+)-[^/]*\.part$|^\.lvvit-staging-pid(\d+)-[^/]*\.part$")
+
+
+def _owner() -> str:
+    return f"pid{os.getpid()}-"
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process of this id runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: a process of another user
+        return True
+    return True
+
+
+def sweep_leftovers(folder: str | Path) -> list[Path]:
+    """Remove the `.part` staging files and folders that killed writers left in `folder`; returns them."""
+    removed = []
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        for entry in entries:
+            match = _OWNER.match(entry.name)
+            if match is None or process_alive(int(match.group(1) or match.group(2))):
+                continue
+            path = Path(entry.path)
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            removed.append(path)
+    return removed
 
 
 def _refuse_special(target: Path) -> None:
@@ -81,7 +120,7 @@ def atomic_output(target: str | Path) -> Iterator[Path]:
     _refuse_special(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{_owner()}", suffix=".part", dir=target.parent)
     except OSError as exc:
         raise OutputPathError(f"{target}: cannot write here ({exc.strerror or exc})") from exc
     os.close(fd)
@@ -154,7 +193,7 @@ def atomic_files(folder: str | Path, stale: Iterable[str] = ()) -> Iterator[Path
     folder = Path(folder)
     _make_room(folder)
     try:
-        staging = Path(tempfile.mkdtemp(prefix=".lvvit-staging-", suffix=".part", dir=folder))
+        staging = Path(tempfile.mkdtemp(prefix=f".lvvit-staging-{_owner()}", suffix=".part", dir=folder))
     except OSError as exc:
         raise OutputPathError(f"{folder}: cannot write here ({exc.strerror or exc})") from exc
     with temporary(staging):  # removed by an interrupt too (lvvit.interrupt)

@@ -27,6 +27,7 @@ HANDLED = (signal.SIGINT, signal.SIGTERM)
 
 _temporary: dict[Path, None] = {}  # files and folders to remove on an interrupt (insertion-ordered)
 _children: dict[subprocess.Popen, None] = {}  # child processes to stop on an interrupt
+_stoppers: dict[Callable[[], None], None] = {}  # services to stop on an interrupt (an embedded Ray)
 
 
 @contextlib.contextmanager
@@ -50,7 +51,20 @@ def child_process(process: subprocess.Popen) -> Iterator[subprocess.Popen]:
         _children.pop(process, None)
 
 
+@contextlib.contextmanager
+def stopped_on_interrupt(stop: Callable[[], None]) -> Iterator[None]:
+    """Within the block, `stop()` runs if the run is interrupted (before the temporary files go)."""
+    _stoppers[stop] = None
+    try:
+        yield
+    finally:
+        _stoppers.pop(stop, None)
+
+
 def _clean_up() -> None:
+    for stop in reversed(list(_stoppers)):
+        with contextlib.suppress(Exception):
+            stop()
     for process in list(_children):
         with contextlib.suppress(OSError):
             process.kill()

@@ -8,6 +8,13 @@ Ray's object store, for instance), `materialize()` writes shipped bytes into a
 worker's own folder after checking every hash, and `open()` re-checks the hashes of
 the files it is about to load.
 
+A spec travels between machines, so it may come from a stranger: its file names
+must be bare names (no folder, no `..`, nothing absolute), checked when it is
+made, when its bytes are read and when they are written, and a spec that is
+not what this module makes (a pickle from elsewhere) gets `ConfigurationError`
+or `ModelFileError` naming the field, never an IndexError or a file outside
+the worker's folder.
+
     spec = PredictorSpec.for_model("ort", "lvvit_s.onnx", threads=1, batch_size=8)
     with spec.open() as predictor:
         predictor.logits(batch)
@@ -18,6 +25,7 @@ Also here: `read_model_metadata`, the public way to read the kit metadata of an
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -76,6 +84,33 @@ class ModelFile:
     sha256: str
 
 
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def bare_name(name: object) -> str:
+    """`name` if it names a file inside a folder (no separator, not `.`/`..`, no NUL); else `ModelFileError`."""
+    if (
+        not isinstance(name, str)
+        or name in ("", ".", "..")
+        or len(name) > 255
+        or any(c in name for c in "/\\\0")
+    ):
+        raise ModelFileError(
+            f"{str(name)[:200]!r}: a spec's file names must be bare file names (no folder, no '..', not absolute)"
+        )
+    return name
+
+
+def _check_file(file: object) -> None:
+    if not isinstance(file, ModelFile):
+        raise ConfigurationError(f"a spec's files must be ModelFile entries, got {type(file).__name__}")
+    bare_name(file.name)
+    if isinstance(file.size, bool) or not isinstance(file.size, int) or file.size < 0:
+        raise ConfigurationError(f"{file.name}: size {str(file.size)[:40]} is not a number of bytes")
+    if not isinstance(file.sha256, str) or not _SHA256.fullmatch(file.sha256):
+        raise ConfigurationError(f"{file.name}: sha256 {str(file.sha256)[:80]!r} is not a hex SHA-256")
+
+
 @dataclass(frozen=True)
 class PredictorSpec:
     """Runtime, model files (name, size, SHA-256), options; `open()` builds the predictor.
@@ -89,6 +124,28 @@ class PredictorSpec:
     options: tuple[tuple[str, Any], ...] = ()
     folder: str | None = None  # where the files are on the machine that holds them now
     preset: Preset | None = None
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """`ConfigurationError` or `ModelFileError` for a spec this module would not make (one from elsewhere)."""
+        if not isinstance(self.runtime, str) or self.runtime not in RUNTIMES:
+            raise ConfigurationError(f"unknown runtime {str(self.runtime)[:80]!r}; valid: {', '.join(RUNTIMES)}")
+        if not isinstance(self.files, tuple):
+            raise ConfigurationError(f"a spec's files must be a tuple, got {type(self.files).__name__}")
+        for file in self.files:
+            _check_file(file)
+        if self.runtime != REFERENCE and not self.files:
+            raise ConfigurationError(f"this {self.runtime} spec names no model file")
+        if self.runtime == REFERENCE and not isinstance(self.preset, Preset):
+            raise ConfigurationError("an eager Paddle spec needs its preset")
+        if not isinstance(self.options, tuple) or not all(
+            isinstance(o, tuple) and len(o) == 2 and isinstance(o[0], str) for o in self.options
+        ):
+            raise ConfigurationError(f"a spec's options must be (name, value) pairs, got {str(self.options)[:200]}")
+        if self.folder is not None and not isinstance(self.folder, str):
+            raise ConfigurationError(f"a spec's folder must be a path, got {type(self.folder).__name__}")
 
     @classmethod
     def for_model(cls, runtime: str, path: str | Path, **options: Any) -> PredictorSpec:
@@ -128,12 +185,14 @@ class PredictorSpec:
         }
 
     def _path(self, file: ModelFile) -> Path:
+        bare_name(file.name)
         if self.folder is None:
             raise ModelFileError(f"{file.name}: this {self.runtime} spec has no folder to read it from")
         return Path(self.folder) / file.name
 
     def check_files(self) -> None:
         """Every file is where the spec says, with its size and SHA-256; `ModelFileError` naming what differs."""
+        self.check()
         for file in self.files:
             path = self._path(file)
             if not path.is_file():
@@ -157,11 +216,12 @@ class PredictorSpec:
 
         from lvvit.atomic import atomic_output
 
+        self.check()
         folder = Path(folder)
         for file in self.files:
-            blob = blobs.get(file.name)
-            if blob is None:
-                raise ModelFileError(f"{file.name}: not among the shipped files ({sorted(blobs)})")
+            blob = blobs.get(bare_name(file.name))
+            if not isinstance(blob, bytes):
+                raise ModelFileError(f"{file.name}: not among the shipped files ({sorted(map(str, blobs))[:10]})")
             digest = hashlib.sha256(blob).hexdigest()
             if digest != file.sha256:
                 raise ModelFileError(

@@ -25,7 +25,7 @@ from .engines import DEFAULT_SHARD_SIZE, LocalEngine, evaluate
 from .errors import DatasetError
 from .provenance import environment
 from .runners import Participant, num_classes_of
-from .shards import Engine, describe_engine, merged_top5
+from .shards import Engine, describe_engine, merged_top5, run_description
 
 
 def run_accuracy(
@@ -60,12 +60,7 @@ def run_accuracy(
     if engine is None:
         engine = LocalEngine({r.name: r for r in everyone}, reference.preprocess_config, batch_size, workers, prefetch)
     started = time.perf_counter()
-    run = {
-        "kind": "accuracy",
-        "samples": [(s.name, s.label) for s in dataset.samples],
-        "runtimes": {r.name: r.describe().get("spec") or r.describe() for r in everyone},
-        "shard_size": shard_size,
-    }
+    run = run_description("accuracy", dataset.samples, everyone, shard_size, labelled=True)
     shards, computed, folder = evaluate(
         dataset.samples, run, shard_size, engine, None, num_classes, shard_dir, progress
     )

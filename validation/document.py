@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass
 from typing import Union
 
@@ -54,29 +55,48 @@ class Code:
 Block = Union[Heading, Paragraph, Verdict, Bullets, Table, Figure, Code]  # noqa: UP007 (a runtime alias)
 
 
+# Where `<` opens raw HTML in Markdown (a tag, a closing tag, a comment, a declaration): image names and labels
+# come from strangers, and code hosts render the .md pages. `<=` and `< 1e-3` stay as they are.
+_HTML_START = re.compile(r"<(?=[A-Za-z/!?])")
+
+
+def _md_text(text: str) -> str:
+    """Text as Markdown shows it literally: no raw HTML, no links, one line."""
+    text = _HTML_START.sub("&lt;", text.replace("\r", " ").replace("\n", " "))
+    return text.replace("[", "\\[").replace("]", "\\]")
+
+
 def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    return _md_text(text).replace("|", "\\|")
+
+
+def _fence(text: str) -> str:
+    """A code fence longer than any run of backticks in `text`, so that the text cannot close it."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    return "`" * max(3, longest + 1)
 
 
 def to_markdown(blocks: list[Block], stem: str) -> str:
     out: list[str] = []
     for block in blocks:
         if isinstance(block, Heading):
-            out.append(f"{'#' * block.level} {block.text}")
+            out.append(f"{'#' * block.level} {_md_text(block.text)}")
         elif isinstance(block, Paragraph):
-            out.append(block.text)
+            out.append(_md_text(block.text))
         elif isinstance(block, Verdict):
-            out.append(f"**{'PASS' if block.passed else 'FAIL'}**: {block.text}")
+            out.append(f"**{'PASS' if block.passed else 'FAIL'}**: {_md_text(block.text)}")
         elif isinstance(block, Bullets):
-            out.append("\n".join(f"- {item}" for item in block.items))
+            out.append("\n".join(f"- {_md_text(item)}" for item in block.items))
         elif isinstance(block, Table):
             lines = ["| " + " | ".join(map(_md_cell, block.header)) + " |", "|" + "---|" * len(block.header)]
             lines += ["| " + " | ".join(map(_md_cell, row)) + " |" for row in block.rows]
             out.append("\n".join(lines))
         elif isinstance(block, Figure):
-            out.append(f"![{block.caption}]({stem}_{block.name}.png)\n\n*{block.caption}*")
+            caption = _md_text(block.caption)
+            out.append(f"![{caption}]({stem}_{block.name}.png)\n\n*{caption}*")
         elif isinstance(block, Code):
-            out.append(f"```\n{block.text}\n```")
+            fence = _fence(block.text)
+            out.append(f"{fence}\n{block.text}\n{fence}")
     return "\n\n".join(out) + "\n"
 
 

@@ -22,7 +22,7 @@ from .engines import DEFAULT_SHARD_SIZE, LocalEngine, evaluate, synthetic_sample
 from .errors import DatasetError
 from .provenance import environment
 from .runners import Participant, num_classes_of
-from .shards import Engine, describe_engine, merged_errors
+from .shards import Engine, describe_engine, merged_errors, run_description
 
 
 @dataclass(frozen=True)
@@ -105,12 +105,7 @@ def run_drift(
     if engine is None:
         engine = LocalEngine({r.name: r for r in everyone}, config, batch_size, workers)
     classes = num_classes_of(reference)
-    run = {
-        "kind": "drift",
-        "samples": [s.name for s in samples],
-        "runtimes": {r.name: r.describe().get("spec") or r.describe() for r in everyone},
-        "shard_size": shard_size,
-    }
+    run = run_description("drift", samples, everyone, shard_size, labelled=False)
     shards, computed, folder = evaluate(samples, run, shard_size, engine, reference.name, classes, shard_dir, progress)
     failures = [f for s in shards for f in s.failures]
     names = [r["name"] for s in shards for r in s.records]

@@ -7,8 +7,16 @@ from typing import Any
 from lvvit.comparison import GateCheck
 
 from . import plots
-from .document import Bullets, Figure, Heading, Paragraph, Table, Verdict
-from .report_blocks import failure_blocks, fmt_num, inputs_sentence, limit_rows, model_lines, reproduce_blocks
+from .document import Bullets, Heading, Paragraph, Table, Verdict
+from .report_blocks import (
+    failure_blocks,
+    figure,
+    fmt_num,
+    inputs_sentence,
+    limit_rows,
+    model_lines,
+    reproduce_blocks,
+)
 
 # How much exposing the stages as outputs may change a runtime's logits before its per-stage numbers are flagged.
 MAX_INSTRUMENTATION_REL = 1e-4
@@ -75,7 +83,7 @@ def locate_blocks(report: dict[str, Any]) -> tuple[str, list[Any]]:
     blocks.append(Heading("Verdict", 2))
     for name, entry in report["runtimes"].items():
         blocks.append(Verdict(entry["first_over"] is None, f"{name}: {summary_line(report, name)}"))
-    blocks.append(Figure("stages", "Relative error per stage along the network", plots.stage_growth(report)))
+    blocks.append(figure("stages", "Relative error per stage along the network", plots.stage_growth, report))
     header = ["stage", "max abs", "mean abs", "max rel", "mean rel", "min cosine", "x before", "verdict",
               "tensor in the export"]  # fmt: skip
     for name, entry in report["runtimes"].items():

@@ -6,10 +6,19 @@
 Without an address, Ray starts embedded in this process on this machine's cores
 (`ray.init` with no dashboard and a small object store); `--ray-address auto` (or
 `HOST:6379`) joins a cluster from one of its nodes. Ray Client addresses (`ray://`) are
-refused: Ray Data does not run through Ray Client. Models are exported once, on the driver; their
-bytes go into Ray's object store, and each actor writes them into its own
-temporary folder after checking their SHA-256 (`PredictorSpec.materialize`), so a
-worker on another node never needs the driver's disk. Actors and read tasks ask
+refused: Ray Data does not run through Ray Client. Any other address must be
+`auto` or `HOST:PORT`, and the head must answer within `CONNECT_TIMEOUT_S`;
+otherwise `EngineError` names the address. Models are exported once, on the driver; their
+bytes go into Ray's object store, and each actor writes them into a
+temporary folder after checking their SHA-256 (`PredictorSpec.materialize`), opens
+them, and removes the folder (the runtimes hold the model in memory once opened),
+so a worker on another node never needs the driver's disk and no model copy is
+left in TMPDIR when Ray stops its actors.
+
+Bounded failures: a reader that dies (a poison image that crashes the decoder) is
+restarted at most `READ_RESTARTS` times; each reader notes the image it is
+reading in a folder on this machine, so the error names the image that killed
+it. An interrupt (SIGINT, SIGTERM) stops an embedded Ray with the run. Actors and read tasks ask
 for fractions of a CPU, so that two runtimes and the readers fit on two cores.
 
 The driver gathers each shard's rows and yields them as `ShardLogits`, the same
@@ -21,7 +30,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from lvvit.atomic import process_alive
+from lvvit.interrupt import stopped_on_interrupt
 from lvvit.presets import PreprocessConfig
 from runtimes.spec import REFERENCE, PredictorSpec, read_model_metadata
 
@@ -40,7 +53,43 @@ from .shards import ShardLogits
 EMBEDDED_OBJECT_STORE_BYTES = 256 << 20  # images stream through; a small store leaves the memory to the runtimes
 ACTOR_CPUS = 0.5  # per runtime actor: two runtimes and the readers fit on a 2-core machine
 READ_CPUS = 0.25
+READ_RESTARTS = 2  # a reader that died is restarted this often (Ray Data's default: forever)
+CONNECT_TIMEOUT_S = 15.0  # how long --ray-address may take to answer
 KIT_ROOT = str(Path(__file__).resolve().parents[1])
+
+
+def check_address(address: str | None) -> None:
+    """`--ray-address` must be None, `auto` or a `HOST:PORT` that answers within `CONNECT_TIMEOUT_S`."""
+    if address is None or address == "auto":
+        return
+    if address.startswith("ray://"):
+        # measured with Ray 2.60: Ray Data's executor fails under Ray Client ('Worker' has no 'core_worker')
+        raise EngineError(
+            f"--ray-address {address}: Ray Data does not run through Ray Client (ray://); run the command on a "
+            "node of the cluster with --ray-address auto, or submit it there with 'ray job submit'"
+        )
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise EngineError(
+            f"--ray-address {address!r}: expected 'auto' (the cluster this machine is a node of) or HOST:PORT "
+            "(the head node's GCS port, 6379 unless 'ray start --head --port' said otherwise)"
+        )
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise EngineError(
+            f"--ray-address {address}: nothing answers there within {CONNECT_TIMEOUT_S:g} s ({exc.strerror or exc}); "
+            "check the address, or start the head with 'ray start --head'"
+        ) from None
+
+
+def _stop_ray() -> None:
+    """Stop the embedded Ray on an interrupt: `ray.shutdown`, bounded, as the signal may land inside Ray."""
+    import ray
+
+    stopper = threading.Thread(target=ray.shutdown, daemon=True)
+    stopper.start()
+    stopper.join(timeout=20)
 
 
 def _import_ray() -> Any:
@@ -54,8 +103,10 @@ def _import_ray() -> Any:
 class ReadImages:
     """Ray Data batch function: image rows -> preprocessed pixels (zeros and an error text for unreadable ones)."""
 
-    def __init__(self, config: PreprocessConfig) -> None:
+    def __init__(self, config: PreprocessConfig, reading: str | None = None) -> None:
         self.config = config
+        # where this reader notes the image it is on, so that the driver can name an image that kills it
+        self.note = Path(reading) / str(os.getpid()) if reading and Path(reading).is_dir() else None
 
     def _one(self, path: str, synthetic: int) -> tuple[np.ndarray, str]:
         from lvvit.errors import ImageError
@@ -64,6 +115,8 @@ class ReadImages:
 
         if synthetic >= 0:
             return preprocess(synthetic_image(synthetic), self.config), ""
+        if self.note is not None:
+            self.note.write_text(path, encoding="utf-8")
         try:
             return preprocess(path, self.config), ""
         except ImageError as exc:
@@ -83,9 +136,9 @@ class SpecActor:
         import ray
 
         self.name = name
-        self.folder = tempfile.TemporaryDirectory(prefix=f"lvvit-{name}-")
         shipped = {file: ray.get(ref) for file, ref in blobs.items()}
-        self.predictor = spec.materialize(shipped, self.folder.name).open()
+        with tempfile.TemporaryDirectory(prefix=f"lvvit-{name}-") as folder:  # opened, the model is in memory
+            self.predictor = spec.materialize(shipped, folder).open()
         self.warm = False
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -149,6 +202,7 @@ class RayEngine:
     address: str | None
     batch_size: int
     actors_per_runtime: int = 1
+    reading: str | None = None  # the folder where readers note the image they are on
     _participants: list[RemoteParticipant] = field(default_factory=list)
 
     @classmethod
@@ -162,12 +216,7 @@ class RayEngine:
         actors_per_runtime: int = 1,
     ) -> Iterator[RayEngine]:
         """Start Ray embedded (or join `address`), ship the models' bytes, check every runtime opens on a worker."""
-        if address is not None and address.startswith("ray://"):
-            # measured with Ray 2.60: Ray Data's executor fails under Ray Client ('Worker' has no 'core_worker')
-            raise EngineError(
-                f"--ray-address {address}: Ray Data does not run through Ray Client (ray://); run the command on a "
-                "node of the cluster with --ray-address auto, or submit it there with 'ray job submit'"
-            )
+        check_address(address)
         ray = _import_ray()
         started_here = not ray.is_initialized()
         if started_here:
@@ -179,22 +228,30 @@ class RayEngine:
             if address is None:
                 options["num_cpus"] = len(os.sched_getaffinity(0))
                 options["object_store_memory"] = EMBEDDED_OBJECT_STORE_BYTES
-            ray.init(address=address, **options)
+            try:
+                ray.init(address=address, **options)
+            except (ConnectionError, ValueError, RuntimeError, TimeoutError) as exc:
+                where = f"--ray-address {address}" if address else "an embedded Ray"
+                raise EngineError(f"{where}: Ray did not start or join ({type(exc).__name__}: {exc})") from None
+        stop = _stop_ray if started_here else (lambda: None)
         try:
-            blobs = {name: {f: ray.put(b) for f, b in spec.read_files().items()} for name, spec in specs.items()}
-            configs = {name: _preprocess_of(spec) for name, spec in specs.items()}
-            first = next(iter(configs.values()))
-            differs = [name for name, config in configs.items() if config != first]
-            if differs:
-                raise EngineError(f"{differs} preprocess otherwise than {next(iter(configs))}: inputs cannot be shared")
-            describe = ray.remote(num_cpus=ACTOR_CPUS)(_describe_remote)
-            described = ray.get([describe.remote(spec, blobs[name]) for name, spec in specs.items()])
-            engine = cls(dict(specs), blobs, first, address, batch_size, actors_per_runtime)
-            engine._participants = [
-                RemoteParticipant(name, configs[name], {"name": name, **info, "spec": specs[name].describe()})
-                for name, info in zip(specs, described, strict=True)
-            ]
-            yield engine
+            with stopped_on_interrupt(stop), tempfile.TemporaryDirectory(prefix="lvvit-ray-reading-") as reading:
+                blobs = {name: {f: ray.put(b) for f, b in spec.read_files().items()} for name, spec in specs.items()}
+                configs = {name: _preprocess_of(spec) for name, spec in specs.items()}
+                first = next(iter(configs.values()))
+                differs = [name for name, config in configs.items() if config != first]
+                if differs:
+                    raise EngineError(
+                        f"{differs} preprocess otherwise than {next(iter(configs))}: inputs cannot be shared"
+                    )
+                describe = ray.remote(num_cpus=ACTOR_CPUS)(_describe_remote)
+                described = ray.get([describe.remote(spec, blobs[name]) for name, spec in specs.items()])
+                engine = cls(dict(specs), blobs, first, address, batch_size, actors_per_runtime, reading)
+                engine._participants = [
+                    RemoteParticipant(name, configs[name], {"name": name, **info, "spec": specs[name].describe()})
+                    for name, info in zip(specs, described, strict=True)
+                ]
+                yield engine
         finally:
             if started_here:
                 ray.shutdown()
@@ -220,11 +277,13 @@ class RayEngine:
         ds = ray.data.from_items(rows)
         ds = ds.map_batches(
             ReadImages,
-            fn_constructor_args=(self.config,),
+            fn_constructor_args=(self.config, self.reading),
             batch_size=self.batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=1),
             num_cpus=READ_CPUS,
+            max_restarts=READ_RESTARTS,
+            max_task_retries=READ_RESTARTS,
         )
         for name, spec in self.specs.items():
             ds = ds.map_batches(
@@ -254,13 +313,36 @@ class RayEngine:
         expected = {index: len(samples) for index, samples in pending}
         by_path = {str(s.path): s for _, samples in pending for s in samples}
         current: list[dict[str, Any]] = []
-        for row in self._dataset(rows).iter_rows():
-            if current and row["shard"] != current[0]["shard"]:
-                raise EngineError(f"Ray returned shard {row['shard']} before shard {current[0]['shard']} was whole")
-            current.append(row)
-            if len(current) == expected[int(row["shard"])]:
-                yield self._shard(current, by_path)
-                current = []
+        ray = _import_ray()
+        try:
+            for row in self._dataset(rows).iter_rows():
+                if current and row["shard"] != current[0]["shard"]:
+                    raise EngineError(
+                        f"Ray returned shard {row['shard']} before shard {current[0]['shard']} was whole"
+                    )
+                current.append(row)
+                if len(current) == expected[int(row["shard"])]:
+                    yield self._shard(current, by_path)
+                    current = []
+        except ray.exceptions.RayError as exc:
+            killers = self._killers()
+            if killers:
+                raise EngineError(
+                    f"{', '.join(killers)}: reading this image killed the Ray worker that read it "
+                    f"{READ_RESTARTS + 1} times; remove it from the data set ({type(exc).__name__})"
+                ) from None
+            raise EngineError(f"the Ray run failed ({type(exc).__name__}: {str(exc)[:2000]})") from None
+
+    def _killers(self) -> list[str]:
+        """The images that readers noted last before they died (their process is gone)."""
+        if self.reading is None:
+            return []
+        found = []
+        for note in Path(self.reading).iterdir():
+            if note.name.isdigit() and not process_alive(int(note.name)):
+                with contextlib.suppress(OSError):
+                    found.append(note.read_text(encoding="utf-8"))
+        return sorted(set(found))
 
     def _shard(self, rows: list[dict[str, Any]], by_path: Mapping[str, Sample]) -> ShardLogits:
         index = int(rows[0]["shard"])

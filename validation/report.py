@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lvvit.atomic import atomic_files
+from lvvit.atomic import atomic_files, sweep_leftovers
 
 from .bench_report import bench_blocks
 from .document import Block, Figure, to_html, to_markdown
@@ -57,7 +57,7 @@ def _pages(report: dict[str, Any], folder: Path, stem: str) -> dict[str, Path]:
         raise ValidationError(f"not a validation report (kind {kind!r}; expected one of {', '.join(_BUILDERS)})")
     try:
         title, blocks = _BUILDERS[kind](report)
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:  # a JSON file from elsewhere
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as exc:  # from elsewhere
         raise ValidationError(f"the {kind} report lacks or garbles a field the pages need ({type(exc).__name__}: "
                               f"{str(exc)[:200]})") from exc  # fmt: skip
     written: dict[str, Path] = {}
@@ -79,6 +79,8 @@ def _write_set(out_dir: str | Path, stem: str, write: Callable[[Path], dict[str,
     no page of the set shows an older run's figure.
     """
     out_dir = Path(out_dir)
+    if out_dir.is_dir():
+        sweep_leftovers(out_dir)  # staging folders of a killed run
     stale = [f"{stem}_{name}.png" for name in FIGURES]
     with atomic_files(out_dir, stale) as staging:
         staged = write(staging)

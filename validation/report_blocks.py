@@ -162,8 +162,19 @@ def _gate_verdicts(report: dict[str, Any], what: str) -> list[Block]:
 FIGURES = ("errors", "runtimes", "accuracy", "classes")  # every figure a report may have: `<stem>_<name>.png`
 
 
-def _figure(name: str, caption: str, draw: Callable[[dict[str, Any]], bytes], report: dict[str, Any]) -> Block:
-    """The figure, or a paragraph naming it and why it could not be drawn: a plot never costs the report."""
+MAX_PLOTTED_RUNTIMES = 12  # a figure costs ~0.1 s per runtime drawn; a run compares a handful
+
+
+def figure(name: str, caption: str, draw: Callable[[dict[str, Any]], bytes], report: dict[str, Any]) -> Block:
+    """The figure, or a paragraph naming it and why it could not be drawn: a plot never costs the report.
+
+    A report from elsewhere with many runtimes has the first `MAX_PLOTTED_RUNTIMES` drawn (the tables list all),
+    so that rendering it takes bounded time.
+    """
+    runtimes = report.get("runtimes")
+    if isinstance(runtimes, dict) and len(runtimes) > MAX_PLOTTED_RUNTIMES:
+        report = {**report, "runtimes": dict(list(runtimes.items())[:MAX_PLOTTED_RUNTIMES])}
+        caption += f" (the first {MAX_PLOTTED_RUNTIMES} of {len(runtimes)} runtimes; the tables list every one)"
     try:
         return Figure(name, caption, draw(report))
     except Exception as exc:  # matplotlib and numpy raise many types on odd data; the numbers are in the tables
@@ -237,9 +248,9 @@ def drift_blocks(report: dict[str, Any]) -> tuple[str, list[Block]]:
     blocks.append(Table(header, rows))
     ref_speed = _speed(report["reference"]["images_per_second"])
     blocks.append(Paragraph(f"Native Paddle (eager), the reference: {ref_speed} images/s on the same inputs."))
-    blocks.append(_figure("errors", "Distribution of the absolute logit error against native Paddle",
+    blocks.append(figure("errors", "Distribution of the absolute logit error against native Paddle",
                           plots.error_histogram, report))  # fmt: skip
-    blocks.append(_figure("runtimes", "Absolute and relative error per runtime", plots.drift_by_runtime, report))
+    blocks.append(figure("runtimes", "Absolute and relative error per runtime", plots.drift_by_runtime, report))
     blocks.append(Heading("Largest errors", 2))
     worst_rows = []
     for name in names:
@@ -334,8 +345,8 @@ def accuracy_blocks(report: dict[str, Any]) -> tuple[str, list[Block]]:
             f"warm-up batch; preprocessing ran in {report['workers']} prefetching threads and is not counted."
         )
     )
-    blocks.append(_figure("accuracy", "Accuracy and throughput per runtime", plots.accuracy_by_runtime, report))
-    blocks.append(_figure("classes", "Per-class top-1", plots.accuracy_per_class, report))
+    blocks.append(figure("accuracy", "Accuracy and throughput per runtime", plots.accuracy_by_runtime, report))
+    blocks.append(figure("classes", "Per-class top-1", plots.accuracy_per_class, report))
     tolerance = report["tolerance"]
     if tolerance:
         blocks.append(Heading("Tolerance", 2))
