@@ -125,8 +125,7 @@ class Predictor(abc.ABC):
         with self._in_use():
             for chunk in _chunks(images, self.batch_size):
                 logits = self._run(preprocess_batch(chunk, self.info.preprocess))
-                sources = [_source(image) for image in chunk]
-                results.extend(top_k(logits, min(topk, logits.shape[1]), self._labels_for(logits), sources))
+                results.extend(self.top_k(logits, topk, [_source(image) for image in chunk]))
         return results
 
     def predict_each(self, images: Images, topk: int = 5) -> list[ImageResult]:
@@ -148,9 +147,8 @@ class Predictor(abc.ABC):
                 good = [x for x in inputs if x is not None]
                 predictions: list[Prediction] = []
                 if good:
-                    logits = self._run(np.stack(good))
                     sources = [_source(image) for image, x in zip(chunk, inputs, strict=True) if x is not None]
-                    predictions = top_k(logits, min(topk, logits.shape[1]), self._labels_for(logits), sources)
+                    predictions = self.top_k(self._run(np.stack(good)), topk, sources)
                 found = iter(predictions)
                 results.extend(
                     ImageResult(_source(image), None if error else next(found), error)
@@ -167,6 +165,12 @@ class Predictor(abc.ABC):
         x = self._check_batch(batch)
         with self._in_use():
             return np.concatenate([self._run(x[i : i + self.batch_size]) for i in range(0, len(x), self.batch_size)])
+
+    def top_k(self, logits: np.ndarray, topk: int = 5, sources: Sequence[str | None] | None = None) -> list[Prediction]:
+        """The top-`topk` classes of each row of ready `logits` (from `logits()`), with this predictor's labels."""
+        self._check_topk(topk)
+        k = min(topk, logits.shape[1])
+        return top_k(logits, k, self._labels_for(logits), list(sources) if sources else [None] * len(logits))
 
     def describe(self) -> dict[str, Any]:
         """What runs, for validation reports: runtime, device, providers, precision, model, preprocessing, versions."""

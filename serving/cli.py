@@ -1,0 +1,121 @@
+"""The command line of `python -m serving`: parse, call one library function, print. A bad option exits 2 with
+one line naming it; a typed kit error exits 1 with its message."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from lvvit.errors import LvvitError
+from runtimes import RUNTIMES, PredictorSpec
+
+from .config import Limits
+
+MODEL_RUNTIMES = [name for name in RUNTIMES if name != "paddle"]  # the exported ones
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, positional: bool = True) -> None:
+    """The model and the predictor's own options (those of `OrtPredictor`, `OpenVinoPredictor`...)."""
+    if positional:
+        parser.add_argument("model", type=Path, help=".onnx file, or a Paddle inference artifact's .pdiparams")
+    else:
+        parser.add_argument("--model", type=Path, required=True, help=".onnx file or Paddle inference .pdiparams")
+    parser.add_argument("--runtime", choices=MODEL_RUNTIMES, default="ort", help="default: ort (ONNX Runtime)")
+    parser.add_argument("--device", help="the predictor's device (ort: cpu|cuda|tensorrt|auto; openvino: CPU|GPU)")
+    parser.add_argument("--threads", type=_positive, help="the predictor's threads (default: the runtime's)")
+
+
+def spec_from(args: argparse.Namespace, **extra: Any) -> PredictorSpec:
+    options = {k: v for k, v in (("device", args.device), ("threads", args.threads)) if v is not None}
+    return PredictorSpec.for_model(args.runtime, args.model, **options, **extra)
+
+
+def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = Limits()
+    parser.add_argument(
+        "--max-batch",
+        type=_positive,
+        default=defaults.max_batch,
+        help=f"images per predictor call, and per request (default {defaults.max_batch})",
+    )
+    parser.add_argument(
+        "--max-wait-ms",
+        type=_non_negative_float,
+        default=defaults.max_wait_ms,
+        help=f"how long a batch waits to fill (default {defaults.max_wait_ms})",
+    )
+    parser.add_argument(
+        "--max-queue",
+        type=_positive,
+        default=defaults.max_queue,
+        help=f"images waiting at most; beyond: 503 + Retry-After (default {defaults.max_queue})",
+    )
+    parser.add_argument(
+        "--max-body-mb",
+        type=_non_negative_float,
+        default=defaults.max_body_bytes / 2**20,
+        help=f"request body limit in MiB (default {defaults.max_body_bytes >> 20})",
+    )
+
+
+def limits_from(args: argparse.Namespace) -> Limits:
+    return Limits(
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+        max_body_bytes=int(args.max_body_mb * 2**20),
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .server import Endpoint, default_name
+
+    name = args.name or default_name(args.model)
+    endpoint = Endpoint(args.host, args.port, "debug" if args.debug else "info")
+    from .server import serve
+
+    return serve(spec_from(args), name, limits_from(args), endpoint)
+
+
+def _serve_parser(sub: Any) -> None:
+    parser = sub.add_parser("serve", help="serve a model over the Open Inference Protocol (HTTP)")
+    add_model_arguments(parser)
+    parser.add_argument("--name", help="the model's name in URLs (default: the file stem)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="default 8000; 0 picks a free one")
+    add_limit_arguments(parser)
+    parser.add_argument("--debug", action="store_true", help="one log line per request")
+    parser.set_defaults(run=_serve)
+
+
+PARSERS: list[Callable[[Any], None]] = [_serve_parser]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__.split(".")[0] + ".")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in PARSERS:
+        add(sub)
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except LvvitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
