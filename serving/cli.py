@@ -105,7 +105,42 @@ def _serve_parser(sub: Any) -> None:
     parser.set_defaults(run=_serve)
 
 
-PARSERS: list[Callable[[Any], None]] = [_serve_parser]
+def _triton(args: argparse.Namespace) -> int:
+    from .triton import TritonOptions, write_triton_repository
+
+    options = TritonOptions(args.backend, args.instance, args.instances, args.max_batch, args.max_queue_delay_us)
+    folder = write_triton_repository(args.model, args.repo, args.name, options)
+    print(f"wrote {folder / 'config.pbtxt'} and {folder / '1' / 'model.onnx'}")
+    return 0
+
+
+def _triton_parser(sub: Any) -> None:
+    from .triton import BACKENDS, INSTANCE_KINDS, TritonOptions
+
+    defaults = TritonOptions()
+    parser = sub.add_parser("triton-repo", help="write a Triton model repository entry for an .onnx export")
+    parser.add_argument("model", type=Path, help="the .onnx file")
+    parser.add_argument("--repo", type=Path, required=True, help="the repository folder (REPO/<name>/...)")
+    parser.add_argument("--name", help="the model's name in Triton (default: the file stem)")
+    parser.add_argument("--backend", choices=BACKENDS, default=defaults.backend, help="default onnxruntime")
+    parser.add_argument("--instance", choices=sorted(INSTANCE_KINDS), default=defaults.instance, help="default cpu")
+    parser.add_argument("--instances", type=_positive, default=defaults.instances, help="instances (default 1)")
+    parser.add_argument(
+        "--max-batch",
+        type=_positive,
+        default=defaults.max_batch_size,
+        help=f"max_batch_size for a dynamic-batch graph (default {defaults.max_batch_size})",
+    )
+    parser.add_argument(
+        "--max-queue-delay-us",
+        type=int,
+        default=defaults.max_queue_delay_us,
+        help=f"dynamic batching's wait (default {defaults.max_queue_delay_us})",
+    )
+    parser.set_defaults(run=_triton)
+
+
+PARSERS: list[Callable[[Any], None]] = [_serve_parser, _triton_parser]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
