@@ -140,7 +140,29 @@ def _triton_parser(sub: Any) -> None:
     parser.set_defaults(run=_triton)
 
 
-PARSERS: list[Callable[[Any], None]] = [_serve_parser, _triton_parser]
+def _predict(args: argparse.Namespace) -> int:
+    from .folder import predict_folder
+
+    with spec_from(args, batch_size=args.batch_size).open() as predictor:
+        summary = predict_folder(
+            predictor, args.source, args.out, topk=args.topk, resume=args.resume, progress=not args.no_progress
+        )
+    return 1 if summary.failed and len(summary.failed) == summary.written else 0
+
+
+def _predict_parser(sub: Any) -> None:
+    parser = sub.add_parser("predict", help="predict a folder (or a list of images) into JSON Lines or CSV")
+    parser.add_argument("source", type=Path, help="a folder of images (recursive), or a text file of image paths")
+    add_model_arguments(parser, positional=False)
+    parser.add_argument("--out", type=Path, required=True, help="preds.jsonl or preds.csv")
+    parser.add_argument("--topk", type=_positive, default=5, help="classes per image (default 5)")
+    parser.add_argument("--batch-size", type=_positive, default=8, help="images per predictor call (default 8)")
+    parser.add_argument("--resume", action="store_true", help="continue an existing output, skipping its images")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(run=_predict)
+
+
+PARSERS: list[Callable[[Any], None]] = [_serve_parser, _predict_parser, _triton_parser]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
