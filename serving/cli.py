@@ -13,6 +13,7 @@ from lvvit.errors import LvvitError
 from runtimes import RUNTIMES, PredictorSpec
 
 from .config import Limits
+from .errors import ServingSetupError
 
 MODEL_RUNTIMES = [name for name in RUNTIMES if name != "paddle"]  # the exported ones
 
@@ -89,6 +90,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     name = args.name or default_name(args.model)
     endpoint = Endpoint(args.host, args.port, "debug" if args.debug else "info")
+    if args.ray or args.ray_address:
+        try:
+            from .ray_host import RayOptions, serve_on_ray
+        except ImportError as exc:
+            raise ServingSetupError(f"--ray needs Ray Serve: pip install 'lvvit-deploy[serve-ray]' ({exc})") from None
+        ray = RayOptions(args.ray_address, args.replicas, args.max_replicas)
+        return serve_on_ray(spec_from(args), name, limits_from(args), endpoint, ray)
     from .server import serve
 
     return serve(spec_from(args), name, limits_from(args), endpoint)
@@ -102,6 +110,10 @@ def _serve_parser(sub: Any) -> None:
     parser.add_argument("--port", type=int, default=8000, help="default 8000; 0 picks a free one")
     add_limit_arguments(parser)
     parser.add_argument("--debug", action="store_true", help="one log line per request")
+    parser.add_argument("--ray", action="store_true", help="host the app on Ray Serve, Ray embedded here")
+    parser.add_argument("--ray-address", help="join this Ray cluster (auto, HOST:6379) instead; implies --ray")
+    parser.add_argument("--replicas", type=_positive, default=1, help="Ray Serve replicas (default 1)")
+    parser.add_argument("--max-replicas", type=_positive, help="Ray Serve: autoscale from --replicas up to this")
     parser.set_defaults(run=_serve)
 
 
