@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import AbstractContextManager, asynccontextmanager
 from typing import Any, Protocol
 
@@ -39,6 +39,7 @@ from .protocol import HEADER_LENGTH, encode_infer_response, parse_infer_request
 
 log = logging.getLogger("serving")
 
+INLINE_JSON_BYTES = 64 << 10
 CURL_HINT = "send one encoded image as the body: curl --data-binary @cat.jpg http://HOST:PORT/predict"
 
 
@@ -73,6 +74,36 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+class ObserveMiddleware:
+    """Per request: the count by endpoint and status, the latency, and a debug log line (pure ASGI: Starlette's
+    BaseHTTPMiddleware adds a task and a stream per request)."""
+
+    def __init__(self, app: Any, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = [500]
+
+        async def send_observed(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_observed)
+        finally:
+            elapsed = time.perf_counter() - start
+            endpoint = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(endpoint, str(status[0])).inc()
+            self.metrics.latency.labels(endpoint).observe(elapsed)
+            log.debug("%s %s -> %d in %.1f ms", scope["method"], scope["path"], status[0], elapsed * 1e3)
+
+
 def _error_response(exc: ServingError | PredictorError, metrics: Metrics) -> JSONResponse:
     status = exc.status if isinstance(exc, ServingError) else 500
     kind = exc.kind if isinstance(exc, ServingError) else "predictor"
@@ -97,17 +128,7 @@ def create_app(model: ServedModel, runner: Runner, limits: Limits, metrics: Metr
 
     app = FastAPI(title=f"LV-ViT kit: {model.name}", lifespan=lifespan, docs_url=None, redoc_url=None)
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        start = time.perf_counter()
-        response = await call_next(request)
-        elapsed = time.perf_counter() - start
-        route = request.scope.get("route")
-        endpoint = getattr(route, "path", "unmatched")
-        metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        metrics.latency.labels(endpoint).observe(elapsed)
-        log.debug("%s %s -> %d in %.1f ms", request.method, request.url.path, response.status_code, elapsed * 1e3)
-        return response
+    app.add_middleware(ObserveMiddleware, metrics=metrics)
 
     @app.exception_handler(ServingError)
     async def serving_error(_: Request, exc: ServingError) -> JSONResponse:
@@ -163,12 +184,18 @@ def create_app(model: ServedModel, runner: Runner, limits: Limits, metrics: Metr
         served = model_for(name, version)
         with runner.announced():
             body = await read_body(request, limits.max_body_bytes)
-
-            def prepare() -> tuple[Any, ...]:  # parsing JSON and decoding images is CPU work: off the event loop
-                parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH))
-                return parsed, served.check_outputs(parsed), served.topk_of(parsed), served.batch_of(parsed)
-
-            parsed, requested, topk, batch = await run_in_threadpool(prepare)
+            header_length = request.headers.get(HEADER_LENGTH)
+            # CPU work off the event loop when it is large (tensor data as JSON, images to decode); a binary
+            # tensor's header is small and its data a buffer, cheaper to take here than to hand to a thread
+            if header_length is None and len(body) > INLINE_JSON_BYTES:
+                parsed = await run_in_threadpool(parse_infer_request, body, header_length)
+            else:
+                parsed = parse_infer_request(body, header_length)
+            requested, topk = served.check_outputs(parsed), served.topk_of(parsed)
+            if served.has_images(parsed):
+                batch = await run_in_threadpool(served.batch_of, parsed)
+            else:
+                batch = served.batch_of(parsed)
             logits = await runner.infer(batch)
         payload, headers = encode_infer_response(
             served.name, VERSION, parsed.id, served.outputs(logits, requested, topk)

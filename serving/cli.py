@@ -174,7 +174,37 @@ def _predict_parser(sub: Any) -> None:
     parser.set_defaults(run=_predict)
 
 
-PARSERS: list[Callable[[Any], None]] = [_serve_parser, _predict_parser, _triton_parser]
+def _bench(args: argparse.Namespace) -> int:
+    import json
+
+    from .bench import markdown, run_bench
+    from .server import default_name
+
+    limits = limits_from(args)
+    server_args = [str(args.model), "--runtime", args.runtime, "--max-batch", str(limits.max_batch)]
+    server_args += ["--max-wait-ms", str(limits.max_wait_ms), "--max-queue", str(limits.max_queue)]
+    server_args += [f"--{k}={v}" for k, v in (("device", args.device), ("threads", args.threads)) if v is not None]
+    result = run_bench(
+        default_name(args.model), spec_from(args), server_args, limits, args.concurrency, args.requests, args.seconds
+    )
+    print(markdown(result))
+    if args.out is not None:
+        args.out.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    return 0 if result.server_exit == 0 and all(not level.errors for level in result.levels) else 1
+
+
+def _bench_parser(sub: Any) -> None:
+    parser = sub.add_parser("bench", help="load benchmark on 127.0.0.1: the server against the in-process predictor")
+    add_model_arguments(parser)
+    add_limit_arguments(parser)
+    parser.add_argument("--concurrency", type=_positive, nargs="+", default=[1, 4, 16], help="default 1 4 16")
+    parser.add_argument("--requests", type=_positive, default=400, help="requests per level at most (default 400)")
+    parser.add_argument("--seconds", type=_positive, default=60, help="seconds per level at most (default 60)")
+    parser.add_argument("--out", type=Path, help="also write the results as JSON here")
+    parser.set_defaults(run=_bench)
+
+
+PARSERS: list[Callable[[Any], None]] = [_serve_parser, _predict_parser, _triton_parser, _bench_parser]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

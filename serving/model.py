@@ -77,6 +77,9 @@ class ServedModel:
 
     # -- inputs ------------------------------------------------------------------------------------------------
 
+    def has_images(self, request: InferRequest) -> bool:
+        return any(tensor.name == ENCODED_INPUT for tensor in request.inputs)
+
     def batch_of(self, request: InferRequest) -> np.ndarray:
         """The request's one input as a checked NCHW float32 batch (encoded images preprocessed here)."""
         if len(request.inputs) != 1:

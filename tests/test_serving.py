@@ -20,8 +20,9 @@ from PIL import Image
 
 from lvvit.preprocess import MAX_IMAGE_PIXELS, preprocess_batch
 from runtimes import OrtPredictor
+from serving.child import ServerProcess
 
-from .serving_process import ROOT, ServerProcess
+from .conftest import ROOT
 from .test_hostile_inputs import _png
 
 httpclient = pytest.importorskip("tritonclient.http")

@@ -16,7 +16,7 @@ from runtimes import OrtPredictor
 from serving.errors import ServingSetupError
 from serving.folder import predict_folder
 
-from .serving_process import ROOT
+from .conftest import ROOT
 
 pytest_plugins = ["tests.runtime_fixtures"]  # the `tiny` and `photos` fixtures
 

@@ -7,8 +7,8 @@ import pytest
 
 from lvvit.preprocess import preprocess_batch
 from runtimes import OrtPredictor
+from serving.child import ServerProcess
 
-from .serving_process import ServerProcess
 from .test_serving import assert_same, bytes_input, encoded, metric, tensor_input
 
 httpclient = pytest.importorskip("tritonclient.http")

@@ -15,7 +15,7 @@ from runtimes import ModelFileError
 from serving.errors import ServingSetupError
 from serving.triton import TritonOptions, write_triton_repository
 
-from .serving_process import ROOT
+from .conftest import ROOT
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 text_format = pytest.importorskip("google.protobuf.text_format")

@@ -1,5 +1,6 @@
-"""A `python -m serving serve ...` child on 127.0.0.1 for the serving tests: started on a free port, ready when
-`/v2/health/ready` says so, stopped with SIGTERM (and killed if it does not stop in time)."""
+"""A `python -m serving serve ...` child process, for the load benchmark and the tests: started (on a free port
+with `--port 0`), ready when `/v2/health/ready` says so, stopped with SIGTERM (killed, with its whole process
+group, if it does not stop in time)."""
 
 from __future__ import annotations
 
@@ -10,19 +11,20 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+KIT_ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 120.0  # Ray Serve on 2 shared cores takes the longest
 
 
 class ServerProcess:
     def __init__(self, args: Sequence[str], start_timeout_s: float = START_TIMEOUT_S) -> None:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "PYTHONPATH": str(KIT_ROOT)}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "serving", "serve", *args],
-            cwd=ROOT,
+            cwd=KIT_ROOT,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -57,14 +59,13 @@ class ServerProcess:
         raise RuntimeError(f"the server did not start (rc {self.process.returncode}): {''.join(self.stderr)[-3000:]}")
 
     def _wait_ready(self, timeout_s: float) -> None:
-        import httpx
-
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=5).status_code == 200:
-                    return
-            except httpx.HTTPError:
+                with urllib.request.urlopen(f"{self.url}/v2/health/ready", timeout=5) as answer:
+                    if answer.status == 200:
+                        return
+            except OSError:  # refused, 503 while starting (HTTPError is an OSError)
                 pass
             if self.process.poll() is not None:
                 break
