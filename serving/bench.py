@@ -223,7 +223,9 @@ def run_bench(
     with ServerProcess([*server_args, "--name", name, "--host", "127.0.0.1", "--port", "0"]) as server:
         host, port = server.address.rsplit(":", 1)
         x = synthetic_batch(1, config, seed=1)
-        run_level(host, int(port), name, x, 1, 20, seconds)  # warm the server
+        # warm the server at every batch size it will run (the runtime's memory pools grow with the batch), so
+        # that the RSS before and after the levels compares like with like
+        run_level(host, int(port), name, x, max(concurrency), 4 * limits.max_batch, seconds)
         result.rss_before_mb = server.rss_bytes() / 2**20
         for c in concurrency:
             level = run_level(host, int(port), name, x, c, requests, seconds)

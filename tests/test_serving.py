@@ -449,3 +449,14 @@ def test_serve_command_errors(tiny, tmp_path):
     assert result.returncode == 1 and "model name '../x': use 1-64 letters" in result.stderr
     result = _serve_cli(str(tiny.onnx), "--max-wait-ms", "nan")
     assert result.returncode == 2 and "--max-wait-ms: must be a finite number >= 0, got nan" in result.stderr
+
+
+def test_a_paddle_inference_artifact_is_served(tiny, reference, photos):
+    pytest.importorskip("paddle")
+    with ServerProcess([str(tiny.paddle), "--runtime", "paddle-inference", "--threads", "1", "--port", "0"]) as server:
+        with httpclient.InferenceServerClient(server.address, network_timeout=120) as client:
+            meta = client.get_model_metadata("tiny")
+            assert meta["platform"] == "lvvit-kit/paddle-inference"
+            assert meta["parameters"]["preprocess"]["input_size"] == 64
+            batch = preprocess_batch(photos[:2], reference.preprocess_config)
+            assert_same(client.infer("tiny", [tensor_input(batch)]), reference, batch)
