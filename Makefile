@@ -26,7 +26,7 @@ run: $(VENV)/.base
 	$(BIN)/python -m exporters.onnx --preset $(PRESET) $(if $(WEIGHTS),--weights $(WEIGHTS)) --output $(OUT)/
 
 test: $(VENV)/.test
-	$(BIN)/python -m ruff check lvvit exporters runtimes validation tests gpu
+	$(BIN)/python -m ruff check lvvit exporters runtimes validation serving tests gpu
 	$(BIN)/python -m pytest
 
 # The sample `validation locate` reports of docs/samples: lvvit_s fp32, fp16, int8 and int8 with accuracy control

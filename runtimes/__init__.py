@@ -31,7 +31,7 @@ from .errors import (
     PredictorError,
 )
 from .labels import imagenet_classes
-from .prediction import Prediction
+from .prediction import ImageResult, Prediction
 from .spec import RUNTIMES, ModelFile, PredictorSpec, read_model_metadata
 
 # name -> module that defines it; each imports its runtime, so they load lazily.
@@ -53,6 +53,7 @@ __all__ = [
     "ConfigurationError",
     "DeviceUnavailableError",
     "ImageError",
+    "ImageResult",
     "InputError",
     "MetadataError",
     "ModelFile",

@@ -27,14 +27,15 @@ from typing import Any, ClassVar, Union
 import numpy as np
 from PIL import Image
 
-from lvvit.preprocess import ImageInput, preprocess_batch
+from lvvit.errors import ImageError
+from lvvit.preprocess import ENCODED_TYPES, ImageInput, image_name, is_file_like, preprocess, preprocess_batch
 from lvvit.presets import PreprocessConfig
 from lvvit.versions import tool_versions
 
 from .errors import ConfigurationError, InputError, OutputError, PredictorClosedError
 from .labels import Labels, resolve_labels
 from .model_info import ModelInfo
-from .prediction import Prediction, top_k
+from .prediction import ImageResult, Prediction, top_k
 
 Images = Union[ImageInput, Iterable[ImageInput]]  # noqa: UP007 (a runtime alias)
 LabelsArg = Union[Sequence[str], str, Path, None]  # noqa: UP007
@@ -46,10 +47,12 @@ def _chunks(images: Images, size: int) -> Iterator[list[ImageInput]]:
     """Lists of up to `size` images from one image, a list, or any iterable (consumed lazily)."""
     if isinstance(images, np.ndarray) and images.ndim == 4 and images.dtype != np.uint8:
         raise InputError(
-            f"predict() takes images (paths, PIL images, HxWxC uint8 arrays); got a {images.dtype} array of shape "
+            f"predict() takes images (paths, PIL images, HxWxC uint8 arrays, encoded bytes, binary files); got a "
+            f"{images.dtype} array of shape "
             f"{images.shape}: use logits() for a ready NCHW float32 batch"
         )
-    if isinstance(images, (str, Path, Image.Image, np.ndarray)):
+    # one image, not an iterable of them (bytes iterate as ints, a file as its lines)
+    if isinstance(images, (str, Path, Image.Image, np.ndarray, *ENCODED_TYPES)) or is_file_like(images):
         images = [images]
     iterator = iter(images)
     while chunk := list(itertools.islice(iterator, size)):
@@ -71,7 +74,10 @@ def check_threads_and_streams(threads: int | None, streams: int, default_threads
 
 
 def _source(image: ImageInput) -> str | None:
-    return str(image) if isinstance(image, (str, Path)) else None
+    """A path, or a file-like object's name; None for an image in memory."""
+    if isinstance(image, (str, Path)) or (is_file_like(image) and isinstance(getattr(image, "name", None), str)):
+        return image_name(image)
+    return None
 
 
 class Predictor(abc.ABC):
@@ -107,19 +113,47 @@ class Predictor(abc.ABC):
         return self.info.preprocess
 
     def predict(self, images: Images, topk: int = 5) -> list[Prediction]:
-        """Top-`topk` classes of each image (a path, PIL image, HWC uint8 array, or a list/iterable of them).
+        """Top-`topk` classes of each image (a path, PIL image, HWC uint8 array, encoded bytes, a binary file-like
+        object, or a list/iterable of them).
 
         Images are read and preprocessed `batch_size` at a time (an iterable is
-        consumed lazily); an unreadable image raises `ImageError` naming it.
+        consumed lazily); an unreadable image raises `ImageError` naming it
+        (`predict_each` keeps going instead).
         """
-        if not isinstance(topk, int) or topk < 1 or (self.info.num_classes and topk > self.info.num_classes):
-            raise ConfigurationError(f"topk must be an integer in 1..{self.info.num_classes or 'classes'}, got {topk}")
+        self._check_topk(topk)
         results: list[Prediction] = []
         with self._in_use():
             for chunk in _chunks(images, self.batch_size):
                 logits = self._run(preprocess_batch(chunk, self.info.preprocess))
-                sources = [_source(image) for image in chunk]
-                results.extend(top_k(logits, min(topk, logits.shape[1]), self._labels_for(logits), sources))
+                results.extend(self.top_k(logits, topk, [_source(image) for image in chunk]))
+        return results
+
+    def predict_each(self, images: Images, topk: int = 5) -> list[ImageResult]:
+        """Like `predict`, but one unreadable image does not lose the others: one `ImageResult` per image, in
+        order, holding its prediction or the `ImageError` message that names it."""
+        self._check_topk(topk)
+        results: list[ImageResult] = []
+        with self._in_use():
+            for chunk in _chunks(images, self.batch_size):
+                inputs: list[np.ndarray | None] = []
+                errors: list[str | None] = []
+                for image in chunk:
+                    try:
+                        inputs.append(preprocess(image, self.info.preprocess))
+                        errors.append(None)
+                    except ImageError as exc:
+                        inputs.append(None)
+                        errors.append(str(exc))
+                good = [x for x in inputs if x is not None]
+                predictions: list[Prediction] = []
+                if good:
+                    sources = [_source(image) for image, x in zip(chunk, inputs, strict=True) if x is not None]
+                    predictions = self.top_k(self._run(np.stack(good)), topk, sources)
+                found = iter(predictions)
+                results.extend(
+                    ImageResult(_source(image), None if error else next(found), error)
+                    for image, error in zip(chunk, errors, strict=True)
+                )
         return results
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
@@ -131,6 +165,12 @@ class Predictor(abc.ABC):
         x = self._check_batch(batch)
         with self._in_use():
             return np.concatenate([self._run(x[i : i + self.batch_size]) for i in range(0, len(x), self.batch_size)])
+
+    def top_k(self, logits: np.ndarray, topk: int = 5, sources: Sequence[str | None] | None = None) -> list[Prediction]:
+        """The top-`topk` classes of each row of ready `logits` (from `logits()`), with this predictor's labels."""
+        self._check_topk(topk)
+        k = min(topk, logits.shape[1])
+        return top_k(logits, k, self._labels_for(logits), list(sources) if sources else [None] * len(logits))
 
     def describe(self) -> dict[str, Any]:
         """What runs, for validation reports: runtime, device, providers, precision, model, preprocessing, versions."""
@@ -203,6 +243,10 @@ class Predictor(abc.ABC):
         return ", ".join(f"{k}={details[k]!r}" for k in ("device", "precision") if k in details)
 
     # -- shared checks -----------------------------------------------------------------------------------------
+
+    def _check_topk(self, topk: Any) -> None:
+        if not isinstance(topk, int) or topk < 1 or (self.info.num_classes and topk > self.info.num_classes):
+            raise ConfigurationError(f"topk must be an integer in 1..{self.info.num_classes or 'classes'}, got {topk}")
 
     def _check_open(self) -> None:
         if self._closed:

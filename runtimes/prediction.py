@@ -38,6 +38,24 @@ class Prediction:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
+@dataclass(frozen=True)
+class ImageResult:
+    """One image of `predict_each`: its prediction, or the error that kept it from one (never both)."""
+
+    source: str | None
+    prediction: Prediction | None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.prediction is None:
+            return {"source": self.source, "error": self.error}
+        return {**self.prediction.to_dict(), "source": self.source, "error": None}
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax in float64 (stable for large logits)."""
     z = logits.astype(np.float64)
