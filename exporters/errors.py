@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 from lvvit.errors import LvvitError
+
+if TYPE_CHECKING:
+    from .onnx.verify import DriftCheck
 
 
 class ExportError(LvvitError, RuntimeError):
@@ -14,4 +21,16 @@ class ConversionError(ExportError):
 
 
 class VerificationError(ExportError):
-    """The exported model disagrees with native Paddle beyond the tolerance."""
+    """The exported model disagrees with native Paddle beyond the tolerance; `checks` are the failed checks."""
+
+    def __init__(self, message: str, checks: Sequence[DriftCheck] = ()) -> None:
+        super().__init__(message)
+        self.checks = list(checks)
+
+
+class Int8GateError(VerificationError):
+    """An int8 file below the least top-1 agreement: kept beside the target as `rejected` (not at the target)."""
+
+    def __init__(self, message: str, checks: Sequence[DriftCheck], rejected: Path) -> None:
+        super().__init__(message, checks)
+        self.rejected = rejected

@@ -12,17 +12,20 @@ import paddle
 from lvvit.metadata import INPUT_NAME
 
 
-def save_inference_model(model: paddle.nn.Layer, prefix: Path, batch: int | None) -> dict[str, str]:
+def save_inference_model(
+    model: paddle.nn.Layer, prefix: Path, batch: int | None, in_place: bool = False
+) -> dict[str, str]:
     """Trace `model` at its input size and save `prefix.json` / `prefix.pdmodel` + `prefix.pdiparams`.
 
     Returns Paddle's internal tensor names (which depend on a process-wide
     counter) mapped to the stable state-dict names, e.g. `linear_3.w_0` ->
     `blocks.0.attn.qkv.weight`, so that exported files can use the latter.
+    `in_place=True` traces `model` itself (it is then static, not for eager use): no second copy of the weights.
     """
     size = model.preset.resolution
     spec = [paddle.static.InputSpec([batch, 3, size, size], "float32", INPUT_NAME)]
-    # to_static converts a Layer in place; trace a copy so `model` stays the eager reference.
-    traced = copy.deepcopy(model)
+    # to_static converts a Layer in place; unless told otherwise, trace a copy so `model` stays eager.
+    traced = model if in_place else copy.deepcopy(model)
     names = {tensor.name: key for key, tensor in traced.state_dict().items()}
     static = paddle.jit.to_static(traced, input_spec=spec, full_graph=True)
     with contextlib.redirect_stdout(io.StringIO()):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 
 from exporters.errors import ConversionError, VerificationError
 from exporters.onnx import export_onnx, export_paddle_inference
+from exporters.onnx.preflight import MEMORY_KEY
 from lvvit import ResolutionError, UnknownPresetError, WeightsMismatchError, create_model
 from lvvit.atomic import OutputPathError
 from lvvit.metadata import ModelMetadata
@@ -84,9 +86,29 @@ def test_fixed_batch_rejects_other_sizes(tmp_path):
         session.run(None, {"image": x})
 
 
-def test_two_exports_give_identical_bytes(tiny_onnx, tmp_path):
+def _without_memory_record(path) -> bytes:
+    proto = onnx.load(str(path))
+    kept = [p for p in proto.metadata_props if p.key != MEMORY_KEY]
+    assert len(kept) == len(proto.metadata_props) - 1  # the run's measured memory, the one part that varies
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    return proto.SerializeToString()
+
+
+def test_two_exports_give_identical_models(tiny_onnx, tmp_path):
     again = _export(tmp_path / "again.onnx", verify=False)
-    assert again.path.read_bytes() == tiny_onnx.path.read_bytes()
+    assert _without_memory_record(again.path) == _without_memory_record(tiny_onnx.path)
+
+
+def test_the_file_records_the_exports_peak_memory(tiny_onnx):
+    props = {p.key: p.value for p in onnx.load(str(tiny_onnx.path)).metadata_props}
+    record = json.loads(props[MEMORY_KEY])
+    assert record == tiny_onnx.memory
+    assert set(record["phases"]) >= {"build", "reference", "program", "convert", "verify"}
+    # the tree's peak is at least this process's RSS once Paddle and ONNX Runtime were loaded
+    assert 200 * 2**20 < record["peak_tree_rss"] == max(record["phases"].values())
+    assert record["weight_bytes"] == 4 * sum(int(np.prod(v.shape)) for v in create_model(
+        "lvvit_s", resolution=RES, **TINY).state_dict().values())  # fmt: skip
 
 
 def test_weights_provenance_is_recorded(tmp_path):

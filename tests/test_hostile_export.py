@@ -141,26 +141,25 @@ def saved_program(tmp_path_factory):
 
     prefix = tmp_path_factory.mktemp("program") / "model"
     save_inference_model(create_model("lvvit_s", resolution=RES, **TINY), prefix, None)
-    return model_file(prefix), prefix.with_name("model.pdiparams")
+    return model_file(prefix)
 
 
 def test_a_converter_abort_is_surfaced_with_its_own_message(saved_program):
     """paddle2onnx aborts the process beyond opset 21; in a child, the abort and its reason reach the user."""
     from exporters.onnx.convert import _run_paddle2onnx
 
-    program, params = saved_program
     with pytest.raises(ConversionError, match=r"at opset 22 \(killed by SIGABRT\); its output:\n") as failure:
-        _run_paddle2onnx(program, params, 22)
+        _run_paddle2onnx(saved_program, 22)
     assert "Opset Version must be between 7 and 21" in str(failure.value)
 
 
-def test_a_garbage_program_gives_the_converters_output(saved_program, tmp_path):
+def test_a_garbage_program_gives_the_converters_output(tmp_path):
     from exporters.onnx.convert import _run_paddle2onnx
 
     program = tmp_path / "model.json"
     program.write_bytes(b'{"not": "a paddle program"' * 10)
     with pytest.raises(ConversionError, match=r"paddle2onnx (failed on|returned an empty model for) .*model\.json"):
-        _run_paddle2onnx(program, saved_program[1], 17)
+        _run_paddle2onnx(program, 17)
 
 
 # -- outputs ---------------------------------------------------------------------------------------------------------

@@ -101,4 +101,4 @@ def test_without_onnxruntime_the_export_verification_names_the_extras(no_onnxrun
         match=r"verifying model\.onnx needs ONNX Runtime: pip install 'lvvit-deploy\[cpu\]' \(or \[gpu\], not both\), "
         r"or export with --no-verify",
     ):
-        verify_export(tmp_path / "model.onnx", None, [1], Tolerance(atol=1e-4))
+        verify_export(tmp_path / "model.onnx", [], Tolerance(atol=1e-4))

@@ -5,6 +5,8 @@ download). The kit uses them where real images matter and no data set is at
 hand: int8 calibration and agreement checks, benchmarks, examples.
 `python -m validation.photos DIR [--variants N]` writes them; each variant is a
 deterministic crop (and mirror) of a photo, so more images can be had than photos.
+scikit-image comes with the `photos` extra (the `test` extra includes it); without
+it the command says how to install it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from lvvit.errors import LvvitError
+from lvvit.install import install_command
+
 # Colour photographs bundled in scikit-image's wheel (they load offline).
 PHOTOS = (
     "astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
@@ -24,9 +29,19 @@ PHOTOS = (
 )  # fmt: skip
 
 
+class PhotosUnavailableError(LvvitError, RuntimeError):
+    """scikit-image, whose wheel holds the photographs, is not installed."""
+
+
 def load_photos() -> dict[str, Image.Image]:
     """name -> RGB PIL image, for every bundled photo that loads."""
-    import skimage.data
+    try:
+        import skimage.data
+    except ImportError as exc:
+        raise PhotosUnavailableError(
+            f"the sample photographs ship in scikit-image's wheel, which is not installed: "
+            f"{install_command('photos')} (or use any folder of your own JPEG/PNG images) ({exc})"
+        ) from None
 
     photos = {}
     for name in PHOTOS:
@@ -70,7 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         "--variants", type=at_most(64), default=1, help="images per photo: the photo plus crops, 1..64 (default 1)"
     )
     args = parser.parse_args(argv)
-    paths = write_sample_photos(args.folder, args.variants)
+    try:
+        paths = write_sample_photos(args.folder, args.variants)
+    except PhotosUnavailableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote {len(paths)} images to {args.folder}")
     return 0
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from lvvit.errors import LvvitError
 from lvvit.interrupt import interrupts_exit
+from lvvit.memory import MemoryBudgetError, parse_size
 from lvvit.presets import get_preset, list_presets
 
 from .export import (
@@ -53,6 +54,13 @@ def _count(value: str, name: str = "the count") -> int:
     if number < 1:
         raise argparse.ArgumentTypeError(f"{name} must be at least 1, got {number}")
     return number
+
+
+def _memory_size(value: str) -> int:
+    try:
+        return parse_size(value)
+    except MemoryBudgetError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _batch(value: str) -> int | None:
@@ -174,11 +182,25 @@ def build_parser() -> argparse.ArgumentParser:
         "file <preset>_int8_unfolded.onnx",
     )
     fast.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars on stderr (int8 calibration passes, accuracy control's runs)",
+    )
+    fast.add_argument(
         "--max-float-stages",
         type=_count,
         default=None,
         help="with --accuracy-control: stop after keeping this many stages in float, even below the target "
         "(the gate then fails the export); default: until the target is met or every stage is float",
+    )
+    parser.add_argument(
+        "--max-memory",
+        type=_memory_size,
+        default=None,
+        metavar="SIZE",
+        help="memory the export may take, e.g. 4GiB or 3.5GB: checked before any work against the estimated peak "
+        "(RSS of the exporter and its converter child, measured per preset); the run's peak is printed and "
+        "recorded in the file's metadata either way",
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the random initialisation and the verification inputs (default 0)"
@@ -240,8 +262,11 @@ def _export(args: argparse.Namespace, common: dict):
         accuracy_control=args.accuracy_control,
         max_float_stages=args.max_float_stages,
         fold_smooth_quant=not args.keep_smooth_quant_muls,
+        progress=not args.no_progress,
     )
-    return export_onnx(**common, opset=args.opset, verify=not args.no_verify, atol=args.atol, fast=fast)
+    return export_onnx(
+        **common, opset=args.opset, verify=not args.no_verify, atol=args.atol, fast=fast, max_memory=args.max_memory
+    )
 
 
 if __name__ == "__main__":

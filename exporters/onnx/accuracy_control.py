@@ -25,6 +25,7 @@ the fp32 graph with its stages exposed, the int8 graph as shipped (agreement) an
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -70,13 +71,14 @@ def quantize_until_agreement(
     min_agreement: float,
     max_float_stages: int | None = None,
     log: Callable[[str], None] | None = None,
+    progress: bool = False,
 ) -> ControlledInt8:
     """int8 of `proto` with the fewest stages kept in float (greedily) for top-1 agreement >= `min_agreement`.
 
     `quantize(proto, ignored_node_names)` makes the int8 graph; `reference_top1` are Paddle fp32's classes for
     `images`. Stops after `max_float_stages` stages kept (None: until every stage is float). When no step met
     the target, the result is the step with the best agreement (the fewest stages in float among equals),
-    with `reached=False`; the export's gate then decides.
+    with `reached=False`; the export's gate then decides. `progress`: a bar on stderr over each step's runs.
     """
     say = log or (lambda message: None)
     if len(images) != len(reference_top1) or not len(images):
@@ -96,7 +98,8 @@ def quantize_until_agreement(
         started = time.perf_counter()
         quantized = quantize(proto, [name for stage in kept for name in parts[stage]])
         cut = _StageRunner(quantized, depth, aux_head, "the int8 graph", cut=True)
-        agreement, errors = _measure(fp32, _session(quantized), cut, images, reference_top1)
+        desc = f"accuracy control, step {len(result.steps) + 1}: measuring"
+        agreement, errors = _measure(fp32, _session(quantized), cut, images, reference_top1, desc, progress)
         step = ControlStep(tuple(kept), agreement, errors, time.perf_counter() - started)
         best = result.agreement
         result.steps.append(step)
@@ -191,15 +194,23 @@ def _session(proto: onnx.ModelProto):
 
 
 def _measure(
-    fp32: _StageRunner, int8, cut: _StageRunner, images: np.ndarray, reference_top1: np.ndarray
+    fp32: _StageRunner,
+    int8,
+    cut: _StageRunner,
+    images: np.ndarray,
+    reference_top1: np.ndarray,
+    desc: str = "measuring",
+    progress: bool = False,
 ) -> tuple[float, dict[str, float]]:
     """(top-1 agreement of the int8 graph with `reference_top1`, stage -> the relative error the stage adds by
     itself: its int8 output from the fp32 input, standardized per token, L2 over the image, mean over images).
 
     `head` is measured at the output: the final norm, both heads and the output's max hold no other stage.
     """
+    from tqdm import tqdm
+
     agree, sums = 0, {}
-    for start in range(0, len(images), BATCH):
+    for start in tqdm(range(0, len(images), BATCH), desc, unit="batch", file=sys.stderr, disable=not progress):
         batch = images[start : start + BATCH]
         want = fp32.run(batch)
         logits = int8.run(None, {int8.get_inputs()[0].name: batch})[0]

@@ -1,4 +1,12 @@
-"""Paddle model -> ONNX ModelProto: trace, paddle2onnx, constant folding, named I/O, metadata."""
+"""Paddle program -> ONNX graph: paddle2onnx on the program alone, constant folding, named I/O and weights.
+
+paddle2onnx holds about five copies of the weights at its peak (805 MiB for lvvit_s's 100 MiB, measured;
+290 of them Paddle's import), so it converts the program without them: the weights stay graph inputs named
+after Paddle's parameters, renamed to state-dict names here; the export then writes them into the file one
+tensor at a time (`exporters.onnx.stream`). The few weights that only feed constant subgraphs (a bias
+reshaped) are attached before a second folding pass, and the others are declared with their shapes while
+folding, so the graph (nodes, initializers, inferred shapes) is the one a conversion with the weights gives.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +16,18 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
-from lvvit.interrupt import child_process, temporary
-from lvvit.metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata
+from lvvit.interrupt import child_process
+from lvvit.metadata import INPUT_NAME, OUTPUT_NAME
 
 from ..errors import ConversionError
-from ..paddle_static import model_file, save_inference_model
 
 BATCH_DIM = "batch"
 
@@ -49,21 +58,22 @@ def no_dependency_autoinstall() -> Iterator[None]:
 # paddle2onnx runs in a child process: its C++ core aborts the whole process (SIGABRT) on some inputs
 # (opsets it does not support, for one) and prints its reasons straight to file descriptors 1 and 2.
 # A child survives the abort, and its pipes capture every line, which the error then shows.
+# An empty params file name: the program alone is converted (see the module's docstring).
 _CONVERTER = """
 import sys
 import paddle2onnx
-raw = paddle2onnx.export(sys.argv[1], sys.argv[2], save_file=None, opset_version=int(sys.argv[3]),
+raw = paddle2onnx.export(sys.argv[1], "", save_file=None, opset_version=int(sys.argv[2]),
                          auto_upgrade_opset=False, enable_onnx_checker=True, enable_optimize=True, verbose=False)
-with open(sys.argv[4], "wb") as out:
+with open(sys.argv[3], "wb") as out:
     out.write(raw or b"")
 """
 _LOG_SHOWN = 3000  # characters of the converter's output kept in an error message
 
 
-def _convert_in_child(program: Path, params: Path, opset: int, output: Path) -> tuple[int, str]:
-    """Run paddle2onnx on `program`/`params` into `output`; returns the child's exit status and its output."""
+def _convert_in_child(program: Path, opset: int, output: Path) -> tuple[int, str]:
+    """Run paddle2onnx on `program` into `output`; returns the child's exit status and its output."""
     process = subprocess.Popen(
-        [sys.executable, "-c", _CONVERTER, str(program), str(params), str(opset), str(output)],
+        [sys.executable, "-c", _CONVERTER, str(program), str(opset), str(output)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -86,9 +96,9 @@ def _exit_status(code: int) -> str:
     return f"exit status {code}"
 
 
-def _run_paddle2onnx(program: Path, params: Path, opset: int) -> bytes:
+def _run_paddle2onnx(program: Path, opset: int) -> bytes:
     output = program.with_name("model.onnx")
-    code, log = _convert_in_child(program, params, opset, output)
+    code, log = _convert_in_child(program, opset, output)
     log = log.strip()[-_LOG_SHOWN:] or "(no output)"
     if code != 0:
         raise ConversionError(
@@ -105,8 +115,10 @@ def _run_paddle2onnx(program: Path, params: Path, opset: int) -> bytes:
 def _fold_constants(proto: onnx.ModelProto) -> onnx.ModelProto:
     from polygraphy.backend.onnx import fold_constants
 
-    with contextlib.redirect_stdout(io.StringIO()):
-        return fold_constants(proto, error_ok=False)
+    # ONNX Runtime's symbolic shape inference fails on these graphs (Polygraphy then falls back to ONNX's, which
+    # is what folds them) after taking 730 MiB, measured: asking for ONNX's directly gives the same graph.
+    with contextlib.redirect_stdout(io.StringIO()), no_dependency_autoinstall():
+        return fold_constants(proto, error_ok=False, allow_onnxruntime_shape_inference=False)
 
 
 def _name_inputs_and_outputs(proto: onnx.ModelProto, batch: int | None) -> None:
@@ -126,33 +138,88 @@ def _name_inputs_and_outputs(proto: onnx.ModelProto, batch: int | None) -> None:
             value.type.tensor_type.shape.dim[0].dim_param = BATCH_DIM
 
 
-def _use_state_dict_names(proto: onnx.ModelProto, names: dict[str, str]) -> None:
-    """Rename initializers from Paddle's counter-based names to state-dict names (stable, readable)."""
-    renamed = {}
-    for init in proto.graph.initializer:
-        if init.name in names:
-            renamed[init.name] = names[init.name]
-            init.name = names[init.name]
+def _unbound(proto: onnx.ModelProto) -> list[str]:
+    """Names that nodes read but nothing defines (no input, initializer or node output): the weights, in order."""
+    graph = proto.graph
+    defined = {v.name for v in graph.input} | {i.name for i in graph.initializer} | {""}
+    seen: dict[str, None] = {}
+    for node in graph.node:
+        seen.update((name, None) for name in node.input if name not in defined)
+        defined.update(node.output)
+    return list(seen)
+
+
+def _weight_only_inputs(proto: onnx.ModelProto, weights: set[str]) -> set[str]:
+    """The weights read by nodes whose every input is a weight or a constant (folding would compute them)."""
+    constants = {i.name for i in proto.graph.initializer} | {""}
+    found: set[str] = set()
     for node in proto.graph.node:
-        for i, name in enumerate(node.input):
-            if name in renamed:
-                node.input[i] = renamed[name]
+        if all(name in constants or name in weights for name in node.input):
+            found.update(name for name in node.input if name in weights)
+    return found
 
 
-def paddle_to_onnx(model, metadata: ModelMetadata) -> onnx.ModelProto:
-    """Export `model` (an `LVViT` from `create_model`) at `metadata`'s batch and opset (metadata not stamped)."""
-    with tempfile.TemporaryDirectory(prefix="lvvit-export-") as workdir, temporary(workdir):
-        prefix = Path(workdir) / "model"
-        names = save_inference_model(model, prefix, metadata.batch)
-        raw = _run_paddle2onnx(model_file(prefix), prefix.with_name("model.pdiparams"), metadata.opset)
+def _rename(proto: onnx.ModelProto, names: dict[str, str]) -> None:
+    for init in proto.graph.initializer:
+        init.name = names.get(init.name, init.name)
+    for node in proto.graph.node:
+        node.input[:] = [names.get(name, name) for name in node.input]
+
+
+@dataclass
+class ConvertedGraph:
+    """The ONNX graph of a Paddle program; `weights` (state-dict names, in order of use) are still to be bound."""
+
+    proto: onnx.ModelProto
+    weights: list[str]
+
+
+def convert_program(
+    program: Path,
+    names: dict[str, str],
+    shapes: dict[str, list[int]],
+    value: Callable[[str], np.ndarray],
+    opset: int,
+    batch: int | None,
+) -> ConvertedGraph:
+    """Convert a saved Paddle program (`paddle_static.model_file`) without its parameters.
+
+    `names` maps Paddle's parameter names to state-dict names (`save_inference_model`), `shapes` gives each
+    state-dict entry's shape (float32), `value(state_dict_name)` a weight's array: called only for the few
+    weights that feed constant subgraphs.
+    """
+    raw = _run_paddle2onnx(program, opset)
     try:
         proto = onnx.load_from_string(raw)
     except Exception as exc:
         raise ConversionError(f"paddle2onnx produced bytes that are not an ONNX model ({exc})") from exc
     if not proto.graph.node:
         raise ConversionError("paddle2onnx produced an ONNX model with no nodes")
-    with no_dependency_autoinstall():
+    unbound = _unbound(proto)
+    unknown = [name for name in unbound if name not in names]
+    if unknown:
+        raise ConversionError(f"the converted graph reads {len(unknown)} tensors that are neither weights nor "
+                              f"computed: {', '.join(unknown[:8])}")  # fmt: skip
+    _rename(proto, names)
+    weights = [names[name] for name in unbound]
+    # Declared as inputs while folding: shape inference then knows their shapes (and so every tensor's), and
+    # folding leaves them alone, as it leaves the real input.
+    proto.graph.input.extend(
+        onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, shapes[name]) for name in weights
+    )
+    proto = _fold_constants(proto)
+    folded = _weight_only_inputs(proto, set(weights))
+    if folded:  # attach them and fold again: the graph a conversion with the weights gives
+        _drop_inputs(proto, folded)
+        proto.graph.initializer.extend(numpy_helper.from_array(value(name), name) for name in sorted(folded))
         proto = _fold_constants(proto)
-    _name_inputs_and_outputs(proto, metadata.batch)
-    _use_state_dict_names(proto, names)
-    return proto
+    _drop_inputs(proto, set(weights))
+    weights = [name for name in _unbound(proto) if name in set(weights)]
+    _name_inputs_and_outputs(proto, batch)
+    return ConvertedGraph(proto, weights)
+
+
+def _drop_inputs(proto: onnx.ModelProto, names: set[str]) -> None:
+    kept = [value for value in proto.graph.input if value.name not in names]
+    del proto.graph.input[:]
+    proto.graph.input.extend(kept)

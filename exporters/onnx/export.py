@@ -3,19 +3,39 @@
 from __future__ import annotations
 
 import json
+import math
+import os
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lvvit.atomic import atomic_files, atomic_output
+from lvvit.interrupt import temporary
+from lvvit.memory import PeakSampler
 from lvvit.metadata import ModelMetadata
 from lvvit.presets import Preset
 from lvvit.progress import Log, to_stderr
 
-from ..errors import ExportError
+from ..errors import ExportError, Int8GateError, VerificationError
 from ..provenance import tool_versions, weights_provenance
-from .fast_path import FastPath, apply_fast_path, tolerance_for
-from .verify import DriftCheck, verify_export
+from .fast_path import FastPath, apply_fast_path, calibration_images, tolerance_for
+from .preflight import (
+    MEMORY_KEY,
+    check_dependencies,
+    check_memory_budget,
+    describe_memory,
+    memory_record,
+    weight_bytes,
+)
+from .stream import append_metadata
+from .verify import DriftCheck, Reference, reference_logits, verify_export
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .quantize import CalibrationSet
 
 DEFAULT_OPSET = 17  # the first opset with a native LayerNormalization
 DEFAULT_ATOL = 1e-4
@@ -32,6 +52,7 @@ class ExportResult:
     checks: list[DriftCheck] = field(default_factory=list)
     seconds: float = 0.0
     files: list[Path] = field(default_factory=list)
+    memory: dict = field(default_factory=dict)  # the run's peak tree RSS, per phase (`preflight.memory_record`)
 
 
 def resolve_output(
@@ -101,6 +122,56 @@ def _stamp(proto, metadata: ModelMetadata) -> None:
         proto.metadata_props.add(key=key, value=value)
 
 
+@dataclass
+class _Staged:
+    """What the Paddle side leaves once the model is gone: the file's metadata and what to check it against."""
+
+    metadata: ModelMetadata
+    references: list[Reference]
+    calibration: CalibrationSet | None = None
+    images: np.ndarray | None = None
+    reference_top1: np.ndarray | None = None
+
+
+def _paddle_side(
+    preset, weights, resolution, checkpoint_key, seed, arch_overrides, verify: bool, batch: int | None, opset: int,
+    fast: FastPath, workdir: Path, tmp: Path, memory: PeakSampler, log: Log,
+) -> _Staged:  # fmt: skip
+    """Build the model, take Paddle's logits for the checks, convert, write the fp32 file to `tmp` with the
+    weights streamed in. The model lives only in this function: it is gone before ONNX Runtime loads the file."""
+    from ..fusable import fusable_copy
+    from ..paddle_static import model_file, save_inference_model
+    from .convert import convert_program
+    from .stream import write_model
+
+    memory.phase("build")
+    model = _build(preset, weights, resolution, checkpoint_key, seed, log, arch_overrides)
+    precision = "int8" if fast.quantize else fast.precision
+    metadata = _metadata(model, batch, opset, seed, graph=fast.graph, precision=precision)
+    staged = _Staged(metadata, [])
+    if fast.quantize:
+        staged.calibration, staged.images = calibration_images(fast, model.preset.preprocess, log)
+    if verify or fast.accuracy_control:
+        memory.phase("reference")
+        batches = [batch] if batch is not None else [1, 3]
+        staged.references = reference_logits(model, batches, seed, staged.images)
+        if staged.images is not None:
+            staged.reference_top1 = staged.references[0].logits.argmax(1)
+    memory.phase("program")
+    traced = fusable_copy(model) if fast.rewrite else model
+    del model  # (the fusable copy is the one traced)
+    prefix = workdir / "model"
+    names = save_inference_model(traced, prefix, batch, in_place=True)
+    state = traced.state_dict()
+    memory.phase("convert")
+    log(f"[2/3] converting to ONNX (opset {opset}, batch {batch or 'dynamic'}, {fast.graph} graph, {precision})")
+    shapes = {name: list(tensor.shape) for name, tensor in state.items()}
+    converted = convert_program(model_file(prefix), names, shapes, lambda name: state[name].numpy(), opset, batch)
+    _stamp(converted.proto, metadata)
+    write_model(tmp, converted.proto, ((name, state[name].numpy()) for name in converted.weights))
+    return staged
+
+
 def export_onnx(
     preset: str | Preset,
     weights: str | Path | None = None,
@@ -113,6 +184,7 @@ def export_onnx(
     checkpoint_key: str | None = None,
     seed: int = 0,
     fast: FastPath | None = None,
+    max_memory: int | None = None,
     log: Log = to_stderr,
     **arch_overrides,
 ) -> ExportResult:
@@ -123,10 +195,12 @@ def export_onnx(
         output: a file, or a folder for `<preset>.onnx`; default `./<preset>.onnx`.
         atol: the verification's max abs error allowed against Paddle (fp32 graphs).
         fast: fused graph, fp16 or int8 (see `FastPath`); default the portable fp32 graph.
+        max_memory: bytes the export may take (peak RSS of its process tree); refused before any work when the
+            estimate for the preset is larger (`MemoryBudgetError`).
         arch_overrides: architecture fields to replace (tiny models in tests).
 
     The file appears at the output path only when conversion and verification
-    succeeded; an older file there is otherwise left untouched.
+    succeeded; an older file there is otherwise left untouched. Its metadata records the run's peak memory.
     """
     import onnx
 
@@ -137,32 +211,81 @@ def export_onnx(
     tolerance = tolerance_for(fast, atol)  # refuses a non-finite or negative atol before any work
     started = time.perf_counter()
     spec = resolve_preset(preset, resolution, **arch_overrides)
+    check_dependencies(fast, verify)
+    need = check_memory_budget(spec, fast, max_memory)
     suffix = f"{fast.tag}.onnx"
     target = resolve_output(output, spec.name, spec.resolution, resolve_preset(preset).resolution, suffix)
-    with atomic_output(target) as tmp:  # fails early, before any work, when the folder is not writable
+    with (
+        PeakSampler() as memory,
+        atomic_output(target) as tmp,  # fails early, before any work, when the folder is not writable
+        tempfile.TemporaryDirectory(prefix="lvvit-export-") as workdir,
+        temporary(workdir),
+    ):
         log(f"[1/3] building {spec.name} at {spec.resolution}px")
-        model = _build(preset, weights, resolution, checkpoint_key, seed, log, arch_overrides)
-        precision = "int8" if fast.quantize else fast.precision
-        metadata = _metadata(model, batch, opset, seed, graph=fast.graph, precision=precision)
-        log(f"[2/3] converting to ONNX (opset {opset}, batch {batch or 'dynamic'}, {fast.graph} graph, {precision})")
-        from ..fusable import fusable_copy
-        from .convert import paddle_to_onnx
-
-        proto = paddle_to_onnx(fusable_copy(model) if fast.rewrite else model, metadata)
-        proto, images, float_stages = apply_fast_path(proto, model, fast, log)
-        metadata = replace(metadata, float_stages=float_stages)
-        _stamp(proto, metadata)
-        onnx.save(proto, str(tmp))
+        staged = _paddle_side(preset, weights, resolution, checkpoint_key, seed, arch_overrides, verify, batch, opset,
+                              fast, Path(workdir), tmp, memory, log)  # fmt: skip
+        metadata = staged.metadata
+        if fast.rewrite:
+            memory.phase("fast path")
+            proto = onnx.load(str(tmp))
+            proto, float_stages = apply_fast_path(
+                proto, spec, fast, log, staged.calibration, staged.images, staged.reference_top1
+            )
+            metadata = replace(metadata, float_stages=float_stages)
+            _stamp(proto, metadata)
+            onnx.save(proto, str(tmp))
+            del proto
         checks: list[DriftCheck] = []
         if verify:
-            batches = [batch] if batch is not None else [1, 3]
+            memory.phase("verify")
             log(f"[3/3] verifying: onnx.checker, then ONNX Runtime vs Paddle ({tolerance.describe()})")
-            checks = verify_export(tmp, model, batches, tolerance, seed, images, name=str(target))
+            try:
+                checks = verify_export(tmp, staged.references, tolerance, name=str(target))
+            except VerificationError as exc:
+                if not (fast.quantize and exc.checks):
+                    raise
+                _record_memory(tmp, memory, spec, need, log)
+                raise _keep_rejected(tmp, target, exc, fast) from exc
             for check in checks:
                 log("      " + check.line())
         else:
             log("[3/3] verification skipped (--no-verify)")
-    return ExportResult(target, metadata, checks, time.perf_counter() - started, [target])
+        record = _record_memory(tmp, memory, spec, need, log)
+    return ExportResult(target, metadata, checks, time.perf_counter() - started, [target], record)
+
+
+def _record_memory(path: Path, memory: PeakSampler, spec: Preset, need: int, log: Log) -> dict:
+    """Print the run's peak memory and add it to the file's metadata (appended: the weights are not rewritten)."""
+    memory.phase("end")
+    record = memory_record(memory, weight_bytes(spec), need)
+    log("      " + describe_memory(record))
+    append_metadata(path, {MEMORY_KEY: json.dumps(record, sort_keys=True)})
+    return record
+
+
+def _keep_rejected(tmp: Path, target: Path, error: VerificationError, fast: FastPath) -> Int8GateError:
+    """Move an int8 file that failed the agreement gate to `<stem>.rejected.onnx`; the error says what next."""
+    rejected = target.with_name(target.name.removesuffix(".onnx") + ".rejected.onnx")
+    os.replace(tmp, rejected)
+    measured = min(check.top1_agreement for check in error.checks)
+    images = max(check.batch for check in error.checks)
+    if not fast.accuracy_control:
+        more_float = (f"--accuracy-control: keeps the stages that lose the most in float until the agreement "
+                      f"reaches {fast.min_int8_agreement:.1%} (slower to export: a few calibrations)")  # fmt: skip
+    elif fast.max_float_stages is not None:
+        more_float = f"a larger --max-float-stages than {fast.max_float_stages}, or none: more stages in float"
+    else:
+        more_float = "--quantizer ort, or calibration images closer to what the model will see"
+    return Int8GateError(
+        f"{target}: int8 top-1 agreement with Paddle fp32 is {measured:.1%} on {images} images, below the gate: "
+        f"top-1 agreement >= {fast.min_int8_agreement:.1%} (--min-int8-agreement); not written there. "
+        f"The rejected file is kept as "
+        f"{rejected} for inspection. Two ways forward:\n"
+        f"  {more_float}\n"
+        f"  --min-int8-agreement {math.floor(measured * 1000) / 1000:g}: accept what was measured",
+        error.checks,
+        rejected,
+    )
 
 
 def export_paddle_inference(
@@ -195,7 +318,7 @@ def export_paddle_inference(
         model = _build(preset, weights, resolution, checkpoint_key, seed, log, arch_overrides)
         metadata = _metadata(model, batch, DEFAULT_OPSET, seed, graph="paddle-inference")
         log("[2/2] saving the Paddle inference program (paddle.jit.save)")
-        save_inference_model(model, staging / stem, batch)
+        save_inference_model(model, staging / stem, batch, in_place=True)
         sidecar = staging / f"{stem}.lvvit.json"
         sidecar.write_text(json.dumps(metadata.to_props(), indent=2, sort_keys=True))
         final = [target.parent / path.name for path in saved_files(staging / stem)]

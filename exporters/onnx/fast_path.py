@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from lvvit.presets import PreprocessConfig, Preset
 from lvvit.progress import Log
 
 from ..errors import ExportError
 from .quantize import QUANTIZERS
 from .verify import Tolerance
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .quantize import CalibrationSet
 
 FP16_ATOL = 5e-2  # half precision carries ~3 significant digits
 INT8_MIN_AGREEMENT = 0.99  # int8 is gated on top-1 agreement with Paddle fp32 on real images
@@ -30,6 +37,7 @@ class FastPath:
     accuracy_control: bool = False  # int8: keep the most sensitive stages in float until the agreement gate is met
     max_float_stages: int | None = None  # accuracy control: stop after this many stages kept in float (None: all)
     fold_smooth_quant: bool = True  # nncf: fold SmoothQuant's Multiply nodes into the LayerNorm before them (exact)
+    progress: bool = True  # int8: progress bars on stderr over calibration and accuracy control's runs
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -73,16 +81,40 @@ class FastPath:
         return "_fp16" if self.precision == "fp16" else "_ort" if self.optimize else ""
 
 
-def apply_fast_path(proto, model, fast: FastPath, log: Log):
-    """Fuse / fp16 / int8 as asked; returns the new proto, the real images used (int8) if any, and the stages
-    accuracy control kept in float (empty otherwise)."""
+def calibration_images(fast: FastPath, config: PreprocessConfig, log: Log) -> tuple[CalibrationSet, np.ndarray]:
+    """int8: the calibration folder's images (found and listed) and the gate's images, preprocessed."""
+    from lvvit.preprocess import preprocess_batch
+
+    from .quantize import find_calibration_images
+
+    calibration = find_calibration_images(fast.calibration, config, fast.calibration_count)
+    for path, why in calibration.skipped:
+        log(f"      skipped calibration file {path}: {why}")
+    log(
+        f"      calibrating int8 ({fast.quantizer}) on {len(calibration.used)} images from {calibration.folder}; "
+        f"the gate also sees {calibration.held_out} held-out images"
+    )
+    return calibration, preprocess_batch(calibration.evaluation, config)
+
+
+def apply_fast_path(
+    proto,
+    spec: Preset,
+    fast: FastPath,
+    log: Log,
+    calibration: CalibrationSet | None = None,
+    images: np.ndarray | None = None,
+    reference_top1: np.ndarray | None = None,
+):
+    """Fuse / fp16 / int8 as asked; returns the new proto and the stages accuracy control kept in float (empty
+    otherwise). int8 takes `calibration_images`' result and Paddle fp32's classes for the images."""
     from .optimize import convert_to_fp16, expand_slow_cpu_fusions, fuse_for_onnxruntime
 
-    arch = model.preset.arch
-    images = None
+    arch = spec.arch
     float_stages: tuple[str, ...] = ()
     if fast.graph == "ort-fused":
-        proto, report = fuse_for_onnxruntime(proto, arch.num_heads, arch.embed_dim, len(model.blocks))
+        blocks = len(arch.order) if arch.order else arch.depth
+        proto, report = fuse_for_onnxruntime(proto, arch.num_heads, arch.embed_dim, blocks)
         log("      " + report.line())
         if fast.precision == "fp32":  # the CPU graph; fp16 is for GPUs, whose fused kernels are fast
             proto, expanded = expand_slow_cpu_fusions(proto)
@@ -94,33 +126,23 @@ def apply_fast_path(proto, model, fast: FastPath, log: Log):
         proto = convert_to_fp16(proto)
         log("      converted to fp16 (LayerNorm, Softmax and the token max kept in fp32)")
     if fast.quantize == "int8":
-        from lvvit.preprocess import preprocess_batch
+        from .quantize import quantize_int8
 
-        from .quantize import find_calibration_images, quantize_int8
-
-        calibration = find_calibration_images(fast.calibration, model.preset.preprocess, fast.calibration_count)
-        for path, why in calibration.skipped:
-            log(f"      skipped calibration file {path}: {why}")
-        log(
-            f"      calibrating int8 ({fast.quantizer}) on {len(calibration.used)} images from {calibration.folder}; "
-            f"the gate also sees {calibration.held_out} held-out images"
-        )
-        images = preprocess_batch(calibration.evaluation, model.preset.preprocess)
+        if calibration is None or images is None or (fast.accuracy_control and reference_top1 is None):
+            raise ExportError("int8 needs the calibration images (and, for accuracy control, Paddle's classes)")
         indent = lambda m: log("      " + m)  # noqa: E731
         if fast.accuracy_control:
             from .quantize import quantize_int8_accuracy_controlled
-            from .verify import paddle_logits
 
-            reference = paddle_logits(model, images).argmax(1)
             log(f"      accuracy control: top-1 agreement >= {fast.min_int8_agreement:.1%} on {len(images)} images")
             proto, float_stages = quantize_int8_accuracy_controlled(
-                proto, calibration, model.preset.preprocess, images, reference, fast.min_int8_agreement,
-                fast.max_float_stages, indent,
+                proto, calibration, spec.preprocess, images, reference_top1, fast.min_int8_agreement,
+                fast.max_float_stages, indent, fast.progress,
             )  # fmt: skip
         else:
-            proto = quantize_int8(proto, calibration, model.preset.preprocess, fast.quantizer, indent,
-                                  fast.fold_smooth_quant)  # fmt: skip
-    return proto, images, float_stages
+            proto = quantize_int8(proto, calibration, spec.preprocess, fast.quantizer, indent,
+                                  fast.fold_smooth_quant, fast.progress)  # fmt: skip
+    return proto, float_stages
 
 
 def tolerance_for(fast: FastPath, atol: float) -> Tolerance:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import onnx
 from onnx import numpy_helper
 
 from lvvit.errors import ImageError
+from lvvit.install import install_command
 from lvvit.interrupt import temporary
 from lvvit.metadata import INPUT_NAME
 from lvvit.preprocess import is_image_name, preprocess
@@ -104,6 +106,35 @@ class _Reader:
         raise NotImplementedError
 
 
+class CalibrationProgress:
+    """A progress bar over the calibration images on stderr, pass after pass: a quantizer reads them once per
+    algorithm (NNCF: SmoothQuant's statistics, the ranges, bias correction), which it does not announce."""
+
+    def __init__(self, images: int, quantizer: str, enabled: bool) -> None:
+        from tqdm import tqdm
+
+        self.images, self.passes, self.quantizer = images, 1, quantizer
+        self.bar = tqdm(total=images, unit="img", desc=self._desc(), file=sys.stderr, disable=not enabled)
+
+    def _desc(self) -> str:
+        return f"calibrating int8 ({self.quantizer}), pass {self.passes}"
+
+    def __call__(self, item):
+        """Count one image read (an identity on `item`, to wrap a data set's transform)."""
+        if self.bar.n == self.images:
+            self.passes += 1
+            self.bar.reset()
+            self.bar.set_description(self._desc())
+        self.bar.update(1)
+        return item
+
+    def __enter__(self) -> CalibrationProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+
+
 QUANTIZERS = ("nncf", "ort")
 
 
@@ -114,16 +145,18 @@ def quantize_int8(
     quantizer: str = "nncf",
     log: Callable[[str], None] | None = None,
     fold: bool = True,
+    progress: bool = False,
 ) -> onnx.ModelProto:
     """The int8 QDQ graph of `proto`, calibrated on `calibration`'s images with `quantizer`; nncf's with
-    SmoothQuant's Multiply nodes after a LayerNorm folded into it unless `fold` is False (for comparison)."""
+    SmoothQuant's Multiply nodes after a LayerNorm folded into it unless `fold` is False (for comparison).
+    `progress`: a bar on stderr over the calibration images."""
     if quantizer == "nncf":
-        quantized, folded = _quantize_nncf(proto, calibration, config, fold=fold)
+        quantized, folded = _quantize_nncf(proto, calibration, config, fold=fold, progress=progress)
         if log is not None:
             log(f"folded {folded.describe()}" if fold else "SmoothQuant's Multiply nodes left as NNCF wrote them")
         return quantized
     if quantizer == "ort":
-        return _quantize_ort(proto, calibration, config)
+        return _quantize_ort(proto, calibration, config, progress)
     raise ExportError(f"--quantizer must be one of {', '.join(QUANTIZERS)}, got {quantizer!r}")
 
 
@@ -133,6 +166,7 @@ def _quantize_nncf(
     config: PreprocessConfig,
     ignored: Sequence[str] = (),
     fold: bool = True,
+    progress: bool = False,
 ) -> tuple[onnx.ModelProto, FoldReport | None]:
     """NNCF's int8 QDQ graph, SmoothQuant's Multiply nodes after a LayerNorm folded (unless `fold` is False), and
     what was folded;
@@ -141,12 +175,13 @@ def _quantize_nncf(
         import nncf
     except ImportError as exc:
         raise ExportError(
-            f"--quantizer nncf needs NNCF: pip install 'lvvit-deploy[int8]' (or use --quantizer ort) ({exc})"
+            f"--quantizer nncf needs NNCF: {install_command('int8')} (or use --quantizer ort) ({exc})"
         ) from exc
     samples = list(calibration.batches(config))
-    dataset = nncf.Dataset(samples, lambda batch: {INPUT_NAME: batch})
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    bar = CalibrationProgress(len(samples), "nncf", progress)
+    dataset = nncf.Dataset(samples, lambda batch: {INPUT_NAME: bar(batch)})
+    try:  # NNCF's own output is silenced; the bar writes to the real stderr, which it took before
+        with bar, contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             quantized = nncf.quantize(
                 proto,
                 dataset,
@@ -170,6 +205,7 @@ def quantize_int8_accuracy_controlled(
     min_agreement: float,
     max_float_stages: int | None = None,
     log: Callable[[str], None] | None = None,
+    progress: bool = False,
 ) -> tuple[onnx.ModelProto, tuple[str, ...]]:
     """(NNCF int8 that keeps its most sensitive stages in float until top-1 agreement with `reference_top1`
     (Paddle fp32's classes for `images`) reaches `min_agreement`, the stages kept in float) (see `accuracy_control`)."""
@@ -178,7 +214,7 @@ def quantize_int8_accuracy_controlled(
     folds: list[FoldReport] = []  # one per step, in step order
 
     def quantize(graph: onnx.ModelProto, ignored: list[str]) -> onnx.ModelProto:  # each step measures what ships
-        quantized, folded = _quantize_nncf(graph, calibration, config, ignored)
+        quantized, folded = _quantize_nncf(graph, calibration, config, ignored, progress=progress)
         folds.append(folded)
         return quantized
 
@@ -190,6 +226,7 @@ def quantize_int8_accuracy_controlled(
         min_agreement,
         max_float_stages,
         log,
+        progress,
     )
     quantized = controlled.proto
     kept, weighted = float_layers(quantized)
@@ -224,7 +261,9 @@ def _fold_every(images: int) -> int:
     return next((k for k in (4, 3, 5, 7) if images % k), images + 1)
 
 
-def _quantize_ort(proto: onnx.ModelProto, calibration: CalibrationSet, config: PreprocessConfig) -> onnx.ModelProto:
+def _quantize_ort(
+    proto: onnx.ModelProto, calibration: CalibrationSet, config: PreprocessConfig, progress: bool = False
+) -> onnx.ModelProto:
     """Per-channel symmetric int8 weights, uint8 activations from min/max calibration."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -232,14 +271,15 @@ def _quantize_ort(proto: onnx.ModelProto, calibration: CalibrationSet, config: P
     with tempfile.TemporaryDirectory(prefix="lvvit-int8-") as work, temporary(work):
         source, prepared, target = (Path(work) / name for name in ("fp32.onnx", "pre.onnx", "int8.onnx"))
         onnx.save(proto, str(source))
+        bar = CalibrationProgress(len(calibration.used), "ort", progress)
         try:
-            with contextlib.redirect_stdout(io.StringIO()):
+            with bar, contextlib.redirect_stdout(io.StringIO()):
                 quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
                 excluded = activation_matmuls(onnx.load(str(prepared)))
                 quantize_static(
                     str(prepared),
                     str(target),
-                    _Reader(calibration.batches(config)),
+                    _Reader(map(bar, calibration.batches(config))),
                     quant_format=QuantFormat.QDQ,
                     per_channel=True,
                     activation_type=QuantType.QUInt8,
