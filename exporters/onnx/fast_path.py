@@ -105,6 +105,8 @@ def apply_fast_path(proto, model, fast: FastPath, log: Log):
             f"      calibrating int8 ({fast.quantizer}) on {len(calibration.used)} images from {calibration.folder}; "
             f"the gate also sees {calibration.held_out} held-out images"
         )
+        if fast.accuracy_control:
+            calibration.require_held_out()
         images = preprocess_batch(calibration.evaluation, model.preset.preprocess)
         indent = lambda m: log("      " + m)  # noqa: E731
         if fast.accuracy_control:
@@ -112,7 +114,10 @@ def apply_fast_path(proto, model, fast: FastPath, log: Log):
             from .verify import paddle_logits
 
             reference = paddle_logits(model, images).argmax(1)
-            log(f"      accuracy control: top-1 agreement >= {fast.min_int8_agreement:.1%} on {len(images)} images")
+            log(
+                f"      accuracy control: top-1 agreement >= {fast.min_int8_agreement:.1%} on {len(images)} images "
+                f"({calibration.held_out} of them held out from calibration)"
+            )
             proto, float_stages = quantize_int8_accuracy_controlled(
                 proto, calibration, model.preset.preprocess, images, reference, fast.min_int8_agreement,
                 fast.max_float_stages, indent,
