@@ -344,3 +344,36 @@ def test_the_float_stages_are_metadata_checked_when_read():
     for bad in ("[1, 2]", '"stem"', '["' + "x" * 300 + '"]', "[" + ",".join(['"a"'] * 2000) + "]"):
         with pytest.raises(MetadataError, match="lvvit.float_stages"):
             ModelMetadata.from_props({**props, "lvvit.float_stages": bad}, "m.onnx")
+
+
+def test_accuracy_control_refuses_a_gate_without_enough_held_out_images(photos, tmp_path):  # noqa: F811
+    """One calibration image among five: four held out, too few for a 99% gate to mean anything."""
+    import shutil
+
+    from exporters.errors import ExportError
+    from exporters.onnx import FastPath, export_onnx
+    from exporters.onnx.quantize import MIN_HELD_OUT
+
+    from .conftest import TINY
+
+    few = tmp_path / "few"
+    few.mkdir()
+    for path in sorted(photos.glob("*.jpg"))[:5]:
+        shutil.copy(path, few / path.name)
+    fast = FastPath(quantize="int8", calibration=few, calibration_count=1, accuracy_control=True)
+    messages: list[str] = []
+    with pytest.raises(ExportError, match=rf"has 5 readable images and --calibration-count uses 1, which holds out 4; "
+                                          rf"its gate needs at least {MIN_HELD_OUT} held-out images"):  # fmt: skip
+        export_onnx("lvvit_s", resolution=32, output=tmp_path / "out/", fast=fast, log=messages.append, **TINY)
+    assert not any("accuracy control:" in m for m in messages)  # refused before any calibration
+    assert not list(tmp_path.rglob("*.onnx"))  # nothing written
+
+
+def test_accuracy_control_says_how_many_images_were_held_out(photos, tmp_path):  # noqa: F811
+    from exporters.onnx.quantize import find_calibration_images
+    from lvvit import resolve_preset
+
+    calibration = find_calibration_images(photos, resolve_preset("lvvit_s", 32).preprocess, 4)
+    calibration.require_held_out()  # 38 photographs, 4 calibrate: 34 held out
+    assert (len(calibration.used), calibration.held_out) == (4, len(calibration.evaluation) - 4)
+    assert calibration.held_out >= 16

@@ -94,6 +94,8 @@ def calibration_images(fast: FastPath, config: PreprocessConfig, log: Log) -> tu
         f"      calibrating int8 ({fast.quantizer}) on {len(calibration.used)} images from {calibration.folder}; "
         f"the gate also sees {calibration.held_out} held-out images"
     )
+    if fast.accuracy_control:
+        calibration.require_held_out()
     return calibration, preprocess_batch(calibration.evaluation, config)
 
 
@@ -134,7 +136,10 @@ def apply_fast_path(
         if fast.accuracy_control:
             from .quantize import quantize_int8_accuracy_controlled
 
-            log(f"      accuracy control: top-1 agreement >= {fast.min_int8_agreement:.1%} on {len(images)} images")
+            log(
+                f"      accuracy control: top-1 agreement >= {fast.min_int8_agreement:.1%} on {len(images)} images "
+                f"({calibration.held_out} of them held out from calibration)"
+            )
             proto, float_stages = quantize_int8_accuracy_controlled(
                 proto, calibration, spec.preprocess, images, reference_top1, fast.min_int8_agreement,
                 fast.max_float_stages, indent, fast.progress,

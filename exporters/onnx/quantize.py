@@ -47,6 +47,9 @@ def activation_matmuls(proto: onnx.ModelProto) -> list[str]:
 
 
 EVALUATION_LIMIT = 256  # images the int8 gate is measured on (calibration images included)
+# Accuracy control chooses what to keep in float by the agreement it measures: on the calibration images alone
+# it can fit them and "pass" on one image. Below this many images it did not calibrate on, its gate proves nothing.
+MIN_HELD_OUT = 16
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,15 @@ class CalibrationSet:
     @property
     def held_out(self) -> int:
         return len(self.evaluation) - len(self.used)
+
+    def require_held_out(self, minimum: int = MIN_HELD_OUT) -> None:
+        """Raise unless at least `minimum` readable images are left over for judging, beyond those calibrated on."""
+        if self.held_out < minimum:
+            raise ExportError(
+                f"--accuracy-control: {self.folder} has {len(self.evaluation)} readable images and "
+                f"--calibration-count uses {len(self.used)}, which holds out {self.held_out}; its gate needs at "
+                f"least {minimum} held-out images (add images or lower --calibration-count)"
+            )
 
     def batches(self, config: PreprocessConfig) -> Iterator[np.ndarray]:
         for path in self.used:

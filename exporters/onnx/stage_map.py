@@ -29,9 +29,15 @@ from dataclasses import dataclass
 
 import onnx
 
+from ..errors import ExportError
+
 _QUANTIZED_NAME = re.compile(r"^(?:q_output_)?(?P<name>.+?)(?:_quantized|_\d+)?$")
 _PASS_THROUGH = {"Identity"}
 _SIDE_CONSUMERS = {"Shape", "QuantizeLinear"}  # read the tensor without being the next step of the stage
+
+
+class StageMapError(ExportError):
+    """The graph cannot be walked: a loop of pass-through nodes (a valid ONNX graph has no cycle)."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,7 @@ class _Graph:
     def after_bias(self, tensor: str) -> str:
         """Follow pass-through nodes and one bias Add (an Add of a constant) from `tensor`."""
         added_bias = False
+        seen = {tensor}  # a crafted file can chain Identity nodes into a loop: walking it would never end
         while True:
             nexts = [n for n in self.consumers.get(tensor, []) if n.op_type not in _SIDE_CONSUMERS]
             if len(nexts) != 1:
@@ -110,6 +117,12 @@ class _Graph:
                 tensor, added_bias = node.output[0], True
             else:
                 return tensor
+            if tensor in seen:
+                raise StageMapError(
+                    f"the graph loops: {node.op_type} node {node.name!r} writes {tensor!r}, which it already passed "
+                    f"through (a cycle of pass-through nodes; not a valid ONNX graph)"
+                )
+            seen.add(tensor)
 
 
 def _layer_output(graph: _Graph, weight: str, ops: set[str]) -> Mapped | Unmapped:
