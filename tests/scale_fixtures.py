@@ -13,14 +13,14 @@ from validation.runners import runner_specs
 TIMING = {"seconds", "images_per_second", "describe", "gate"}
 
 
-def write_digits_subset(folder, count: int):
-    """An ImageNet-layout folder (`val/` + `val_list.txt`) of the first `count` digits."""
+def write_digits_subset(folder, count: int, name: str = "digit_{:04d}.png"):
+    """An ImageNet-layout folder (`val/` + `val_list.txt`) of the first `count` digits, files named `name`."""
     images, labels = digits.load_digits()
     (folder / "val").mkdir(parents=True)
     lines = []
     for i in range(count):
-        digits.digit_image(images[i]).save(folder / "val" / f"digit_{i:04d}.png")
-        lines.append(f"val/digit_{i:04d}.png {labels[i]}")
+        digits.digit_image(images[i]).save(folder / "val" / name.format(i))
+        lines.append(f"val/{name.format(i)} {labels[i]}")
     (folder / "val_list.txt").write_text("\n".join(lines) + "\n")
     return folder
 

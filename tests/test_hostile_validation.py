@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 
 import numpy as np
 import pytest
@@ -25,7 +26,7 @@ from validation.report import write_reports
 from validation.runners import ModelSource
 from validation.shards import ShardError
 
-from .scale_fixtures import make_digits_model, numbers
+from .scale_fixtures import make_digits_model, numbers, write_digits_subset
 
 
 @pytest.fixture(scope="module")
@@ -49,16 +50,10 @@ def accuracy(local, data, folder, shard_size=15, **kwargs):
     )
 
 
-def write_bmp_digits(folder, count=45):
+def write_bmp_digits(folder):
     """An ImageNet-layout folder of BMP digits: every file has the same size, so a changed image keeps its size."""
-    images, labels = digits.load_digits()
-    (folder / "val").mkdir(parents=True)
-    lines = []
-    for i in range(count):
-        digits.digit_image(images[i]).save(folder / "val" / f"d{i:02d}.bmp")
-        lines.append(f"val/d{i:02d}.bmp {labels[i]}")
-    (folder / "val_list.txt").write_text("\n".join(lines) + "\n")
-    return folder, images, labels
+    write_digits_subset(folder, 45, "d{:02d}.bmp")
+    return folder, digits.load_digits()[0]
 
 
 def source_of(model):
@@ -288,7 +283,7 @@ def test_an_edited_reference_cache_is_refused_naming_the_file(model, tmp_path, c
 
 
 def test_images_changed_on_disk_are_computed_again_and_refused_by_the_cache(model, local, tmp_path, capsys):
-    data, images, _ = write_bmp_digits(tmp_path / "bmp")
+    data, images = write_bmp_digits(tmp_path / "bmp")
     folder = tmp_path / "acc.shards"
     before = accuracy(local, data, folder)
     sizes = {p.name: p.stat().st_size for p in (data / "val").iterdir()}
@@ -468,3 +463,100 @@ def test_markdown_pages_show_hostile_names_as_text(model, local, tmp_path):
     assert not re.search(r"(?<!\\)\]\(javascript:", outside_code)  # no link: its brackets are escaped
     assert "&lt;script>alert(1)&lt;/script>.png" in page and "&lt;svg onload=alert(1)>" in page
     assert "\\[click\\](javascript:alert(1)).png" in page and "a \\| pipe and a new line" in page
+
+
+# -- Ray -------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("address", "message"),
+    [
+        ("junk", r"--ray-address 'junk': expected 'auto' .* or HOST:PORT"),
+        ("", r"--ray-address '': expected 'auto'"),
+        ("head:99999", r"--ray-address 'head:99999': expected"),
+        ("127.0.0.1:1", r"--ray-address 127\.0\.0\.1:1: nothing answers there within 15 s"),
+    ],
+)
+def test_a_bad_ray_address_is_a_typed_error_at_once(address, message):
+    import time
+
+    from validation.errors import EngineError
+    from validation.ray_engine import RayEngine
+
+    started = time.perf_counter()
+    with pytest.raises(EngineError, match=message):
+        with RayEngine.start({}, address):
+            pass
+    assert time.perf_counter() - started < 20
+
+
+def _lvvit_temporaries():
+    import tempfile
+    from pathlib import Path
+
+    return {p.name for pattern in ("lvvit-ort-*", "lvvit-paddle-*") for p in Path(tempfile.gettempdir()).glob(pattern)}
+
+
+def test_a_poison_image_ends_a_ray_run_naming_it_and_no_model_copy_stays(model, monkeypatch):
+    """A reader that dies on one image is restarted twice, then the run ends naming the image."""
+    ray = pytest.importorskip("ray")
+    from validation import ray_engine
+    from validation.errors import EngineError
+
+    class Poisoned(ray_engine.ReadImages):  # defined here, so Ray ships it by value to the worker
+        def _decode(self, path):
+            if path.endswith("digit_0007.png"):
+                os._exit(1)  # as a decoder that crashes the process would
+            return super()._decode(path)
+
+    _, data, specs = model
+    monkeypatch.setattr(ray_engine, "ReadImages", Poisoned)
+    before = _lvvit_temporaries()
+    samples = labelled_folder(data, num_classes=10).limited(12).samples
+
+    def endless(signum, frame):
+        raise TimeoutError("the run did not end in 300 s: Ray restarts the reader for ever")
+
+    previous = signal.signal(signal.SIGALRM, endless)
+    signal.alarm(300)
+    try:
+        with engine_for(specs, "ray", batch_size=4) as (_, _, engine):
+            with pytest.raises(EngineError, match=r"digit_0007\.png: reading this image killed the Ray worker"):
+                list(engine([(0, samples)]))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+        if ray.is_initialized():
+            ray.shutdown()
+    assert _lvvit_temporaries() <= before  # each actor removed its model copy once it had opened it
+
+
+def test_an_interrupted_ray_run_leaves_no_ray_process(model, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    pytest.importorskip("ray")
+    from .conftest import ROOT
+
+    onnx, data, _ = model
+    command = [sys.executable, "-m", "validation", "accuracy", str(data), *digits.cli_model_args()]
+    command += ["--onnx", str(onnx), "--engine", "ray", "--shard-size", "5", "--batch-size", "1"]
+    command += ["--report-dir", str(tmp_path)]
+    run = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        shards = tmp_path / "accuracy_lvvit_s_32.shards"
+        deadline = time.monotonic() + 240
+        while not (shards / "shard-00000.jsonl").exists() and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        ray_processes = psutil.Process(run.pid).children(recursive=True)
+        assert ray_processes, "Ray started no process"
+        run.send_signal(signal.SIGINT)
+        _, err = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    assert run.returncode == 130, err[-2000:]
+    gone, alive = psutil.wait_procs(ray_processes, timeout=15)
+    assert not alive, [p.cmdline()[:3] for p in alive]

@@ -118,9 +118,14 @@ class ReadImages:
         if self.note is not None:
             self.note.write_text(path, encoding="utf-8")
         try:
-            return preprocess(path, self.config), ""
+            return self._decode(path), ""
         except ImageError as exc:
             return np.zeros((3, self.config.input_size, self.config.input_size), np.float32), str(exc)
+
+    def _decode(self, path: str) -> np.ndarray:
+        from lvvit.preprocess import preprocess
+
+        return preprocess(path, self.config)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         loaded = [self._one(str(p), int(k)) for p, k in zip(batch["path"], batch["synthetic"], strict=True)]
