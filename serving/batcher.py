@@ -1,9 +1,10 @@
 """Dynamic batching for the uvicorn host: requests that arrive within `max_wait_ms` of the first run as one
 predictor call of at most `max_batch` images.
 
-A batch waits only for requests already announced (being read or decoded by their handlers): a lone request
-runs at once instead of paying the wait, and under load the requests that arrive while a batch runs form the
-next one.
+A batch waits only when there is a sign of company: requests already announced (being read or decoded by
+their handlers), or fewer requests than the last batch held (clients that were answered together come back
+together). A lone client's request runs at once instead of paying the wait; under load, the requests that
+arrive while a batch runs form the next one.
 
 The queue holds at most `max_queue` images; a request that would not fit is refused at once (`QueueFullError`:
 503 + Retry-After) instead of waiting without bound. One worker task forms batches and runs them on one
@@ -50,6 +51,7 @@ class DynamicBatcher:
         self._pending: collections.deque[_Pending] = collections.deque()
         self._queued = 0  # images in _pending
         self._announced = 0  # requests whose handlers have started and not yet finished
+        self._last_requests = 0  # how many requests the last batch held
         self._arrival = asyncio.Event()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="predictor")
         self._worker: asyncio.Task[None] | None = None
@@ -72,8 +74,9 @@ class DynamicBatcher:
         self._worker = asyncio.get_running_loop().create_task(self._work(), name="dynamic-batcher")
 
     async def stop(self) -> None:
-        """Finish what is queued, then stop the worker and its thread."""
-        while self._pending:
+        """Finish what is queued (for at most `drain_timeout_s`), then stop the worker and its thread."""
+        deadline = asyncio.get_running_loop().time() + self._limits.drain_timeout_s
+        while self._pending and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.01)
         if self._worker is not None:
             self._worker.cancel()
@@ -107,7 +110,7 @@ class DynamicBatcher:
             deadline = self._pending[0].arrived + limits.max_wait_ms / 1000
             while (
                 self._queued < limits.max_batch
-                and self._announced > len(self._pending)
+                and (self._announced > len(self._pending) or len(self._pending) < self._last_requests)
                 and (left := deadline - loop.time()) > 0
             ):
                 self._arrival.clear()
@@ -124,6 +127,7 @@ class DynamicBatcher:
             self._queued -= size
             self._on_queue(self._queued)
             live = [item for item in taken if not item.future.done()]  # a client that left cancelled its future
+            self._last_requests = len(live)
             if not live:
                 continue
             x = live[0].batch if len(live) == 1 else np.concatenate([item.batch for item in live])

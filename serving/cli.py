@@ -48,32 +48,19 @@ def spec_from(args: argparse.Namespace, **extra: Any) -> PredictorSpec:
     return PredictorSpec.for_model(args.runtime, args.model, **options, **extra)
 
 
+# flag, type, default, help: the server's limits (serve, bench)
+_DEFAULTS = Limits()
+LIMIT_FLAGS = (
+    ("--max-batch", _positive, _DEFAULTS.max_batch, "images per predictor call, and per request"),
+    ("--max-wait-ms", _non_negative_float, _DEFAULTS.max_wait_ms, "how long a batch waits to fill"),
+    ("--max-queue", _positive, _DEFAULTS.max_queue, "images waiting at most; beyond: 503 + Retry-After"),
+    ("--max-body-mb", _non_negative_float, _DEFAULTS.max_body_bytes / 2**20, "request body limit in MiB"),
+)
+
+
 def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = Limits()
-    parser.add_argument(
-        "--max-batch",
-        type=_positive,
-        default=defaults.max_batch,
-        help=f"images per predictor call, and per request (default {defaults.max_batch})",
-    )
-    parser.add_argument(
-        "--max-wait-ms",
-        type=_non_negative_float,
-        default=defaults.max_wait_ms,
-        help=f"how long a batch waits to fill (default {defaults.max_wait_ms})",
-    )
-    parser.add_argument(
-        "--max-queue",
-        type=_positive,
-        default=defaults.max_queue,
-        help=f"images waiting at most; beyond: 503 + Retry-After (default {defaults.max_queue})",
-    )
-    parser.add_argument(
-        "--max-body-mb",
-        type=_non_negative_float,
-        default=defaults.max_body_bytes / 2**20,
-        help=f"request body limit in MiB (default {defaults.max_body_bytes >> 20})",
-    )
+    for flag, kind, default, help_text in LIMIT_FLAGS:
+        parser.add_argument(flag, type=kind, default=default, help=f"{help_text} (default {default:g})")
 
 
 def limits_from(args: argparse.Namespace) -> Limits:

@@ -40,11 +40,15 @@ class ServedModel:
         self.output_name = info.output_name
         self.size = info.preprocess.input_size
         self.num_classes = info.num_classes
+        self._metadata = self._describe()
 
     # -- metadata ----------------------------------------------------------------------------------------------
 
     def metadata(self) -> dict[str, Any]:
-        """The OIP model metadata, with what ran and how it preprocesses as parameters."""
+        """The OIP model metadata, with what runs and how it preprocesses as parameters."""
+        return self._metadata
+
+    def _describe(self) -> dict[str, Any]:
         described = self.predictor.describe()
         classes = self.num_classes if self.num_classes is not None else -1
         topk = [-1, -1]  # [N, k]: k is the request's `topk`

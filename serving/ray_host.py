@@ -39,7 +39,7 @@ from .config import Limits
 from .errors import ServingSetupError
 from .metrics import Metrics
 from .model import ServedModel
-from .server import Endpoint
+from .server import Endpoint, print_url
 
 KIT_ROOT = str(Path(__file__).resolve().parents[1])
 EMBEDDED_OBJECT_STORE_BYTES = 256 << 20  # one model's bytes pass through it once
@@ -127,7 +127,7 @@ def serve_on_ray(
     endpoint: Endpoint,
     options: RayOptions,
     log: Log = to_stderr,
-    on_listening: Callable[[str], None] = lambda url: print(f"serving on {url}", flush=True),
+    on_listening: Callable[[str], None] = print_url,
 ) -> int:
     """Deploy `spec`'s model on Ray Serve and keep it up until SIGTERM/SIGINT; returns 0 after shutdown."""
     if options.address is not None and options.address.startswith("ray://"):

@@ -52,6 +52,11 @@ def bind(endpoint: Endpoint) -> socket.socket:
     return sock
 
 
+def print_url(url: str) -> None:
+    """The first line on stdout once the server listens (`serving.child` waits for it)."""
+    print(f"serving on {url}", flush=True)
+
+
 def url_of(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     return f"http://{f'[{host}]' if ':' in host else host}:{port}"
@@ -63,7 +68,7 @@ def serve(
     limits: Limits,
     endpoint: Endpoint,
     log: Log = to_stderr,
-    on_listening: Callable[[str], None] = lambda url: print(f"serving on {url}", flush=True),
+    on_listening: Callable[[str], None] = print_url,
 ) -> int:
     """Serve `spec`'s model until SIGTERM/SIGINT; returns the exit status (0 after a drain)."""
     import uvicorn

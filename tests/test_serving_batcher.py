@@ -18,13 +18,15 @@ class Recorder:
     """A stand-in predictor (logits = the per-sample mean, so answers show whose rows they are), recording
     the batch sizes it ran; `gate` holds a call until the test releases it."""
 
-    def __init__(self) -> None:
+    def __init__(self, seconds: float = 0.0) -> None:
         self.sizes: list[int] = []
         self.gate = threading.Event()
         self.gate.set()
+        self.seconds = seconds  # what a call takes
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         self.gate.wait(10)
+        time.sleep(self.seconds)
         self.sizes.append(len(x))
         return x.reshape(len(x), -1).mean(axis=1, keepdims=True)
 
@@ -76,6 +78,27 @@ def test_a_lone_request_does_not_wait():
 
     assert run(scenario()) < 1.0
     assert recorder.sizes == [1]
+
+
+def test_clients_answered_together_come_back_to_one_batch():
+    recorder = Recorder(seconds=0.03)
+
+    async def client(batcher: DynamicBatcher, i: int) -> None:
+        for _ in range(6):
+            # a closed-loop client: the next request starts a little after the answer, and is announced only then
+            await asyncio.sleep(0.002 * i)
+            await request(batcher, rows(float(i)))
+
+    async def scenario():
+        batcher = DynamicBatcher(recorder, Limits(max_batch=8, max_wait_ms=200))
+        await batcher.start()
+        await asyncio.gather(*(client(batcher, i) for i in range(4)))
+        await batcher.stop()
+
+    run(scenario())
+    assert sum(recorder.sizes) == 24
+    # the first client runs alone and is one request ahead from then on; every batch between is full
+    assert recorder.sizes[0] == 1 and set(recorder.sizes[1:-1]) == {4}, recorder.sizes
 
 
 def test_batches_never_pass_max_batch():
