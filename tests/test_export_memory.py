@@ -15,7 +15,7 @@ import psutil
 import pytest
 from onnx import numpy_helper
 
-from exporters.onnx.preflight import BASE, FACTORS, MEMORY_KEY, weight_bytes
+from exporters.onnx.preflight import BASE, FACTOR, MEMORY_KEY, weight_bytes
 from exporters.onnx.stream import append_metadata, write_model
 from lvvit import create_model, resolve_preset
 from lvvit.macs import count_weights
@@ -153,13 +153,13 @@ def test_the_sampler_sees_a_childs_memory():
 
 def test_max_memory_below_the_need_is_refused_before_any_work(tmp_path):
     spec = get_preset("lvvit_l_448")
-    need = FACTORS["exported"] * weight_bytes(spec) + BASE
+    need = FACTOR * weight_bytes(spec) + BASE
     started = time.perf_counter()
     run = _run_cli("--preset", "lvvit_l_448", "--max-memory", "2GiB", "--output", str(tmp_path))
     assert run.returncode == 2, run.stderr
     assert (
-        f"error: --max-memory 2.00 GiB is below what exporting lvvit_l_448 at 448px (fp32) needs: about "
-        f"{format_size(need)} at its peak ({FACTORS['exported']:g} x 574.0 MiB of weights + 1.00 GiB); "
+        f"error: --max-memory 2.00 GiB is below what exporting lvvit_l_448 at 448px needs: about "
+        f"{format_size(need)} at its peak (3 x 574.0 MiB of weights + 1.00 GiB); "
         "nothing was started" in run.stderr
     )
     assert "building" not in run.stderr and list(tmp_path.iterdir()) == []
@@ -174,6 +174,14 @@ def test_max_memory_with_room_exports_and_records_the_peak(tmp_path):
     record = json.loads({p.key: p.value for p in onnx.load(str(target)).metadata_props}[MEMORY_KEY])
     assert record["peak_tree_rss"] <= 4 * 2**30 and record["estimate"] <= 4 * 2**30
     assert "peak memory (RSS of the process tree): " in run.stderr
+
+
+def test_an_int8_budget_is_refused_as_not_estimated(tmp_path):
+    run = _run_cli("--preset", "lvvit_s", "--quantize", "int8", "--calibration", str(tmp_path), "--max-memory", "8GiB",
+                   "--output", str(tmp_path))  # fmt: skip
+    assert run.returncode == 2
+    assert "error: --max-memory is not estimated for --quantize int8: NNCF's calibration memory grows" in run.stderr
+    assert "nothing was started" in run.stderr and list(tmp_path.iterdir()) == []
 
 
 def test_an_unreadable_budget_is_a_usage_error():

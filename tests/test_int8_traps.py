@@ -11,28 +11,13 @@ import onnx
 import pytest
 
 from exporters.errors import Int8GateError
-from exporters.onnx import FastPath, export_onnx
+from exporters.onnx import FastPath
 from lvvit.install import install_command
 
-from .conftest import ROOT, TINY
+from .conftest import ROOT
+from .test_export_fast_paths import _export, photos  # noqa: F401  (photos: a fixture, 38 images)
 
-RES = 64
-QUIET = {"log": lambda message: None}
 INSTALL_INT8 = f"pip install -e {shlex.quote(f'{ROOT}[int8]')}"
-
-
-def _export(tmp_path, fast: FastPath, **kwargs):
-    return export_onnx("lvvit_s", resolution=RES, output=tmp_path, fast=fast, **{**TINY, **QUIET, **kwargs})
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-    pytest.importorskip("skimage")
-    from validation.photos import write_sample_photos
-
-    folder = tmp_path_factory.mktemp("photos")
-    write_sample_photos(folder)
-    return folder
 
 
 def _hidden(module: str, code: str) -> list[str]:
@@ -69,7 +54,7 @@ def test_the_ort_quantizer_does_not_need_nncf(tmp_path):
     assert run.returncode == 0 and run.stdout == "ok\n", run.stderr
 
 
-def test_calibration_shows_its_progress(tmp_path, photos, capfd):
+def test_calibration_shows_its_progress(tmp_path, photos, capfd):  # noqa: F811
     _export(tmp_path, FastPath(quantize="int8", calibration=photos, calibration_count=6, min_int8_agreement=0.0))
     err = capfd.readouterr().err
     assert "calibrating int8 (nncf), pass 1: " in err and "6/6 [" in err
@@ -94,7 +79,7 @@ def _negated(real):
     return quantize
 
 
-def test_a_failed_gate_keeps_the_file_as_rejected_and_says_what_next(tmp_path, photos, monkeypatch):
+def test_a_failed_gate_keeps_the_file_as_rejected_and_says_what_next(tmp_path, photos, monkeypatch):  # noqa: F811
     import exporters.onnx.quantize as quantize
 
     monkeypatch.setattr(quantize, "quantize_int8", _negated(quantize.quantize_int8))
@@ -108,7 +93,7 @@ def test_a_failed_gate_keeps_the_file_as_rejected_and_says_what_next(tmp_path, p
     measured = error.checks[0].top1_agreement
     assert measured < 0.99
     message = str(error)
-    assert (f"int8 top-1 agreement with Paddle fp32 is {measured:.1%} on 19 images, below the gate: top-1 agreement "
+    assert (f"int8 top-1 agreement with Paddle fp32 is {measured:.1%} on 38 images, below the gate: top-1 agreement "
             ">= 99.0% (--min-int8-agreement); not written there") in message  # fmt: skip
     assert f"The rejected file is kept as {rejected}" in message
     assert "--accuracy-control: keeps the stages that lose the most in float" in message

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil
 
-from exporters.onnx.preflight import BASE, FACTORS, MEMORY_KEY, weight_bytes
+from exporters.onnx.preflight import BASE, FACTOR, MEMORY_KEY, weight_bytes
 from lvvit.memory import PeakSampler, format_size
 from lvvit.presets import get_preset, list_presets
 
@@ -71,8 +71,8 @@ def _recorded_phases(path: Path) -> dict[str, int]:
 
 
 def goal(preset: str) -> int:
-    """The issue's goal: 3x the weight bytes + 1 GiB."""
-    return 3 * weight_bytes(get_preset(preset)) + 2**30
+    """The goal, which `--max-memory` also estimates with: 3x the weight bytes + 1 GiB."""
+    return int(FACTOR * weight_bytes(get_preset(preset)) + BASE)
 
 
 def table(new: list[Run], old: dict[str, Run]) -> str:
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: {format_size(new[-1].peak)}, {new[-1].seconds:.0f} s", file=sys.stderr, flush=True)
         if args.json is not None:  # after each preset: a long run that is stopped keeps what it measured
             record = {"new": [asdict(r) for r in new], "baseline": {k: asdict(r) for k, r in old.items()},
-                      "factors": FACTORS, "base": BASE}  # fmt: skip
+                      "factor": FACTOR, "base": BASE}  # fmt: skip
             args.json.write_text(json.dumps(record, indent=2))
     print(table(new, old))
     return 0 if all(r.returncode == 0 for r in [*new, *old.values()]) else 1
