@@ -125,11 +125,11 @@ def test_the_on_request_int8_rows_and_their_exports_appear_only_when_listed():
     from validation.bench_artifacts import EXTRA_INT8
 
     default = {s.name for s in bench_paths(threads=2, streams=2, include=None)}
-    assert not default & {"openvino-int8-ac", "openvino-int8-unfolded"}  # minutes of NNCF only when asked for
-    asked = bench_paths(2, 2, include={"openvino-int8-ac", "openvino-int8-unfolded", "openvino-int8"})
-    assert {s.name: s.artifact for s in asked} == {
-        "openvino-int8": "int8", "openvino-int8-ac": "int8_ac", "openvino-int8-unfolded": "int8_unfolded"
-    }  # fmt: skip
+    on_request = {"openvino-int8-ac": "int8_ac", "openvino-int8-ac-whole": "int8_ac_whole",
+                  "openvino-int8-unfolded": "int8_unfolded", "openvino-int8-vnni": "int8_vnni"}  # fmt: skip
+    assert not default & set(on_request)  # minutes of NNCF only when asked for
+    asked = bench_paths(2, 2, include={*on_request, "openvino-int8"})
+    assert {s.name: s.artifact for s in asked} == {"openvino-int8": "int8", **on_request}
     assert {s.artifact for s in asked} - {"int8"} == set(EXTRA_INT8)
 
 
@@ -311,3 +311,25 @@ def test_stream_latency_compares_each_runtime_with_one_stream(tiny, tmp_path, ca
     ]  # fmt: skip
     assert all(p["batch1"]["median_ms"] > 0 and p["batch8"]["images_per_s"] > 0 for p in report["paths"].values())
     assert "| onnxruntime streams=2 |" in table and "batch 1 vs streams=1" in table
+
+
+def test_the_bench_names_the_fastest_path_that_meets_the_agreement_gate():
+    from validation.bench import PathResult, fastest_meeting_gate
+
+    def path(name, images_per_s, agreement, spread=0.02, skipped=None):
+        ms = 8 / images_per_s * 1e3
+        timings = {8: {"images_per_s": images_per_s, "median_ms": ms, "p25_ms": ms * (1 - spread),
+                       "p75_ms": ms * (1 + spread)}}  # fmt: skip
+        return PathResult(name, name, "int8", timings=timings, drift={"top1_agreement": agreement}, skipped=skipped)
+
+    results = [
+        path("openvino-f32", 15.0, 1.0),
+        path("ort-int8", 27.0, 0.921),  # faster, but below the gate
+        path("openvino-int8-ac", 20.0, 0.99),
+        path("ort-fp32", 19.5, 1.0, spread=0.05),  # its IQR overlaps openvino-int8-ac's
+        path("openvino-int8", 40.0, 1.0, skipped="not run here"),
+    ]
+    best = fastest_meeting_gate(results, 8, 0.99)
+    assert best is not None and (best["path"], best["within_noise"]) == ("openvino-int8-ac", ["ort-fp32"])
+    assert best["top1_agreement"] == 0.99 and best["images_per_s"] == 20.0
+    assert fastest_meeting_gate(results, 8, 1.01) is None and fastest_meeting_gate(results, 1, 0.9) is None

@@ -92,15 +92,15 @@ def test_accuracy_control_reaches_the_gate_plain_int8_misses(photos, tmp_path): 
 
     common = {"resolution": 64, **TINY}
     plain_log: list[str] = []
+    plain = FastPath(quantize="int8", calibration=photos, calibration_count=1, int8_target="vnni")  # SmoothQuant on
     with pytest.raises(VerificationError, match=r"top-1 agreement >= 99\.0%"):
-        export_onnx("lvvit_s", output=tmp_path / "plain/", log=plain_log.append, **common,
-                    fast=FastPath(quantize="int8", calibration=photos, calibration_count=1))  # fmt: skip
+        export_onnx("lvvit_s", output=tmp_path / "plain/", log=plain_log.append, **common, fast=plain)
     # the plain NNCF file has SmoothQuant: its Multiply after each of the 4 LayerNorms is folded away
     assert any("folded 4 SmoothQuant Multiply nodes into the LayerNorm" in m for m in plain_log), plain_log
     messages: list[str] = []
-    fast = FastPath(quantize="int8", calibration=photos, calibration_count=1, accuracy_control=True)
+    fast = FastPath(quantize="int8", calibration=photos, calibration_count=1, accuracy_control=True, int8_target="vnni")
     result = export_onnx("lvvit_s", output=tmp_path, fast=fast, log=messages.append, **common)
-    assert result.path.name == "lvvit_s_64_int8_ac.onnx" and result.metadata.precision == "int8"
+    assert result.path.name == "lvvit_s_64_int8_ac_vnni.onnx" and result.metadata.precision == "int8"
     assert result.checks[0].inputs == "real images" and result.checks[0].top1_agreement >= 0.99
     kept_line = next(m for m in messages if "accuracy control kept" in m)
     stages = tuple(kept_line.split("in float (")[1].split(")")[0].split(", "))
@@ -112,15 +112,19 @@ def test_accuracy_control_reaches_the_gate_plain_int8_misses(photos, tmp_path): 
 
     assert read_model_metadata(result.path).float_stages == stages  # the file says what it kept
     proto = onnx.load(str(result.path))
-    assert f"with accuracy control; stages kept in float: {', '.join(stages)}" in proto.graph.doc_string
-    from exporters.onnx.stage_map import map_stages, stage_nodes
+    doc = "int8 (nncf) for vnni with accuracy control (fine stages, agreement on ort); stages kept in float: "
+    assert doc + ", ".join(stages) in proto.graph.doc_string
+    from exporters.onnx.stage_map import control_ends, partition
 
-    fp32 = onnx.load(str(export_onnx("lvvit_s", output=tmp_path / "fp32/", log=lambda m: None, **common).path))
-    in_float = {name for stage in stages for name in stage_nodes(fp32, map_stages(fp32, TINY["depth"]))[stage]}
+    # the stages of the file itself (the graph NNCF quantized is the export's rewrite: its own node names)
+    parts = partition(proto, control_ends(proto, TINY["depth"], fine=True))
+    in_float = {name for stage in stages for name in parts[stage]}
     dequantized = {n.output[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"}
-    dequantized_into = {n.name for n in proto.graph.node if dequantized & set(n.input)}
-    assert dequantized_into or len(stages) == TINY["depth"] + 2  # some int8 is left unless every stage is float
-    assert not dequantized_into & in_float  # what was kept in float reads no int8 tensor
+    layers = [n for n in proto.graph.node if n.op_type in ("Conv", "MatMul", "Gemm")]
+    dequantized_into = {n.name for n in layers if dequantized & set(n.input)}
+    assert dequantized_into or len(stages) == len(parts)  # some int8 is left unless every stage is float
+    assert not dequantized_into & in_float  # no layer kept in float reads an int8 tensor
+    assert {n.name for n in layers} & in_float  # and the stages kept hold layers
 
 
 def test_the_smooth_quant_multiplies_can_be_kept_for_comparison(photos, tmp_path):  # noqa: F811
@@ -132,9 +136,10 @@ def test_the_smooth_quant_multiplies_can_be_kept_for_comparison(photos, tmp_path
     common = {"resolution": 64, "log": lambda m: None, "verify": False, **TINY}
     files = {}
     for fold in (True, False):
-        fast = FastPath(quantize="int8", calibration=photos, calibration_count=2, fold_smooth_quant=fold)
+        fast = FastPath(quantize="int8", calibration=photos, calibration_count=2, fold_smooth_quant=fold,
+                        int8_target="vnni")  # SmoothQuant smooths the int8 linear layers' inputs  # fmt: skip
         files[fold] = export_onnx("lvvit_s", output=tmp_path, fast=fast, **common).path
-    assert (files[True].name, files[False].name) == ("lvvit_s_64_int8.onnx", "lvvit_s_64_int8_unfolded.onnx")
+    assert (files[True].name, files[False].name) == ("lvvit_s_64_int8_vnni.onnx", "lvvit_s_64_int8_unfolded_vnni.onnx")
     smoothing = {fold: sum("nncf_smooth_quant" in n.name for n in onnx.load(str(path)).graph.node)
                  for fold, path in files.items()}  # fmt: skip
     assert smoothing[False] == smoothing[True] + 4  # 4 folded into the LayerNorms
@@ -195,8 +200,9 @@ def tiny_fp32(tmp_path_factory):
     return onnx.load(str(export_onnx("lvvit_s", resolution=32, output=path, log=lambda m: None, **LOOP_ARCH).path))
 
 
-def _damaging(blocks: tuple[int, ...], scale: float = 0.5):
-    """A `quantize(proto, ignored)` that adds noise to every weight of `blocks` whose node is not ignored."""
+def _damaging(blocks: tuple[int, ...], scale: float = 0.5, half: str = ""):
+    """A `quantize(proto, ignored)` that adds noise to every weight of `blocks` (of their `half`, "attn" or "mlp",
+    when given) whose node is not ignored."""
 
     def quantize(proto: onnx.ModelProto, ignored: list[str]) -> onnx.ModelProto:
         users = {i: n.name for n in proto.graph.node for i in n.input}
@@ -204,7 +210,9 @@ def _damaging(blocks: tuple[int, ...], scale: float = 0.5):
         rng = np.random.default_rng(1)
         for init in damaged.graph.initializer:
             block = init.name.split(".")[1] if init.name.startswith("blocks.") else None
-            if block is not None and int(block) in blocks and init.name.endswith(".weight") and users[init.name]:
+            in_half = not half or f".{half}." in init.name
+            if block is not None and int(block) in blocks and init.name.endswith(".weight") and users[init.name] \
+                    and in_half:  # fmt: skip
                 if users[init.name] not in ignored:
                     w = numpy_helper.to_array(init)
                     init.CopyFrom(numpy_helper.from_array(w + rng.normal(0, scale * w.std() + 1e-3, w.shape)
@@ -250,7 +258,8 @@ def test_the_loop_keeps_the_damaged_block_first_and_stops_at_the_target(tiny_fp3
 
     images, classes = _images_and_classes(tiny_fp32)
     messages: list[str] = []
-    result = quantize_until_agreement(tiny_fp32, _damaging((1,)), images, classes, 0.99, log=messages.append)
+    result = quantize_until_agreement(tiny_fp32, _damaging((1,)), images, classes, 0.99, log=messages.append,
+                                      fine=False)  # fmt: skip
     assert result.steps[0].kept == () and result.steps[0].agreement < 0.99  # the damage costs agreement
     first = result.steps[0].errors
     assert first["blocks.1"] > 0.01  # the error each stage adds by itself: only block 1's, none propagated
@@ -265,12 +274,12 @@ def test_max_float_stages_stops_the_loop_below_the_target(tiny_fp32):
     images, classes = _images_and_classes(tiny_fp32)
     messages: list[str] = []
     result = quantize_until_agreement(tiny_fp32, _damaging((0, 2)), images, classes, 0.99, max_float_stages=1,
-                                      log=messages.append)  # fmt: skip
+                                      log=messages.append, fine=False)  # fmt: skip
     assert not result.reached and len(result.steps) == 2 and result.steps[1].kept[0] in ("blocks.0", "blocks.2")
     best = max(range(2), key=lambda i: (result.steps[i].agreement, -i))  # the best step, the earlier among equals
     assert result.chosen == best and result.kept == result.steps[best].kept and result.agreement < 0.99
     assert "no step reached 99.0% (--max-float-stages 1); the best was step" in messages[-1]
-    full = quantize_until_agreement(tiny_fp32, _damaging((0, 2)), images, classes, 0.99)
+    full = quantize_until_agreement(tiny_fp32, _damaging((0, 2)), images, classes, 0.99, fine=False)
     assert full.reached and sorted(full.kept) == ["blocks.0", "blocks.2"]
 
 
@@ -287,7 +296,7 @@ def test_when_no_step_reaches_the_target_the_best_step_is_kept(tiny_fp32):
         return harsh(proto, []) if block1 & set(ignored) else mild(proto, [])
 
     images, classes = _images_and_classes(tiny_fp32)
-    result = quantize_until_agreement(tiny_fp32, quantize, images, classes, 0.99, max_float_stages=1)
+    result = quantize_until_agreement(tiny_fp32, quantize, images, classes, 0.99, max_float_stages=1, fine=False)
     assert [s.kept for s in result.steps] == [(), ("blocks.1",)]
     assert result.steps[1].agreement < result.steps[0].agreement < 0.99
     assert result.chosen == 0 and result.kept == () and not result.reached
@@ -306,7 +315,9 @@ def test_a_graph_whose_stages_cannot_be_found_is_refused_by_name(tiny_fp32):
     for node in renamed.graph.node:
         node.input[:] = ["renamed" if i == "blocks.1.norm1.weight" else i for i in node.input]
     images, classes = _images_and_classes(tiny_fp32, count=2)
-    with pytest.raises(ExportError, match=r"accuracy control needs the graph's stages: stage blocks\.0 has no tensor"):
+    with pytest.raises(
+        ExportError, match=r"accuracy control needs the graph.s stages: stage blocks\.0\.mlp has no tensor"
+    ):
         quantize_until_agreement(renamed, _damaging(()), images, classes, 0.99)
     with pytest.raises(ExportError, match="needs images with their Paddle classes, got 2 and 1"):
         quantize_until_agreement(tiny_fp32, _damaging(()), images, classes[:1], 0.99)
@@ -377,3 +388,115 @@ def test_accuracy_control_says_how_many_images_were_held_out(photos, tmp_path): 
     calibration.require_held_out()  # 38 photographs, 4 calibrate: 34 held out
     assert (len(calibration.used), calibration.held_out) == (4, len(calibration.evaluation) - 4)
     assert calibration.held_out >= 16
+
+
+# -- finer stages: the input's quantization, the stem's first convolution and the rest, each block's two halves ------
+
+FINE = ["input", "stem.conv1", "stem.rest", *(f"blocks.{i}.{h}" for i in range(3) for h in ("attn", "mlp")), "head"]
+
+
+def _owner(weight: str) -> str:
+    """The fine stage a state-dict weight belongs to."""
+    if weight.startswith(("patch_embed.conv1.", "patch_embed.bn1.")):
+        return "stem.conv1"
+    if weight.startswith("patch_embed."):
+        return "stem.rest"
+    if weight.startswith("blocks."):
+        block, layer = weight.split(".")[1:3]
+        return f"blocks.{block}.{'attn' if layer in ('norm1', 'attn') else 'mlp'}"
+    return "head"
+
+
+@pytest.fixture(scope="module")
+def tiny_int8(tiny_fp32, tmp_path_factory):
+    """NNCF's int8 of the loop's tiny model (every linear layer and convolution quantized, the input too)."""
+    from exporters.onnx.quantize import _quantize_nncf, find_calibration_images
+    from lvvit import resolve_preset
+    from validation.photos import write_sample_photos
+
+    pytest.importorskip("skimage")
+    folder = tmp_path_factory.mktemp("fine_photos")
+    write_sample_photos(folder, variants=1)
+    config = resolve_preset("lvvit_s", 32).preprocess
+    quantized, _ = _quantize_nncf(tiny_fp32, find_calibration_images(folder, config, 4), config, target="vnni")
+    return quantized
+
+
+@pytest.mark.parametrize("graph", ["fp32", "int8"])
+def test_the_fine_stages_partition_the_graph(tiny_fp32, tiny_int8, graph):
+    from exporters.onnx.stage_map import control_ends, partition
+
+    proto = tiny_fp32 if graph == "fp32" else tiny_int8
+    parts = partition(proto, control_ends(proto, 3, fine=True))
+    assert list(parts) == FINE
+    named = [name for names in parts.values() for name in names]
+    assert sorted(named) == sorted(n.name for n in proto.graph.node)  # every node in exactly one stage
+    where = {name: stage for stage, names in parts.items() for name in names}
+    initializers = {i.name for i in proto.graph.initializer}
+    from exporters.onnx.stage_map import _Graph
+
+    weights = _Graph(proto)
+    for node in proto.graph.node:
+        if node.op_type not in ("Conv", "MatMul", "LayerNormalization", "BatchNormalization") or len(node.input) < 2:
+            continue
+        weight = weights.weight_name(node.input[1])
+        if weight is None or weight not in initializers | {weights.weight_name(n.output[0]) for n in proto.graph.node
+                                                           if n.op_type == "DequantizeLinear"}:  # fmt: skip
+            continue
+        expected = _owner(weight)
+        assert where[node.name] == expected, (node.name, weight, where[node.name])
+    quantizes_image = [n.name for n in proto.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "image"]
+    if graph == "fp32":
+        assert parts["input"] == [] and not quantizes_image  # a float graph reads the image as it is
+    else:  # the image's QuantizeLinear and DequantizeLinear, nothing else
+        assert len(quantizes_image) == 1 and len(parts["input"]) == 2 and quantizes_image[0] in parts["input"]
+
+
+def test_the_loop_keeps_only_the_damaged_half_block(tiny_fp32):
+    from exporters.onnx.accuracy_control import quantize_until_agreement
+
+    images, classes = _images_and_classes(tiny_fp32)
+    messages: list[str] = []
+    result = quantize_until_agreement(tiny_fp32, _damaging((1,), half="mlp"), images, classes, 0.99,
+                                      log=messages.append)  # fmt: skip
+    first = result.steps[0]
+    assert first.kept == () and first.agreement < 0.99 and list(first.errors) == FINE
+    assert first.errors["blocks.1.mlp"] > 0.01 and first.errors["blocks.1.attn"] == 0.0  # the half it is in
+    assert max(first.errors, key=first.errors.get) == "blocks.1.mlp"
+    assert result.reached and result.kept == ("blocks.1.mlp",) and result.agreement == 1.0
+    assert "keeping blocks.1.mlp in float next" in "\n".join(messages)
+    attention = quantize_until_agreement(tiny_fp32, _damaging((1,), half="attn"), images, classes, 0.99)
+    assert attention.reached and attention.kept == ("blocks.1.attn",)
+
+
+def test_keeping_the_input_in_float_takes_out_its_quantizer_only(tiny_int8):
+    import onnxruntime as ort
+
+    from exporters.onnx.accuracy_control import float_input
+
+    floated = copy.deepcopy(tiny_int8)
+    assert float_input(floated) == 1
+    assert not [n for n in floated.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "image"]
+    first_conv = next(n for n in floated.graph.node if n.op_type == "Conv")
+    assert first_conv.input[0] == "image" and len(floated.graph.node) == len(tiny_int8.graph.node) - 2
+    x = np.random.default_rng(3).normal(0, 1, (2, 3, 32, 32)).astype(np.float32)
+    sessions = [ort.InferenceSession(p.SerializeToString(), providers=["CPUExecutionProvider"])
+                for p in (tiny_int8, floated)]  # fmt: skip
+    outputs = [session.run(None, {"image": x})[0] for session in sessions]
+    assert np.isfinite(outputs[1]).all() and not np.array_equal(outputs[0], outputs[1])
+
+
+def test_the_loop_measures_agreement_on_openvino_when_asked(tiny_fp32):
+    from exporters.errors import ExportError
+    from exporters.onnx.accuracy_control import quantize_until_agreement
+
+    pytest.importorskip("openvino")
+    images, classes = _images_and_classes(tiny_fp32)
+    on_ort = quantize_until_agreement(tiny_fp32, _damaging((1,), half="mlp"), images, classes, 0.99)
+    on_openvino = quantize_until_agreement(tiny_fp32, _damaging((1,), half="mlp"), images, classes, 0.99,
+                                           runtime="openvino")  # fmt: skip
+    assert on_openvino.kept == on_ort.kept == ("blocks.1.mlp",)
+    # float maths on both: the same classes up to near-ties
+    assert abs(on_openvino.steps[0].agreement - on_ort.steps[0].agreement) <= 2 / len(images)
+    with pytest.raises(ExportError, match="--control-runtime must be one of ort, openvino, got 'tensorrt'"):
+        quantize_until_agreement(tiny_fp32, _damaging(()), images, classes, 0.99, runtime="tensorrt")

@@ -88,10 +88,15 @@ def bench_paths(threads: int, streams: int, include: set[str] | None) -> list[Be
             "openvino-int8", "OpenVINO, int8 QDQ (nncf)", "openvino", "int8", {"precision": "f32", **run}, "int8"
         ),
     ]
-    on_request = [  # exported only when listed: accuracy control takes minutes; the unfolded file is a comparison
-        ("openvino-int8-ac", "OpenVINO, int8 QDQ (nncf, accuracy control)", "int8_ac"),
+    on_request = [  # exported only when listed: accuracy control takes minutes; the others are comparisons
+        ("openvino-int8-ac", "OpenVINO, int8 QDQ (nncf, accuracy control: fine stages, agreement on OpenVINO)",
+         "int8_ac"),
+        ("openvino-int8-ac-whole", "OpenVINO, int8 QDQ (nncf, accuracy control: whole stages, agreement on OpenVINO)",
+         "int8_ac_whole"),
         ("openvino-int8-unfolded", "OpenVINO, int8 QDQ (nncf, SmoothQuant's Multiply nodes left)", "int8_unfolded"),
-    ]
+        ("openvino-int8-vnni", "OpenVINO, int8 QDQ (nncf, every linear layer in int8: --int8-target vnni)",
+         "int8_vnni"),
+    ]  # fmt: skip
     for name, what, artifact in on_request:
         if include is not None and name in include:
             paths.append(BenchPath(name, what, "openvino", artifact, {"precision": "f32", **run}, "int8"))
@@ -118,6 +123,19 @@ def user_file_paths(onnx: Path, preset: Preset, weights: Path | None, threads: i
             file=onnx,
         ),
     ]  # fmt: skip
+
+
+def fastest_meeting_gate(results: list[PathResult], batch: int, gate: float) -> dict[str, Any] | None:
+    """The path with the highest throughput at `batch` among those whose top-1 agreement with Paddle eager is at least
+    `gate`, and the runners-up whose interquartile ranges overlap its own (within this run's noise)."""
+    timed = [r for r in results if not r.skipped and batch in r.timings and r.drift.get("top1_agreement", -1) >= gate]
+    if not timed:
+        return None
+    best = max(timed, key=lambda r: r.timings[batch]["images_per_s"])
+    fastest = best.timings[batch]
+    close = [r.name for r in timed if r is not best and r.timings[batch]["p25_ms"] <= fastest["p75_ms"]]
+    return {"batch": batch, "gate": gate, "path": best.name, "images_per_s": fastest["images_per_s"],
+            "top1_agreement": best.drift["top1_agreement"], "within_noise": close}  # fmt: skip
 
 
 def _open_all(
@@ -155,6 +173,7 @@ def _tile(images: np.ndarray, batch: int) -> np.ndarray:
 # for ~50 ms: measured 0.2 and 0.05 CPU-seconds in the half second after a batch. Without a pause the next
 # path in the round would share the cores with them.
 DEFAULT_SETTLE_MS = 300
+AGREEMENT_GATE = 0.99  # top-1 agreement with Paddle eager fp32 a path must reach to be recommended (the int8 gate's)
 
 
 def time_interleaved(
@@ -313,6 +332,8 @@ def run_bench(
         "measured_sgemm_gfma_per_s_range": [float(min(sgemm_rates)), float(max(sgemm_rates))],
         "measured_floor_ms_batch1": ms_at_rate(macs, sgemm),
         "paths": [r.__dict__ for r in results],
+        # the answer a user wants from the table: what to ship on this CPU
+        "fastest_meeting_gate": [f for b in batch_sizes if (f := fastest_meeting_gate(results, b, AGREEMENT_GATE))],
     }
 
 
@@ -358,8 +379,9 @@ def add_parser(subparsers) -> None:
         default=None,
         help="comma-separated subset of: paddle-eager, paddle-inference, ort-fp32, ort-fused, "
         "openvino-f32, openvino-bf16, ort-int8, openvino-int8 (default: all), and, exported only when listed "
-        "here, openvino-int8-ac (int8 with accuracy control) and openvino-int8-unfolded (nncf int8 with "
-        "SmoothQuant's Multiply nodes left, to compare with the folded file)",
+        "here, openvino-int8-ac (int8 with accuracy control, fine stages), openvino-int8-ac-whole (whole stages), "
+        "openvino-int8-unfolded (nncf int8 with SmoothQuant's Multiply nodes left, to compare with the folded "
+        "file) and openvino-int8-vnni (every linear layer in int8, whatever this CPU's --int8-target)",
     )
     parser.add_argument(
         "--onnx",

@@ -21,10 +21,18 @@ class Artifacts:
     images: Path  # the real images: calibration and drift
     int8_ac: Path | None = None  # NNCF int8 with accuracy control (exported only when a path asks for it)
     int8_unfolded: Path | None = None  # NNCF int8 with SmoothQuant's Multiply nodes left (only when asked for)
+    int8_ac_whole: Path | None = None  # accuracy control with whole stages (only when asked for)
+    int8_vnni: Path | None = None  # NNCF int8 with every linear layer quantized (only when asked for)
 
 
-# The exports made only when a bench path asks for them: FastPath options on top of NNCF int8.
-EXTRA_INT8 = {"int8_ac": {"accuracy_control": True}, "int8_unfolded": {"fold_smooth_quant": False}}
+# The exports made only when a bench path asks for them: FastPath options on top of NNCF int8. Accuracy control
+# measures its agreement on OpenVINO, the runtime of its bench row.
+EXTRA_INT8 = {
+    "int8_ac": {"accuracy_control": True, "control_runtime": "openvino"},
+    "int8_ac_whole": {"accuracy_control": True, "control_runtime": "openvino", "control_stages": "whole"},
+    "int8_unfolded": {"fold_smooth_quant": False},
+    "int8_vnni": {"int8_target": "vnni"},
+}
 
 
 def source_fingerprint(*packages: Path) -> str:
@@ -77,7 +85,7 @@ def prepare_artifacts(
         "images": str(images),
         "calibration_count": calibration_count,
         "extras": sorted(extras),
-        "max_float_stages": max_float_stages if "int8_ac" in extras else None,
+        "max_float_stages": max_float_stages if {"int8_ac", "int8_ac_whole"} & set(extras) else None,
         "kit": package_version("lvvit-deploy"),
         "exporter_sources": exporter_fingerprint(),
     }
@@ -94,7 +102,8 @@ def prepare_artifacts(
         int8 = FastPath(quantize="int8", calibration=images, calibration_count=calibration_count, quantizer=quantizer)
         files[name] = export_onnx(**common, fast=int8).path
     for name in sorted(extras):  # accuracy control's images are the calibration folder's, as for the exporter's
-        options = {**EXTRA_INT8[name], **({"max_float_stages": max_float_stages} if name == "int8_ac" else {})}
+        control = EXTRA_INT8[name].get("accuracy_control")
+        options = {**EXTRA_INT8[name], **({"max_float_stages": max_float_stages} if control else {})}
         extra = FastPath(quantize="int8", calibration=images, calibration_count=calibration_count, **options)
         files[name] = export_onnx(**common, fast=extra).path
     del common["verify"]

@@ -158,5 +158,11 @@ def bench_blocks(report: dict[str, Any]) -> tuple[str, list[Block]]:
     margin = next((p["drift"]["reference_median_top2_margin"] for p in paths if p["drift"]), None)
     if margin is not None:
         notes.append(f"Median top-1/top-2 logit margin of the reference on these images: {margin:.3g}.")
+    for best in report.get("fastest_meeting_gate", []):  # older reports have none
+        noise = f"; within this run's noise of it: {', '.join(best['within_noise'])}" if best["within_noise"] else ""
+        notes.append(
+            f"Fastest path at batch {best['batch']} with top-1 agreement >= {best['gate']:.0%}: {best['path']} "
+            f"({best['images_per_s']:.2f} img/s, {best['top1_agreement']:.1%}){noise}."
+        )
     blocks += [Paragraph(note) for note in notes]
     return title, blocks

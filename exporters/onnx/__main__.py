@@ -13,6 +13,7 @@ from lvvit.interrupt import interrupts_exit
 from lvvit.memory import MemoryBudgetError, parse_size
 from lvvit.presets import get_preset, list_presets
 
+from .accuracy_control import CONTROL_RUNTIMES
 from .export import (
     DEFAULT_ATOL,
     DEFAULT_OPSET,
@@ -24,7 +25,8 @@ from .export import (
     export_onnx,
     export_paddle_inference,
 )
-from .fast_path import INT8_MIN_AGREEMENT, PRECISIONS, FastPath
+from .fast_path import CONTROL_STAGES, INT8_MIN_AGREEMENT, PRECISIONS, FastPath
+from .int8_target import INT8_TARGETS
 from .quantize import QUANTIZERS
 
 
@@ -187,6 +189,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="no progress bars on stderr (int8 calibration passes, accuracy control's runs)",
     )
     fast.add_argument(
+        "--control-stages",
+        choices=CONTROL_STAGES,
+        default="fine",
+        help="with --accuracy-control: fine (default): the input's quantization, the stem's first convolution and "
+        "the rest, each block's attention and MLP halves, the head; whole: the stem, each block, the head",
+    )
+    fast.add_argument(
+        "--control-runtime",
+        choices=CONTROL_RUNTIMES,
+        default="ort",
+        help="with --accuracy-control: the runtime whose top-1 agreement the loop measures, the int8 graph as "
+        "shipped: ort (default; the export's gate runs it too) or openvino (the runtime that ships the nncf file)",
+    )
+    fast.add_argument(
+        "--int8-target",
+        choices=INT8_TARGETS,
+        default="auto",
+        help="with --quantize int8 (nncf): the CPU the file is for. vnni: every linear layer and convolution in "
+        "int8 (OpenVINO's int8 linear layers need VNNI / AMX to beat f32); avx2: the convolutions only, the "
+        "linear layers in f32 (on AVX2 without VNNI OpenVINO's int8 GEMM is no faster than its f32 one); auto "
+        "(default): the CPU at hand's, printed. Files: <preset>_int8.onnx, or _int8_vnni / _int8_avx2 when given",
+    )
+    fast.add_argument(
         "--max-float-stages",
         type=_count,
         default=None,
@@ -263,6 +288,9 @@ def _export(args: argparse.Namespace, common: dict):
         max_float_stages=args.max_float_stages,
         fold_smooth_quant=not args.keep_smooth_quant_muls,
         progress=not args.no_progress,
+        int8_target=args.int8_target,
+        control_stages=args.control_stages,
+        control_runtime=args.control_runtime,
     )
     return export_onnx(
         **common, opset=args.opset, verify=not args.no_verify, atol=args.atol, fast=fast, max_memory=args.max_memory

@@ -10,6 +10,11 @@ The loop, per step:
 3. stop when the agreement reaches the target; otherwise keep in float the stage that adds the most error,
    and go again.
 
+The stages (`stage_map.control_ends`) are fine by default: the input's quantization, the stem's first convolution
+and its other three, each block's attention half and MLP half, the head. Whole stages (the stem, a block, the
+head) kept the stem's four convolutions in float, about a fifth of lvvit_s's MACs, where one of them, or the
+input's quantization, held the error. The agreement can be measured on OpenVINO, the runtime that ships the file.
+
 Why the kit's own loop and not NNCF's `quantize_with_accuracy_control` (tried first, nncf 3.4):
 - its ONNX backend ranks quantizers by the metric alone (the NMSE ranking over logits raises
   UnsupportedBackendError for ONNX), and top-1 agreement on a few dozen images ties most of lvvit_s's 118
@@ -34,9 +39,10 @@ import numpy as np
 import onnx
 
 from ..errors import ExportError
-from .stage_map import Mapped, graph_depth, map_stages, stage_nodes, with_outputs
+from .stage_map import Mapped, control_ends, graph_depth, partition, with_outputs
 
 BATCH = 8  # images per run: bounds the memory of the exposed stages (16 blocks x tokens x width per image)
+CONTROL_RUNTIMES = ("ort", "openvino")  # where the loop measures the agreement of the graph as shipped
 
 
 @dataclass(frozen=True)
@@ -72,34 +78,46 @@ def quantize_until_agreement(
     max_float_stages: int | None = None,
     log: Callable[[str], None] | None = None,
     progress: bool = False,
+    fine: bool = True,
+    runtime: str = "ort",
 ) -> ControlledInt8:
     """int8 of `proto` with the fewest stages kept in float (greedily) for top-1 agreement >= `min_agreement`.
 
     `quantize(proto, ignored_node_names)` makes the int8 graph; `reference_top1` are Paddle fp32's classes for
-    `images`. Stops after `max_float_stages` stages kept (None: until every stage is float). When no step met
-    the target, the result is the step with the best agreement (the fewest stages in float among equals),
-    with `reached=False`; the export's gate then decides. `progress`: a bar on stderr over each step's runs.
+    `images`. Stages: `stage_map.control_ends` (`fine`: the input's quantization, the stem's first convolution
+    and the rest, each block's attention and MLP halves; else the stem and whole blocks), and the head. The
+    agreement is measured on `runtime` (ONNX Runtime or OpenVINO, the int8 graph as shipped); the error each
+    stage adds, on ONNX Runtime. Stops after `max_float_stages` stages kept (None: until every stage is float).
+    When no step met the target, the result is the step with the best agreement (the fewest stages in float
+    among equals), with `reached=False`; the export's gate then decides. `progress`: a bar on
+    stderr over each step's runs.
     """
+    if runtime not in CONTROL_RUNTIMES:
+        raise ExportError(f"--control-runtime must be one of {', '.join(CONTROL_RUNTIMES)}, got {runtime!r}")
     say = log or (lambda message: None)
     if len(images) != len(reference_top1) or not len(images):
         raise ExportError(f"accuracy control needs images with their Paddle classes, got {len(images)} and "
                           f"{len(reference_top1)}")  # fmt: skip
     depth, aux_head = graph_depth(proto)
     try:
-        parts = stage_nodes(proto, map_stages(proto, depth, aux_head))
+        parts = partition(proto, control_ends(proto, depth, aux_head, fine))
     except ValueError as exc:
         raise ExportError(f"accuracy control needs the graph's stages: {exc}") from exc
-    order = list(parts)  # stem, blocks.0 .. blocks.N-1, head
+    order = list(parts)  # in network order, head last
     limit = len(order) if max_float_stages is None else min(max_float_stages, len(order))
-    fp32 = _StageRunner(proto, depth, aux_head, "the fp32 graph")
+    fp32 = _StageRunner(proto, depth, aux_head, "the fp32 graph", fine)
     result = ControlledInt8(proto)
     kept: list[str] = []
     while True:
         started = time.perf_counter()
         quantized = quantize(proto, [name for stage in kept for name in parts[stage]])
-        cut = _StageRunner(quantized, depth, aux_head, "the int8 graph", cut=True)
+        if "input" in kept:  # no node of the float graph is the input's quantizer: take NNCF's out
+            float_input(quantized)
+        cut = _StageRunner(quantized, depth, aux_head, "the int8 graph", fine, cut=True)
         desc = f"accuracy control, step {len(result.steps) + 1}: measuring"
-        agreement, errors = _measure(fp32, _session(quantized), cut, images, reference_top1, desc, progress)
+        agreement, errors = _measure(
+            fp32, _shipped(quantized, runtime), cut, images, reference_top1, desc, progress
+        )
         step = ControlStep(tuple(kept), agreement, errors, time.perf_counter() - started)
         best = result.agreement
         result.steps.append(step)
@@ -127,30 +145,32 @@ def _finite_or_worst(value: float) -> float:
 
 
 class _StageRunner:
-    """A graph on ONNX Runtime's CPU provider with the stem's and every block's tensor as extra outputs.
+    """A graph on ONNX Runtime's CPU provider with every stage's end tensor (`control_ends`) as an extra output.
 
     `cut=True`: every stage's tensor is also an input (its producer writes `<name>:local` instead), so each
     stage runs on the values fed for the stage before it, and its output is the error it adds by itself.
+    A stage that ends at the graph's input (`input`, in a graph that does not quantize it) is the batch itself.
     """
 
-    def __init__(self, proto: onnx.ModelProto, depth: int, aux_head: bool, what: str, cut: bool = False) -> None:
+    def __init__(
+        self, proto: onnx.ModelProto, depth: int, aux_head: bool, what: str, fine: bool, cut: bool = False
+    ) -> None:
         import onnxruntime as ort
 
-        mapped = map_stages(proto, depth, aux_head)
-        stages = ["stem", *(f"blocks.{i}" for i in range(depth))]
-        missing = [s for s in stages if not isinstance(mapped[s], Mapped)]
+        ends = control_ends(proto, depth, aux_head, fine)
+        missing = [s for s, end in ends.items() if not isinstance(end, Mapped)]
         if missing:
             raise ExportError(f"accuracy control: {what} hides the stages {', '.join(missing)}")
-        self.tensors = {s: mapped[s].tensor for s in stages}  # type: ignore[union-attr]
-        self.stages = [*stages, "head"]  # what `run` returns, in network order
-        self.fed = list(self.tensors.values()) if cut else []
-        graph = _cut(proto, self.fed) if cut else proto
-        outputs = {s: t + _LOCAL if t in self.fed else t for s, t in self.tensors.items()}
-        instrumented = with_outputs(graph, outputs.values())
-        self.session = ort.InferenceSession(instrumented.SerializeToString(), providers=["CPUExecutionProvider"])
         self.input = proto.graph.input[0].name
         self.output = proto.graph.output[0].name
-        self.outputs = outputs
+        self.tensors = {s: end.tensor for s, end in ends.items()}  # type: ignore[union-attr]
+        self.stages = [*ends, "head"]  # what `run` returns, in network order
+        inner = {s: t for s, t in self.tensors.items() if t != self.input}
+        self.fed = list(inner.values()) if cut else []
+        graph = _cut(proto, self.fed) if cut else proto
+        self.outputs = {s: t + _LOCAL if t in self.fed else t for s, t in inner.items()}
+        instrumented = with_outputs(graph, self.outputs.values())
+        self.session = ort.InferenceSession(instrumented.SerializeToString(), providers=["CPUExecutionProvider"])
 
     def run(self, batch: np.ndarray, fed: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """stage -> value (`head`: the graph's output); `fed`: the stage values the cut graph runs on."""
@@ -158,7 +178,27 @@ class _StageRunner:
         feed = {self.input: batch, **fed_values}
         names = [self.output, *self.outputs.values()]
         values = dict(zip(names, self.session.run(names, feed), strict=True))
-        return {"head": values[self.output], **{s: values[t] for s, t in self.outputs.items()}}
+        found = {s: values[t] for s, t in self.outputs.items()}
+        at_input = {s: batch for s, t in self.tensors.items() if t == self.input}
+        return {"head": values[self.output], **{s: at_input.get(s, found.get(s)) for s in self.tensors}}
+
+
+def float_input(proto: onnx.ModelProto) -> int:
+    """Remove the QuantizeLinear -> DequantizeLinear pairs on the graph's input, in place: their readers read the
+    input itself. Returns how many pairs were removed."""
+    graph = proto.graph
+    image = graph.input[0].name
+    quantizers = [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == image]
+    removed = 0
+    for quantize in quantizers:
+        dequantizers = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] == quantize.output[0]]
+        for dequantize in dequantizers:
+            for node in graph.node:
+                node.input[:] = [image if name == dequantize.output[0] else name for name in node.input]
+            graph.node.remove(dequantize)
+        graph.node.remove(quantize)
+        removed += 1
+    return removed
 
 
 _LOCAL = ":local"
@@ -185,17 +225,28 @@ def _standardized(value: np.ndarray) -> np.ndarray:
     return value / np.maximum(value.std(axis=-1, keepdims=True), 1e-12)
 
 
-def _session(proto: onnx.ModelProto):
-    """The graph as it ships, on ONNX Runtime's CPU provider as the export's verification runs it (exposing
-    tensors would keep ONNX Runtime from fusing across them, and could change the answer)."""
+def _shipped(proto: onnx.ModelProto, runtime: str) -> Callable[[np.ndarray], np.ndarray]:
+    """The graph as it ships (no tensor exposed: that could keep a runtime from fusing, and change the answer), on
+    ONNX Runtime's CPU provider as the export's verification runs it, or on OpenVINO's CPU plugin as the kit's
+    OpenVINO predictor runs an int8 file (f32 inference precision: int8 where the file quantizes)."""
+    if runtime == "openvino":
+        import openvino as ov
+
+        core = ov.Core()
+        model = core.read_model(proto.SerializeToString(), b"")  # the kit's files hold their weights inline
+        compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": ov.Type.f32})
+        request = compiled.create_infer_request()
+        return lambda batch: np.array(request.infer({0: batch})[compiled.output(0)])
     import onnxruntime as ort
 
-    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda batch: session.run(None, {name: batch})[0]
 
 
 def _measure(
     fp32: _StageRunner,
-    int8,
+    int8: Callable[[np.ndarray], np.ndarray],
     cut: _StageRunner,
     images: np.ndarray,
     reference_top1: np.ndarray,
@@ -213,7 +264,7 @@ def _measure(
     for start in tqdm(range(0, len(images), BATCH), desc, unit="batch", file=sys.stderr, disable=not progress):
         batch = images[start : start + BATCH]
         want = fp32.run(batch)
-        logits = int8.run(None, {int8.get_inputs()[0].name: batch})[0]
+        logits = int8(batch)
         agree += int((logits.argmax(1) == reference_top1[start : start + BATCH]).sum())
         got = cut.run(batch, fed=want)
         for stage, value in want.items():

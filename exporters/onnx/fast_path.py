@@ -10,6 +10,8 @@ from lvvit.presets import PreprocessConfig, Preset
 from lvvit.progress import Log
 
 from ..errors import ExportError
+from .accuracy_control import CONTROL_RUNTIMES
+from .int8_target import INT8_TARGETS
 from .quantize import QUANTIZERS
 from .verify import Tolerance
 
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
 FP16_ATOL = 5e-2  # half precision carries ~3 significant digits
 INT8_MIN_AGREEMENT = 0.99  # int8 is gated on top-1 agreement with Paddle fp32 on real images
 PRECISIONS = ("fp32", "fp16")
+CONTROL_STAGES = ("fine", "whole")
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,9 @@ class FastPath:
     max_float_stages: int | None = None  # accuracy control: stop after this many stages kept in float (None: all)
     fold_smooth_quant: bool = True  # nncf: fold SmoothQuant's Multiply nodes into the LayerNorm before them (exact)
     progress: bool = True  # int8: progress bars on stderr over calibration and accuracy control's runs
+    int8_target: str = "auto"  # nncf: which CPU's int8 kernels the file is for (see int8_target)
+    control_stages: str = "fine"  # accuracy control: "fine" (input, stem halves, block halves) or "whole"
+    control_runtime: str = "ort"  # accuracy control: where the loop measures agreement ("ort" or "openvino")
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -59,6 +65,19 @@ class FastPath:
                               f"got {self.max_float_stages}")  # fmt: skip
         if not self.fold_smooth_quant and (self.quantize != "int8" or self.quantizer != "nncf"):
             raise ExportError("--keep-smooth-quant-muls applies to --quantize int8 with --quantizer nncf")
+        if self.control_stages not in CONTROL_STAGES:
+            raise ExportError(
+                f"--control-stages must be one of {', '.join(CONTROL_STAGES)}, got {self.control_stages!r}"
+            )
+        if self.control_runtime not in CONTROL_RUNTIMES:
+            runtimes = ", ".join(CONTROL_RUNTIMES)
+            raise ExportError(f"--control-runtime must be one of {runtimes}, got {self.control_runtime!r}")
+        if (self.control_stages, self.control_runtime) != ("fine", "ort") and not self.accuracy_control:
+            raise ExportError("--control-stages and --control-runtime apply to --accuracy-control")
+        if self.int8_target not in INT8_TARGETS:
+            raise ExportError(f"--int8-target must be one of {', '.join(INT8_TARGETS)}, got {self.int8_target!r}")
+        if self.int8_target != "auto" and (self.quantize != "int8" or self.quantizer != "nncf"):
+            raise ExportError("--int8-target applies to --quantize int8 with --quantizer nncf")
         if self.quantize and (self.optimize or self.precision != "fp32"):
             raise ExportError("--quantize int8 applies to the portable fp32 graph; drop --optimize / --precision")
 
@@ -73,9 +92,12 @@ class FastPath:
     @property
     def tag(self) -> str:
         """File-name suffix: '', '_ort' (fused), '_fp16', '_int8' (nncf), '_int8_ac' (nncf with accuracy control),
-        '_int8_unfolded' (nncf, SmoothQuant's Multiply nodes left), '_int8_ortq' (ONNX Runtime's quantizer)."""
+        '_int8_ac_whole' (its whole stages), '_int8_unfolded' (nncf, SmoothQuant's Multiply nodes left), each with
+        '_vnni' / '_avx2' for an explicit --int8-target, '_int8_ortq' (ONNX Runtime's quantizer)."""
         if self.quantize and self.quantizer == "nncf":
-            return "_int8_ac" if self.accuracy_control else "_int8" if self.fold_smooth_quant else "_int8_unfolded"
+            ac = "_int8_ac_whole" if self.control_stages == "whole" else "_int8_ac"
+            base = ac if self.accuracy_control else "_int8" if self.fold_smooth_quant else "_int8_unfolded"
+            return base if self.int8_target == "auto" else f"{base}_{self.int8_target}"
         if self.quantize:
             return "_int8_ortq"
         return "_fp16" if self.precision == "fp16" else "_ort" if self.optimize else ""
@@ -132,21 +154,33 @@ def apply_fast_path(
 
         if calibration is None or images is None or (fast.accuracy_control and reference_top1 is None):
             raise ExportError("int8 needs the calibration images (and, for accuracy control, Paddle's classes)")
+
+        from .int8_target import resolve_int8_target, slower_than_f32_warning
+
+        target, why = resolve_int8_target(fast.int8_target)
+        if fast.quantizer == "nncf":
+            linear = "every linear layer" if target == "vnni" else "the convolutions only (linear layers in f32)"
+            log(f"      int8 for {target}: {linear} ({why})")
+        warning = slower_than_f32_warning(fast.quantizer, target)
+        if warning:
+            log(f"      {warning}")
         indent = lambda m: log("      " + m)  # noqa: E731
         if fast.accuracy_control:
             from .quantize import quantize_int8_accuracy_controlled
 
             log(
                 f"      accuracy control: top-1 agreement >= {fast.min_int8_agreement:.1%} on {len(images)} images "
-                f"({calibration.held_out} of them held out from calibration)"
+                f"({calibration.held_out} of them held out from calibration), measured on {fast.control_runtime}; "
+                f"{fast.control_stages} stages"
             )
             proto, float_stages = quantize_int8_accuracy_controlled(
                 proto, calibration, spec.preprocess, images, reference_top1, fast.min_int8_agreement,
-                fast.max_float_stages, indent, fast.progress,
+                fast.max_float_stages, indent, fast.progress, target, fast.control_stages == "fine",
+                fast.control_runtime,
             )  # fmt: skip
         else:
             proto = quantize_int8(proto, calibration, spec.preprocess, fast.quantizer, indent,
-                                  fast.fold_smooth_quant, fast.progress)  # fmt: skip
+                                  fast.fold_smooth_quant, fast.progress, target)  # fmt: skip
     return proto, float_stages
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -158,13 +159,16 @@ def quantize_int8(
     log: Callable[[str], None] | None = None,
     fold: bool = True,
     progress: bool = False,
+    target: str = "vnni",
 ) -> onnx.ModelProto:
-    """The int8 QDQ graph of `proto`, calibrated on `calibration`'s images with `quantizer`; nncf's with
-    SmoothQuant's Multiply nodes after a LayerNorm folded into it unless `fold` is False (for comparison).
-    `progress`: a bar on stderr over the calibration images."""
+    """The int8 QDQ graph of `proto`, calibrated on `calibration`'s images with `quantizer`; nncf's for `target`
+    (see `int8_target`), with SmoothQuant's Multiply nodes after a LayerNorm folded into it unless `fold` is False
+    (for comparison). `progress`: a bar on stderr over the calibration images."""
     if quantizer == "nncf":
-        quantized, folded = _quantize_nncf(proto, calibration, config, fold=fold, progress=progress)
-        if log is not None:
+        quantized, folded = _quantize_nncf(proto, calibration, config, fold=fold, progress=progress, target=target)
+        kept = "" if target == "vnni" else "; linear layers in f32 (no int8 GEMM faster than f32 without VNNI)"
+        quantized.graph.doc_string = f"int8 (nncf) for {target}{kept}"
+        if log is not None and folded is not None:
             log(f"folded {folded.describe()}" if fold else "SmoothQuant's Multiply nodes left as NNCF wrote them")
         return quantized
     if quantizer == "ort":
@@ -179,12 +183,14 @@ def _quantize_nncf(
     ignored: Sequence[str] = (),
     fold: bool = True,
     progress: bool = False,
+    target: str = "vnni",
 ) -> tuple[onnx.ModelProto, FoldReport | None]:
     """NNCF's int8 QDQ graph, SmoothQuant's Multiply nodes after a LayerNorm folded (unless `fold` is False), and
-    what was folded;
-    the nodes named in `ignored` (and their inputs) stay in float."""
+    what was folded; the nodes named in `ignored` (and their inputs) stay in float, and for `target` 'avx2' every
+    MatMul too, without SmoothQuant (it scales the inputs of int8 MatMuls; there are none)."""
     try:
         import nncf
+        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
     except ImportError as exc:
         raise ExportError(
             f"--quantizer nncf needs NNCF: {install_command('int8')} (or use --quantizer ort) ({exc})"
@@ -192,6 +198,12 @@ def _quantize_nncf(
     samples = list(calibration.batches(config))
     bar = CalibrationProgress(len(samples), "nncf", progress)
     dataset = nncf.Dataset(samples, lambda batch: {INPUT_NAME: bar(batch)})
+    linear_in_float = target == "avx2"  # see int8_target: OpenVINO's int8 linear layers need VNNI to pay
+    scope = nncf.IgnoredScope(names=list(ignored), types=["MatMul"] if linear_in_float else [], validate=False)
+    advanced = AdvancedQuantizationParameters(smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1))
+    quiet = logging.getLogger("nncf")  # its handler holds the real stderr: one INFO line per ignored MatMul
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
     try:  # NNCF's own output is silenced; the bar writes to the real stderr, which it took before
         with bar, contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             quantized = nncf.quantize(
@@ -201,11 +213,14 @@ def _quantize_nncf(
                 # symmetric activations: as fast on VNNI and, measured on lvvit_s, closer to fp32 than MIXED
                 preset=nncf.QuantizationPreset.PERFORMANCE,
                 subset_size=len(samples),
-                ignored_scope=nncf.IgnoredScope(names=list(ignored), validate=False) if ignored else None,
+                ignored_scope=scope if ignored or linear_in_float else None,
+                advanced_parameters=advanced if linear_in_float else None,
             )
     except Exception as exc:  # NNCF raises a variety of errors from its backends
         raise ExportError(f"int8 quantization (nncf) failed: {type(exc).__name__}: {exc}") from exc
-    return quantized, fold_smooth_quant_scales(quantized) if fold else None
+    finally:
+        quiet.setLevel(level)
+    return quantized, fold_smooth_quant_scales(quantized) if fold and not linear_in_float else None
 
 
 def quantize_int8_accuracy_controlled(
@@ -218,15 +233,18 @@ def quantize_int8_accuracy_controlled(
     max_float_stages: int | None = None,
     log: Callable[[str], None] | None = None,
     progress: bool = False,
+    target: str = "vnni",
+    fine: bool = True,
+    runtime: str = "ort",
 ) -> tuple[onnx.ModelProto, tuple[str, ...]]:
     """(NNCF int8 that keeps its most sensitive stages in float until top-1 agreement with `reference_top1`
     (Paddle fp32's classes for `images`) reaches `min_agreement`, the stages kept in float) (see `accuracy_control`)."""
     from .accuracy_control import quantize_until_agreement
 
-    folds: list[FoldReport] = []  # one per step, in step order
+    folds: list[FoldReport | None] = []  # one per step, in step order
 
     def quantize(graph: onnx.ModelProto, ignored: list[str]) -> onnx.ModelProto:  # each step measures what ships
-        quantized, folded = _quantize_nncf(graph, calibration, config, ignored, progress=progress)
+        quantized, folded = _quantize_nncf(graph, calibration, config, ignored, progress=progress, target=target)
         folds.append(folded)
         return quantized
 
@@ -239,6 +257,8 @@ def quantize_int8_accuracy_controlled(
         max_float_stages,
         log,
         progress,
+        fine,
+        runtime,
     )
     quantized = controlled.proto
     kept, weighted = float_layers(quantized)
@@ -247,9 +267,11 @@ def quantize_int8_accuracy_controlled(
     if log is not None:
         log(f"accuracy control kept {len(controlled.kept)} stages in float ({stages}): {len(kept)} of {weighted} "
             f"weighted layers: {', '.join(kept) or 'none'}")  # fmt: skip
-        log(f"folded {folded.describe()}")
+        if folded is not None:
+            log(f"folded {folded.describe()}")
     quantized.graph.doc_string = (
-        f"int8 (nncf) with accuracy control; stages kept in float: {stages}; "
+        f"int8 (nncf) for {target} with accuracy control ({'fine' if fine else 'whole'} stages, agreement on "
+        f"{runtime}); stages kept in float: {stages}; "
         f"weighted layers kept in float: {', '.join(kept) or 'none'}"
     )
     return quantized, controlled.kept

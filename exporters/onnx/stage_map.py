@@ -91,6 +91,15 @@ class _Graph:
                 return self.dims.get(tensor if source is None else source.input[0])
         return None
 
+    def before_quantizer(self, tensor: str) -> str:
+        """The float tensor behind a QuantizeLinear -> DequantizeLinear pair (`tensor` itself when there is none)."""
+        node = self.producer.get(tensor)
+        if node is not None and node.op_type == "DequantizeLinear":
+            quantize = self.producer.get(node.input[0])
+            if quantize is not None and quantize.op_type == "QuantizeLinear":
+                return quantize.input[0]
+        return tensor
+
     def nodes_using(self, weight: str, op_types: set[str]) -> list[onnx.NodeProto]:
         found = []
         for node in self.producer.values():
@@ -200,7 +209,7 @@ def with_outputs(proto: onnx.ModelProto, tensors: Iterable[str]) -> onnx.ModelPr
 
 
 def stage_nodes(proto: onnx.ModelProto, mapped: dict[str, Mapped | Unmapped]) -> dict[str, list[str]]:
-    """The names of the nodes that compute each stage from the one before it, in graph order.
+    """The names of the nodes that compute each whole stage from the one before it, in graph order.
 
     `stem`: every node that does not read the stem's tensor (directly or through others); `blocks.i`: the nodes
     that depend on block i-1's residual stream (the stem's, for block 0) but not on block i's; `head`: every
@@ -210,18 +219,67 @@ def stage_nodes(proto: onnx.ModelProto, mapped: dict[str, Mapped | Unmapped]) ->
     """
     depth = sum(stage.startswith("blocks.") for stage in mapped)
     order = ["stem", *(f"blocks.{i}" for i in range(depth))]
-    for stage in order:
-        if not isinstance(mapped.get(stage), Mapped):
-            reason = mapped[stage].reason if isinstance(mapped.get(stage), Unmapped) else "not mapped"
+    return partition(proto, {stage: mapped.get(stage, Unmapped("not mapped")) for stage in order})
+
+
+def control_ends(
+    proto: onnx.ModelProto, depth: int, aux_head: bool = True, fine: bool = False
+) -> dict[str, Mapped | Unmapped]:
+    """The stages of accuracy control but the last (`head`), in network order -> the tensor each ends at.
+
+    Whole stages: `stem`, `blocks.i`. Fine stages (`fine=True`):
+    - `input`: the quantization of the network's input alone; it ends at the first convolution's data input (the
+      image itself in a float graph, its DequantizeLinear in an int8 one);
+    - `stem.conv1` (first convolution, its norm and ReLU) and `stem.rest` (the other three convolutions), split at
+      the second convolution's input, before any quantizer of it (the quantizer belongs to the layer it feeds);
+    - `blocks.i.attn` and `blocks.i.mlp`, split at the residual stream between them: `norm2`'s input.
+    """
+    mapped = map_stages(proto, depth, aux_head)
+    if not fine:
+        return {stage: mapped[stage] for stage in ["stem", *(f"blocks.{i}" for i in range(depth))]}
+    graph = _Graph(proto)
+    ends: dict[str, Mapped | Unmapped] = {}
+    ends["input"] = _conv_input(graph, "patch_embed.conv1.weight", trace=False)
+    ends["stem.conv1"] = _conv_input(graph, "patch_embed.conv2.weight", trace=True)
+    ends["stem.rest"] = mapped["stem"]
+    for i in range(depth):
+        norm = _norm_of(graph, f"blocks.{i}.norm2.weight")
+        ends[f"blocks.{i}.attn"] = (
+            norm if isinstance(norm, Unmapped) else Mapped(norm.input[0], f"input of blocks.{i}.norm2.weight")
+        )
+        ends[f"blocks.{i}.mlp"] = mapped[f"blocks.{i}"]
+    return ends
+
+
+def _conv_input(graph: _Graph, weight: str, trace: bool) -> Mapped | Unmapped:
+    """The data input of the one Conv on `weight`; with `trace`, the float tensor before its quantizer."""
+    convs = graph.nodes_using(weight, {"Conv"})
+    if len(convs) != 1:
+        return Unmapped(f"{len(convs)} Conv nodes use the weight {weight!r} (expected one)")
+    tensor = graph.before_quantizer(convs[0].input[0]) if trace else convs[0].input[0]
+    return Mapped(tensor, f"input of the Conv on {weight}")
+
+
+def partition(proto: onnx.ModelProto, ends: dict[str, Mapped | Unmapped]) -> dict[str, list[str]]:
+    """Every node of `proto` in exactly one stage: the stages of `ends` (in network order, each ending at its
+    tensor) and a last one, `head`, for the rest. A stage holds the nodes that do not depend on its end tensor and
+    are in no stage before it; the `input` stage only those that read the graph's input (constants go to the
+    next). Raises ValueError naming an unmapped stage."""
+    for stage, end in ends.items():
+        if not isinstance(end, Mapped):
+            reason = end.reason if isinstance(end, Unmapped) else "not mapped"
             raise ValueError(f"stage {stage} has no tensor in the graph: {reason}")
     nodes = list(proto.graph.node)
     names = [n.name or f"#{i}" for i, n in enumerate(nodes)]
-    depends = [_depends_on(nodes, mapped[stage].tensor) for stage in order]  # node indices downstream of each
-    everything = set(range(len(nodes)))
-    parts = {"stem": everything - depends[0]}
-    for i in range(depth):
-        parts[f"blocks.{i}"] = depends[i] - depends[i + 1]
-    parts["head"] = depends[depth]
+    remaining = set(range(len(nodes)))
+    parts: dict[str, set[int]] = {}
+    for stage, end in ends.items():
+        part = remaining - _depends_on(nodes, end.tensor)  # type: ignore[union-attr]
+        if stage == "input":
+            part &= _depends_on(nodes, proto.graph.input[0].name)
+        parts[stage] = part
+        remaining -= part
+    parts["head"] = remaining
     return {stage: [names[k] for k in sorted(indices)] for stage, indices in parts.items()}
 
 
