@@ -8,7 +8,7 @@ checking their SHA-256 (`PredictorSpec.materialize`), so a replica on another no
 
 What differs from the uvicorn host, and why: batching is Ray's `@serve.batch` (its batch counts requests, each
 at most `max_batch` images, and it waits `max_wait_ms` for a full batch); the queue bound is Ray's
-`max_queued_requests`, whose 503 comes from Ray's proxy without a Retry-After header; `/metrics` answers for the
+`max_queued_requests`, answered by Ray's own backpressure response (not tested here); `/metrics` answers for the
 replica that took the request. SIGTERM shuts Serve down (replicas finish their requests) and exits 0.
 """
 

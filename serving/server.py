@@ -52,6 +52,16 @@ def bind(endpoint: Endpoint) -> socket.socket:
     return sock
 
 
+def _log_requests(level: str) -> None:
+    """The app's per-request lines (logger `serving`, debug level) to stderr, beside uvicorn's own."""
+    logger = logging.getLogger("serving")
+    logger.setLevel(level.upper())
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+        logger.addHandler(handler)
+
+
 def print_url(url: str) -> None:
     """The first line on stdout once the server listens (`serving.child` waits for it)."""
     print(f"serving on {url}", flush=True)
@@ -80,12 +90,12 @@ def serve(
         model = ServedModel(name, predictor, spec, limits.max_batch)
         batcher = DynamicBatcher(predictor.logits, limits, metrics.observe_batch, metrics.queued.set)
         app = create_app(model, batcher, limits, metrics)
-        logging.getLogger("serving").setLevel(endpoint.log_level.upper())
+        _log_requests(endpoint.log_level)
         config = uvicorn.Config(
             app,
             log_level=endpoint.log_level,
             timeout_graceful_shutdown=limits.drain_timeout_s,
-            access_log=endpoint.log_level == "debug",
+            access_log=False,  # the app logs each request itself, with its latency (at debug level)
         )
         server = uvicorn.Server(config)
         caught: list[int] = []

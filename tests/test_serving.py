@@ -394,13 +394,13 @@ def test_past_the_queue_bound_requests_get_503_and_none_hangs(tiny, reference, p
             np.testing.assert_allclose(logits, reference.logits(batch).ravel(), atol=ATOL)
 
 
-def test_sigterm_drains_the_request_in_flight_then_exits_0(tiny, reference, photos):
+def test_sigterm_drains_the_request_in_flight_then_exits_0_and_debug_logs_it(tiny, reference, photos):
     import signal
     import socket
 
     batch = preprocess_batch(photos[:1], reference.preprocess_config)
     body = json.dumps(_tensor_body([1, 3, 64, 64], data=batch.ravel().tolist())).encode()
-    server = ServerProcess([str(tiny.onnx), "--threads", "1", "--port", "0"])
+    server = ServerProcess([str(tiny.onnx), "--threads", "1", "--port", "0", "--debug"])
     try:
         host, port = server.address.split(":")
         with socket.create_connection((host, int(port)), timeout=30) as sock:
@@ -420,7 +420,9 @@ def test_sigterm_drains_the_request_in_flight_then_exits_0(tiny, reference, phot
         logits = next(o for o in payload["outputs"] if o["name"] == "logits")["data"]
         np.testing.assert_allclose(logits, reference.logits(batch).ravel(), atol=ATOL)
         assert server.process.wait(60) == 0
-        assert "tiny: drained and stopped" in "".join(server.stderr)
+        log = "".join(server.stderr)
+        assert "tiny: drained and stopped" in log
+        assert re.search(r"DEBUG: +POST /v2/models/tiny/infer -> 200 in [0-9.]+ ms", log), log[-2000:]
     finally:
         server.kill()
 

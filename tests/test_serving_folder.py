@@ -127,3 +127,15 @@ def test_command(tiny, folder, tmp_path):
     assert "5/5 [" in result.stderr  # the progress bar
     result = subprocess.run(command, capture_output=True, text=True, timeout=180, env=env)
     assert result.returncode == 1 and "exists: pass --resume" in result.stderr
+
+
+def test_runtimes_and_the_serverless_commands_import_no_server_package():
+    code = (
+        "import sys, runtimes, serving.folder, serving.triton, serving.cli\n"
+        "from runtimes import OrtPredictor\n"
+        "print([m for m in ('fastapi', 'uvicorn', 'starlette', 'ray', 'prometheus_client') if m in sys.modules])"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
