@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 
 import psutil
@@ -67,14 +68,17 @@ def tree_rss(process: psutil.Process) -> int:
 class PeakSampler:
     """Samples the tree RSS of `pid` (default: this process) in a thread; `phase(name)` starts a named phase.
 
-    Use as a context manager. `peak` is the tree's peak over the whole run, `phases` the peak within each phase.
+    Use as a context manager. `peak` is the tree's peak over the whole run, `phases` the peak within each phase,
+    `seconds` each closed phase's wall time.
     """
 
     pid: int | None = None
     period_s: float = PERIOD_S
     peak: int = 0
     phases: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time of each phase
     _phase: str = "start"
+    _since: float = field(default_factory=time.perf_counter)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -106,8 +110,10 @@ class PeakSampler:
     def phase(self, name: str) -> None:
         """Close the current phase (one last sample) and start `name`."""
         self.sample()
+        now = time.perf_counter()
         with self._lock:
-            self._phase = name
+            self.seconds[self._phase] = self.seconds.get(self._phase, 0.0) + now - self._since
+            self._phase, self._since = name, now
         self.sample()
 
     def summary(self) -> dict[str, int]:

@@ -105,6 +105,7 @@ def test_the_file_records_the_exports_peak_memory(tiny_onnx):
     record = json.loads(props[MEMORY_KEY])
     assert record == tiny_onnx.memory
     assert set(record["phases"]) >= {"build", "reference", "program", "convert", "verify"}
+    assert set(record["seconds"]) == set(record["phases"]) - {"end"} and all(s >= 0 for s in record["seconds"].values())
     # the tree's peak is at least this process's RSS once Paddle and ONNX Runtime were loaded
     assert 200 * 2**20 < record["peak_tree_rss"] == max(record["phases"].values())
     assert record["weight_bytes"] == 4 * sum(int(np.prod(v.shape)) for v in create_model(

@@ -88,6 +88,7 @@ def memory_record(memory: PeakSampler, weights: int, estimate: int | None) -> di
     return {
         "peak_tree_rss": summary["peak"],
         "phases": {key.removeprefix("peak."): value for key, value in summary.items() if key != "peak"},
+        "seconds": {phase: round(seconds, 2) for phase, seconds in memory.seconds.items()},
         "weight_bytes": weights,
         "estimate": estimate,
         "sampled_every_s": memory.period_s,
