@@ -29,3 +29,7 @@ class ImageError(LvvitError, ValueError):
 
 class ResolutionError(LvvitError, ValueError):
     """An input resolution the model cannot take."""
+
+
+class CpuInfoError(LvvitError, ValueError):
+    """A cpuinfo file (LVVIT_CPUINFO) that is missing, unreadable or too large."""

@@ -1,57 +1,59 @@
 """int8 for the CPU at hand: which layers an NNCF file quantizes, and the warning when its runtime is slower than f32.
 
-Every branch runs on every CPU: the CPU is read from stored /proc/cpuinfo files of each kind (tests/data/int8_cpuinfo;
-`zen3_epyc.txt` is the AMD EPYC Zen 3 the AVX2 measurements were taken on), through `int8_target.CPUINFO`.
+Every branch runs on every CPU: the CPU is read from stored /proc/cpuinfo files of each kind (tests/data/cpuinfo;
+`zen3.txt` is the AMD EPYC Zen 3 the AVX2 measurements were taken on), through LVVIT_CPUINFO, the kit's one override.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import onnx
 import pytest
 
-from exporters.onnx import int8_target
 from exporters.onnx.int8_target import cpu_int8_target, resolve_int8_target, slower_than_f32_warning
 
+from .conftest import CPUINFO_DIR
 from .test_export_fast_paths import photos  # noqa: F401 (the fixture: 38 real photographs and crops)
 
-STORED = Path(__file__).parent / "data" / "int8_cpuinfo"
 KINDS = {
     "skylake_sp": "avx2",  # AVX-512 without VNNI: OpenVINO's int8 GEMM has no dot-product instruction either
-    "zen3_epyc": "avx2",
+    "zen3": "avx2",
     "cascade_lake": "vnni",
     "ice_lake": "vnni",
     "sapphire_rapids": "vnni",
     "alder_lake": "vnni",  # AVX-VNNI, no AVX-512
-    "zen4_epyc": "vnni",
-    "zen5_epyc": "vnni",
+    "zen4": "vnni",
+    "zen5": "vnni",
 }
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
-def test_each_cpu_kind_gets_its_int8_target_and_the_warning_only_without_vnni(kind):
-    cpuinfo = STORED / f"{kind}.txt"
-    assert cpu_int8_target(cpuinfo) == KINDS[kind]
-    target, why = resolve_int8_target("auto", cpuinfo)
+def test_each_cpu_kind_gets_its_int8_target_and_the_warning_only_without_vnni(kind, monkeypatch):
+    monkeypatch.setenv("LVVIT_CPUINFO", str(CPUINFO_DIR / f"{kind}.txt"))
+    assert cpu_int8_target() == KINDS[kind]
+    target, why = resolve_int8_target("auto")
     has = "has" if target == "vnni" else "has no"
     assert target == KINDS[kind] and why.startswith(f"--int8-target auto: this CPU {has} VNNI")
-    warning = slower_than_f32_warning("nncf", "vnni", cpuinfo)  # every linear layer in int8, for OpenVINO
+    warning = slower_than_f32_warning("nncf", "vnni")  # every linear layer in int8, for OpenVINO
     if KINDS[kind] == "avx2":
         assert warning is not None and "no VNNI: OpenVINO runs int8 linear layers no faster than f32 here" in warning
         assert "--int8-target avx2" in warning and "--quantizer ort" in warning
     else:
         assert warning is None
-    assert slower_than_f32_warning("nncf", "avx2", cpuinfo) is None  # the linear layers stay f32: nothing slower
-    assert slower_than_f32_warning("ort", "vnni", cpuinfo) is None  # ONNX Runtime's int8 is ~2x its f32 on AVX2
+    assert slower_than_f32_warning("nncf", "avx2") is None  # the linear layers stay f32: nothing slower
+    assert slower_than_f32_warning("ort", "vnni") is None  # ONNX Runtime's int8 is ~2x its f32 on AVX2
 
 
-def test_an_unreadable_cpuinfo_is_said_not_guessed(tmp_path):
-    assert cpu_int8_target(tmp_path / "missing") is None
+def test_an_unreadable_cpuinfo_is_said_not_guessed(tmp_path, monkeypatch):
+    from lvvit.errors import CpuInfoError
+
+    monkeypatch.setenv("LVVIT_CPUINFO", str(tmp_path / "missing"))
+    with pytest.raises(CpuInfoError, match="LVVIT_CPUINFO=.*missing: no such file"):
+        resolve_int8_target("auto")
     (tmp_path / "empty").write_text("processor : 0\n")
-    target, why = resolve_int8_target("auto", tmp_path / "empty")
+    monkeypatch.setenv("LVVIT_CPUINFO", str(tmp_path / "empty"))
+    target, why = resolve_int8_target("auto")
     assert target == "avx2" and "VNNI is unknown; taken as absent" in why
-    assert resolve_int8_target("vnni", tmp_path / "empty") == ("vnni", "--int8-target vnni")
+    assert resolve_int8_target("vnni") == ("vnni", "--int8-target vnni")
 
 
 def test_int8_target_is_checked():
@@ -76,7 +78,7 @@ def _int8_matrix_nodes(path) -> tuple[set[str], set[str]]:
             {n.op_type for n in nodes if n.input[1] in weights})  # fmt: skip
 
 
-@pytest.mark.parametrize("stored, target", [("zen3_epyc", "avx2"), ("zen4_epyc", "vnni")])
+@pytest.mark.parametrize("stored, target", [("zen3", "avx2"), ("zen4", "vnni")])
 def test_the_export_quantizes_for_the_cpu_at_hand_and_warns_on_the_slower_branch(
     photos,  # noqa: F811
     tmp_path,
@@ -88,7 +90,7 @@ def test_the_export_quantizes_for_the_cpu_at_hand_and_warns_on_the_slower_branch
 
     from .conftest import TINY
 
-    monkeypatch.setattr(int8_target, "CPUINFO", STORED / f"{stored}.txt")
+    monkeypatch.setenv("LVVIT_CPUINFO", str(CPUINFO_DIR / f"{stored}.txt"))
     messages: list[str] = []
     fast = FastPath(quantize="int8", calibration=photos, calibration_count=4, min_int8_agreement=0.0)
     result = export_onnx("lvvit_s", resolution=32, output=tmp_path / "auto/", fast=fast, log=messages.append, **TINY)

@@ -30,15 +30,14 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
+
+from lvvit.cpuinfo import PROC_CPUINFO, cpu_flags, cpuinfo_field
+from lvvit.cpuinfo import read_cpuinfo as _read_cpuinfo
 
 # AMX-TMUL per core per cycle (Intel's figures for Sapphire Rapids: 1024 bf16 FLOP = 512 bf16 MACs,
 # 2048 int8 OP = 1024 int8 MACs).
 AMX_BF16_MACS_PER_CYCLE = 512
 AMX_INT8_MACS_PER_CYCLE = 1024
-CPUINFO_ENV = "LVVIT_CPUINFO"
-PROC_CPUINFO = Path("/proc/cpuinfo")
-_MAX_CPUINFO_BYTES = 16 << 20  # a 512-thread machine's cpuinfo is under 1 MiB
 
 
 def ms_at_rate(macs: int, gmac_per_s: float) -> float:
@@ -211,41 +210,6 @@ def _int8_path(flags: set[str]) -> str | None:
     return None
 
 
-def _field(text: str, name: str) -> str | None:
-    match = re.search(rf"^{name}\s*:\s*(.+)$", text, re.M)
-    return match.group(1).strip() if match else None
-
-
-def cpuinfo_path() -> Path:
-    """/proc/cpuinfo, or the file LVVIT_CPUINFO names."""
-    override = os.environ.get(CPUINFO_ENV)
-    return Path(override) if override else PROC_CPUINFO
-
-
-def _read() -> tuple[str, Path]:
-    """The cpuinfo text and its file; empty where /proc/cpuinfo does not exist (not Linux)."""
-    from .errors import CpuInfoError
-
-    path = cpuinfo_path()
-    try:
-        with path.open("rb") as file:
-            data = file.read(_MAX_CPUINFO_BYTES + 1)
-    except FileNotFoundError:
-        if path == PROC_CPUINFO:
-            return "", path
-        raise CpuInfoError(f"{CPUINFO_ENV}={path}: no such file") from None
-    except OSError as exc:
-        raise CpuInfoError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    if len(data) > _MAX_CPUINFO_BYTES:
-        raise CpuInfoError(f"{path}: more than {_MAX_CPUINFO_BYTES >> 20} MiB, not a cpuinfo file")
-    return data.decode("utf-8", errors="replace"), path
-
-
-def cpu_flags() -> set[str]:
-    flags = _field(_read()[0], "flags")
-    return set(flags.split()) if flags else set()
-
-
 def has_native_bf16(flags: set[str] | None = None) -> bool:
     """AVX512-BF16 or AMX-BF16: without them OpenVINO emulates bf16, slower than f32."""
     return bool({"avx512_bf16", "amx_bf16"} & (cpu_flags() if flags is None else flags))
@@ -257,19 +221,19 @@ def _int(value: str | None) -> int | None:
 
 def detect_cpu(cores: int | None = None) -> CpuFloor:
     """Read the model name, microarchitecture, clock and native precisions of this CPU (Linux)."""
-    text, path = _read()
-    model_name = _field(text, "model name") or "unknown"
+    text, path = _read_cpuinfo()
+    model_name = cpuinfo_field(text, "model name") or "unknown"
     ghz_match = re.search(r"@\s*([\d.]+)\s*GHz", model_name)
-    mhz = _field(text, "cpu MHz")
+    mhz = cpuinfo_field(text, "cpu MHz")
     if ghz_match:
         clock, source = float(ghz_match.group(1)), "nominal clock from the model name, boost not counted"
     elif mhz:
         clock, source = round(float(mhz) / 1000, 3), "clock from /proc/cpuinfo's cpu MHz, boost not counted"
     else:
         clock, source = 0.0, "no clock in /proc/cpuinfo"
-    flags = set((_field(text, "flags") or "").split())
-    family, model = _int(_field(text, "cpu family")), _int(_field(text, "model"))
-    arch = microarchitecture(_field(text, "vendor_id") or "", family, model, flags)
+    flags = set((cpuinfo_field(text, "flags") or "").split())
+    family, model = _int(cpuinfo_field(text, "cpu family")), _int(cpuinfo_field(text, "model"))
+    arch = microarchitecture(cpuinfo_field(text, "vendor_id") or "", family, model, flags)
     isa = {512: "AVX-512", 256: "AVX2+FMA", 128: "SSE"}[_widest_bits(flags)]
     bf16 = "AMX" if "amx_bf16" in flags else "AVX512-BF16" if "avx512_bf16" in flags else None
     usable = cores or len(os.sched_getaffinity(0))

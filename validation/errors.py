@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from lvvit.comparison import ToleranceError as _CoreToleranceError
+
+# CpuInfoError: raised by lvvit.cpuinfo, the kit's one CPU detection; named here too for validation's callers.
+from lvvit.errors import CpuInfoError as CpuInfoError
 from lvvit.errors import LvvitError
 
 
@@ -20,10 +23,6 @@ class LabelFileError(DatasetError):
 
 class ModelSourceError(ValidationError, ValueError):
     """Model settings that contradict each other (preset vs metadata, weights vs the exported file)."""
-
-
-class CpuInfoError(ValidationError, ValueError):
-    """A cpuinfo file (LVVIT_CPUINFO) that is missing, unreadable or too large."""
 
 
 class ToleranceError(ValidationError, _CoreToleranceError):

@@ -14,46 +14,40 @@ convolutions (and the input they read) only, and keeps the linear layers in f32;
 
 from __future__ import annotations
 
-from pathlib import Path
+from lvvit.cpuinfo import cpu_flags, cpuinfo_path
 
 INT8_TARGETS = ("auto", "vnni", "avx2")
 VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}  # /proc/cpuinfo's names of int8 dot-product instructions
 
-CPUINFO = Path("/proc/cpuinfo")  # read at each call (tests point it at stored files of other CPUs)
 
-
-def cpu_int8_target(cpuinfo: str | Path | None = None) -> str | None:
-    """'vnni' when the CPU described by `cpuinfo` (a file) has an int8 dot-product instruction, 'avx2' when it has
-    none, None when the file cannot be read or lists no flags."""
-    try:
-        text = Path(cpuinfo or CPUINFO).read_text(errors="replace")
-    except OSError:
+def cpu_int8_target() -> str | None:
+    """'vnni' when the CPU at hand (`lvvit.cpuinfo`: /proc/cpuinfo, or the file LVVIT_CPUINFO names) has an int8
+    dot-product instruction, 'avx2' when it has none, None when its cpuinfo lists no flags."""
+    flags = cpu_flags()
+    if not flags:
         return None
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), None)
-    if flags is None:
-        return None
-    return "vnni" if VNNI_FLAGS & set(flags) else "avx2"
+    return "vnni" if VNNI_FLAGS & flags else "avx2"
 
 
-def resolve_int8_target(target: str, cpuinfo: str | Path | None = None) -> tuple[str, str]:
+def resolve_int8_target(target: str) -> tuple[str, str]:
     """(the target, why): `auto` becomes the CPU at hand's; a CPU whose flags cannot be read counts as without VNNI,
     and the reason says so."""
     if target != "auto":
         return target, f"--int8-target {target}"
-    found = cpu_int8_target(cpuinfo)
+    found = cpu_int8_target()
     if found is None:
-        return "avx2", f"--int8-target auto: no CPU flags in {cpuinfo or CPUINFO}, so VNNI is unknown; taken as absent"
+        return "avx2", f"--int8-target auto: no CPU flags in {cpuinfo_path()}, so VNNI is unknown; taken as absent"
     has = "has" if found == "vnni" else "has no"
     return found, f"--int8-target auto: this CPU {has} VNNI ({', '.join(sorted(VNNI_FLAGS))})"
 
 
-def slower_than_f32_warning(quantizer: str, target: str, cpuinfo: str | Path | None = None) -> str | None:
+def slower_than_f32_warning(quantizer: str, target: str) -> str | None:
     """The warning for an int8 file whose runtime is slower than its own f32 path on this CPU, or None.
 
     ONNX Runtime's int8 (the `ort` quantizer) is about twice its f32 on AVX2 alone. OpenVINO's int8 linear layers
     (`nncf`, target `vnni`) need VNNI to beat its f32.
     """
-    if quantizer != "nncf" or target != "vnni" or cpu_int8_target(cpuinfo) != "avx2":
+    if quantizer != "nncf" or target != "vnni" or cpu_int8_target() != "avx2":
         return None
     return (
         "WARNING: this CPU has no VNNI: OpenVINO runs int8 linear layers no faster than f32 here (oneDNN's "
