@@ -90,6 +90,12 @@ def _stop_ray() -> None:
     stopper = threading.Thread(target=ray.shutdown, daemon=True)
     stopper.start()
     stopper.join(timeout=20)
+    if stopper.is_alive():  # stuck on a lock the signal interrupted: stop the processes Ray started here
+        import psutil  # a dependency of Ray
+
+        for child in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                child.kill()
 
 
 def _import_ray() -> Any:
