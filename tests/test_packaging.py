@@ -5,7 +5,7 @@ both ends with whichever wrote last, file by file. The base requirements name ne
 `gpu` name one each, no other extra names any, and the Quick start's `make run` / `make test` install one.
 Without either, the predictor and the export's verification say which extras to install.
 (The resolved sets, checked once with `pip install --dry-run --report` in a fresh venv, are quoted in the
-README's GPU section.)
+GPU page, docs/gpu.md.)
 """
 
 from __future__ import annotations
