@@ -1,8 +1,9 @@
 """Memory of a run: the peak RSS of a process tree (the process and its children), sampled; memory sizes as text.
 
 RSS is summed over the tree, as `ps` would show it: pages shared between a parent and its child (libraries)
-count twice, which errs on the side of caution. A peak shorter than the sampling period (50 ms) can be missed;
-the peaks of an export (a model built, a converter child, a session opened) last seconds.
+count twice, which errs on the side of caution. A peak shorter than the sampling period (50 ms) can be missed,
+and the tree is listed every 0.5 s (a listing scans every process of the system), so a child that lives less
+than that may be too; the peaks of an export (a model built, a converter child, a session opened) last seconds.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import psutil
 from .errors import LvvitError
 
 PERIOD_S = 0.05  # sampling period: paddle2onnx's peaks last seconds, not milliseconds
+LIST_EVERY = 10  # samples between two listings of the tree (a listing scans all processes: 0.5 s, not 50 ms)
 _UNITS = {
     "": 1, "b": 1,
     "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3, "t": 1000**4, "tb": 1000**4,
@@ -49,14 +51,19 @@ def format_size(size: float) -> str:
     return f"{int(size)} B"
 
 
-def tree_rss(process: psutil.Process) -> int:
-    """Summed RSS of `process` and its descendants now (children that end while being read count as 0)."""
-    total = 0
+def tree_members(process: psutil.Process) -> list[psutil.Process]:
+    """`process` and its descendants (psutil scans every process of the system for them: ~3 ms of CPU)."""
     try:
-        members = [process, *process.children(recursive=True)]
+        return [process, *process.children(recursive=True)]
     except psutil.Error:
-        return 0
-    for member in members:
+        return [process]
+
+
+def tree_rss(process: psutil.Process, members: list[psutil.Process] | None = None) -> int:
+    """Summed RSS of `process` and its descendants now, or of `members` as last listed (processes that ended
+    count as 0)."""
+    total = 0
+    for member in tree_members(process) if members is None else members:
         try:
             total += member.memory_info().rss
         except psutil.Error:
@@ -85,6 +92,8 @@ class PeakSampler:
 
     def __enter__(self) -> PeakSampler:
         self._process = psutil.Process(self.pid)
+        self._members = tree_members(self._process)
+        self._samples = 0
         self.sample()
         self._thread = threading.Thread(target=self._run, name="peak-rss", daemon=True)
         self._thread.start()
@@ -94,14 +103,17 @@ class PeakSampler:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        self.sample()
+        self.sample(relist=True)
 
     def _run(self) -> None:
         while not self._stop.wait(self.period_s):
             self.sample()
 
-    def sample(self) -> int:
-        rss = tree_rss(self._process)
+    def sample(self, relist: bool = False) -> int:
+        self._samples += 1
+        if relist or self._samples % LIST_EVERY == 0:
+            self._members = tree_members(self._process)
+        rss = tree_rss(self._process, self._members)
         with self._lock:
             self.peak = max(self.peak, rss)
             self.phases[self._phase] = max(self.phases.get(self._phase, 0), rss)
@@ -109,7 +121,7 @@ class PeakSampler:
 
     def phase(self, name: str) -> None:
         """Close the current phase (one last sample) and start `name`."""
-        self.sample()
+        self.sample(relist=True)
         now = time.perf_counter()
         with self._lock:
             self.seconds[self._phase] = self.seconds.get(self._phase, 0.0) + now - self._since
