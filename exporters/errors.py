@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from lvvit.errors import LvvitError
 
-if TYPE_CHECKING:
-    from .onnx.verify import DriftCheck
+# `checks` hold exporters.onnx.verify.DriftCheck records; not imported here, so that the errors module stays below
+# every module that raises them (no import circle, not even a type-only one).
 
 
 class ExportError(LvvitError, RuntimeError):
@@ -23,7 +22,7 @@ class ConversionError(ExportError):
 class VerificationError(ExportError):
     """The exported model disagrees with native Paddle beyond the tolerance; `checks` are the failed checks."""
 
-    def __init__(self, message: str, checks: Sequence[DriftCheck] = ()) -> None:
+    def __init__(self, message: str, checks: Sequence[object] = ()) -> None:
         super().__init__(message)
         self.checks = list(checks)
 
@@ -31,6 +30,6 @@ class VerificationError(ExportError):
 class Int8GateError(VerificationError):
     """An int8 file below the least top-1 agreement: kept beside the target as `rejected` (not at the target)."""
 
-    def __init__(self, message: str, checks: Sequence[DriftCheck], rejected: Path) -> None:
+    def __init__(self, message: str, checks: Sequence[object], rejected: Path) -> None:
         super().__init__(message, checks)
         self.rejected = rejected
