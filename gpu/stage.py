@@ -32,9 +32,9 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 from exporters.onnx import FastPath, export_onnx  # noqa: E402
+from lvvit.common.provenance import sha256_of  # noqa: E402
+from lvvit.common.synthetic import synthetic_batch  # noqa: E402
 from lvvit.preprocess import preprocess_batch  # noqa: E402
-from lvvit.provenance import sha256_of  # noqa: E402
-from lvvit.synthetic import synthetic_batch  # noqa: E402
 from runtimes import OrtPredictor  # noqa: E402
 from tests.conftest import TINY  # noqa: E402
 
@@ -74,7 +74,7 @@ def stage_tiny(out: Path) -> dict:
 
 
 def stage_preset(out: Path, preset: str, variants: int) -> dict:
-    from validation.photos import write_sample_photos
+    from validation.datasets.photos import write_sample_photos
 
     files = _export_pair(out, preset, preset)
     photos = sorted(write_sample_photos(out / "photos", variants))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .errors import (
+from lvvit.errors import (
     ImageError,
     LvvitError,
     ResolutionError,
@@ -19,8 +19,8 @@ from .errors import (
     WeightsError,
     WeightsMismatchError,
 )
-from .preprocess import load_image, preprocess, preprocess_batch
-from .presets import ArchConfig, PreprocessConfig, Preset, get_preset, list_presets
+from lvvit.preprocess import load_image, preprocess, preprocess_batch
+from lvvit.presets import ArchConfig, PreprocessConfig, Preset, get_preset, list_presets
 
 # name -> module that defines it; these need Paddle and load lazily.
 _PADDLE_EXPORTS = {

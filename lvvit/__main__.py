@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .presets import get_preset, list_presets
+from lvvit.presets import get_preset, list_presets
 
 
 def main() -> None:

@@ -11,8 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import LvvitError
-from .presets import list_presets
+from lvvit.errors import LvvitError
+from lvvit.presets import list_presets
 
 
 def convert_weights(
@@ -23,8 +23,8 @@ def convert_weights(
     checkpoint_key: str | None = None,
 ) -> Path:
     """Load `src` into `preset` (resampling pos_embed for `resolution`) and save it as `dst`."""
-    from .factory import create_model
-    from .weights import save_state_dict
+    from lvvit.factory import create_model
+    from lvvit.weights.state_dict import save_state_dict
 
     model = create_model(preset, weights=src, resolution=resolution, checkpoint_key=checkpoint_key)
     return save_state_dict(model, dst)

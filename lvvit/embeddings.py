@@ -9,7 +9,7 @@ from __future__ import annotations
 import paddle
 import paddle.nn as nn
 
-from .errors import ResolutionError
+from lvvit.errors import ResolutionError
 
 
 def _check_size(img_size: int, patch_size: int) -> None:

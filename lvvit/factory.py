@@ -8,9 +8,9 @@ from typing import Any
 
 import paddle
 
-from .model import LVViT
-from .presets import ArchConfig, Preset, at_resolution, get_preset
-from .weights import WeightsInfo, load_weights
+from lvvit.model import LVViT
+from lvvit.presets import ArchConfig, Preset, at_resolution, get_preset
+from lvvit.weights.state_dict import WeightsInfo, load_weights
 
 _ARCH_FIELDS = {f.name for f in fields(ArchConfig)}
 

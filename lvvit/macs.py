@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .presets import ArchConfig
+from lvvit.presets import ArchConfig
 
 STEM_CHANNELS = {"4_2": 64, "4_2_128": 128}
 

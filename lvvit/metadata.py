@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import LvvitError
-from .presets import PreprocessConfig
-from .regular_files import read_regular
+from lvvit.common.regular_files import read_regular
+from lvvit.errors import LvvitError
+from lvvit.presets import PreprocessConfig
 
 FORMAT_VERSION = "1"
 PREFIX = "lvvit."

@@ -18,8 +18,8 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 
-from .embeddings import PATCH_EMBEDS, HybridEmbed
-from .layers import BLOCK_TYPES, GroupLinear
+from lvvit.embeddings import PATCH_EMBEDS, HybridEmbed
+from lvvit.layers import BLOCK_TYPES, GroupLinear
 
 BBox = tuple[int, int, int, int]
 

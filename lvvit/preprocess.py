@@ -24,9 +24,9 @@ from typing import BinaryIO, Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import ImageError
-from .presets import PreprocessConfig
-from .regular_files import open_regular, walk_regular_files
+from lvvit.common.regular_files import open_regular, walk_regular_files
+from lvvit.errors import ImageError
+from lvvit.presets import PreprocessConfig
 
 # Encoded bytes and binary file-like objects (an upload handler's) are decoded like files.
 ImageInput = Union[str, Path, Image.Image, np.ndarray, bytes, bytearray, memoryview, BinaryIO]  # noqa: UP007

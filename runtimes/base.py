@@ -27,10 +27,10 @@ from typing import Any, ClassVar, Union
 import numpy as np
 from PIL import Image
 
+from lvvit.common.versions import tool_versions
 from lvvit.errors import ImageError
 from lvvit.preprocess import ENCODED_TYPES, ImageInput, image_name, is_file_like, preprocess, preprocess_batch
 from lvvit.presets import PreprocessConfig
-from lvvit.versions import tool_versions
 
 from .errors import ConfigurationError, InputError, OutputError, PredictorClosedError
 from .labels import Labels, resolve_labels

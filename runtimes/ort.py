@@ -99,9 +99,7 @@ class OrtPredictor(Predictor):
         self._graph_precision = graph_precision(metadata)
         self._session, self.device = self._open_session(path, device, batch_size, metadata)
         # batches smaller than `streams`: one session with all the threads (see runtimes.base)
-        self._whole_session = (
-            self._create_session(path, "cpu", batch_size, metadata, threads) if streams > 1 else None
-        )
+        self._whole_session = self._create_session(path, "cpu", batch_size, metadata, threads) if streams > 1 else None
         self.providers: list[str] = list(self._session.get_providers())
         self._provider_options = {k: dict(v) for k, v in self._session.get_provider_options().items()}
         # from the device that runs, not the one asked for: "auto" may have resolved to the CPU

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from lvvit.common.versions import package_version
 from lvvit.presets import PreprocessConfig
-from lvvit.versions import package_version
 
 from .base import LabelsArg, Predictor, check_threads_and_streams
 from .errors import (

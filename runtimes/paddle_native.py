@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from lvvit.common.provenance import weights_provenance
+from lvvit.common.versions import package_version
 from lvvit.metadata import INPUT_NAME, OUTPUT_NAME, ModelMetadata
 from lvvit.presets import PreprocessConfig, Preset
-from lvvit.provenance import weights_provenance
-from lvvit.versions import package_version
 
 from .base import LabelsArg, Predictor, check_threads_and_streams
 from .errors import (

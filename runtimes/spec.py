@@ -31,9 +31,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from lvvit.common.provenance import sha256_of
 from lvvit.metadata import ModelMetadata
 from lvvit.presets import Preset
-from lvvit.provenance import sha256_of
 
 from .base import Predictor
 from .errors import ConfigurationError, ModelFileError
@@ -89,12 +89,7 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 def bare_name(name: object) -> str:
     """`name` if it names a file inside a folder (no separator, not `.`/`..`, no NUL); else `ModelFileError`."""
-    if (
-        not isinstance(name, str)
-        or name in ("", ".", "..")
-        or len(name) > 255
-        or any(c in name for c in "/\\\0")
-    ):
+    if not isinstance(name, str) or name in ("", ".", "..") or len(name) > 255 or any(c in name for c in "/\\\0"):
         raise ModelFileError(
             f"{str(name)[:200]!r}: a spec's file names must be bare file names (no folder, no '..', not absolute)"
         )
@@ -214,7 +209,7 @@ class PredictorSpec:
         """Write shipped `blobs` into `folder` after checking each against the spec; the spec that opens them."""
         import hashlib
 
-        from lvvit.atomic import atomic_output
+        from lvvit.common.atomic import atomic_output
 
         self.check()
         folder = Path(folder)

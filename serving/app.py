@@ -21,7 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from lvvit.versions import package_version
+from lvvit.common.versions import package_version
 from runtimes import PredictorError
 
 from .config import Limits

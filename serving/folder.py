@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from lvvit.common.progress import Log, to_stderr
+from lvvit.common.regular_files import read_regular, walk_regular_files
 from lvvit.preprocess import is_image_name
-from lvvit.progress import Log, to_stderr
-from lvvit.regular_files import read_regular, walk_regular_files
 from runtimes import ImageResult, Predictor
 
 from .errors import ServingSetupError

@@ -31,7 +31,7 @@ import numpy as np
 import ray
 from ray import serve
 
-from lvvit.progress import Log, to_stderr
+from lvvit.common.progress import Log, to_stderr
 from runtimes import PredictorSpec
 
 from .app import create_app

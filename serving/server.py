@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lvvit.progress import Log, to_stderr
+from lvvit.common.progress import Log, to_stderr
 from runtimes import PredictorSpec
 
 from .app import create_app

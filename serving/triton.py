@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lvvit.atomic import atomic_files, atomic_output
-from lvvit.provenance import sha256_of
+from lvvit.common.atomic import atomic_files, atomic_output
+from lvvit.common.provenance import sha256_of
 from runtimes.labels import resolve_labels
 from runtimes.onnx_file import read_onnx_file
 from runtimes.spec import read_model_metadata

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+# the tiny exported models and the photographs, shared by the runtime, serving and validation tests
+pytest_plugins = ["tests.runtime_fixtures"]
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -32,3 +35,15 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: real presets at full size (run in CI, skip with -m 'not slow')")
     config.addinivalue_line("markers", "gpu: needs a usable CUDA device")
     os.environ.setdefault("FLAGS_use_mkldnn", "0")
+
+
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory):
+    """A folder of 38 real photographs and crops (scikit-image's bundled data): calibration and
+    agreement sets; one per test module, which may add files to it."""
+    pytest.importorskip("skimage")
+    from validation.datasets.photos import write_sample_photos
+
+    folder = tmp_path_factory.mktemp("photos")
+    write_sample_photos(folder, variants=2)
+    return folder

@@ -1,8 +1,7 @@
 """Shared artifacts for the runtime tests: tiny exported models (built once per session) and real photographs.
 
-A pytest plugin, not a module to import from: test modules declare
-`pytest_plugins = ["tests.runtime_fixtures"]`, which registers these session fixtures once for the whole run,
-so the tiny models are exported once however many modules use them.
+A pytest plugin, not a module to import from: the root `tests/conftest.py` registers it, so the session fixtures
+exist once for the whole run and the tiny models are exported once however many modules use them.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import TINY
+from tests.conftest import TINY
 
 RESOLUTION = 64
 # skimage.data images bundled in the wheel (no download): photographs, plus one grayscale to exercise mode conversion

@@ -10,10 +10,7 @@ from `runtimes`), `labelled_folder` / `image_folder` / `stream_batches` (inputs)
 
 from __future__ import annotations
 
-from .accuracy import run_accuracy
-from .data import Dataset, image_folder, labelled_folder, stream_batches
-from .drift import DriftInputs, run_drift
-from .errors import (
+from validation.errors import (
     DatasetError,
     GateFailure,
     LabelFileError,
@@ -21,9 +18,12 @@ from .errors import (
     ToleranceError,
     ValidationError,
 )
-from .gate import raise_if_failed
-from .report import write_reports
-from .runners import ModelSource, Runner, RuntimeOptions, build_runners
+from validation.reports.write import write_reports
+from validation.run.accuracy import run_accuracy
+from validation.run.data import Dataset, image_folder, labelled_folder, stream_batches
+from validation.run.drift import DriftInputs, run_drift
+from validation.run.gate import raise_if_failed
+from validation.run.runners import ModelSource, Runner, RuntimeOptions, build_runners
 
 __all__ = [
     "Dataset",

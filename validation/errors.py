@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from lvvit.comparison import ToleranceError as _CoreToleranceError
+from lvvit.common.gate import ToleranceError as _CoreToleranceError
 
-# CpuInfoError: raised by lvvit.cpuinfo, the kit's one CPU detection; named here too for validation's callers.
+# CpuInfoError: raised by lvvit.common.cpuinfo, the kit's one CPU detection; named here too for validation's callers.
 from lvvit.errors import CpuInfoError as CpuInfoError
 from lvvit.errors import LvvitError
 

@@ -7,7 +7,7 @@ import os
 import platform
 from typing import Any
 
-from lvvit.versions import package_version
+from lvvit.common.versions import package_version
 
 PACKAGES = ("lvvit-deploy", "paddlepaddle", "paddle2onnx", "onnx", "onnxruntime", "onnxruntime-gpu", "openvino",
             "numpy", "pillow", "matplotlib")  # fmt: skip

@@ -8,9 +8,9 @@ import os
 import sys
 from pathlib import Path
 
+from lvvit.common.interrupt import interrupts_exit
+from lvvit.common.memory import MemoryBudgetError, parse_size
 from lvvit.errors import LvvitError
-from lvvit.interrupt import interrupts_exit
-from lvvit.memory import MemoryBudgetError, parse_size
 from lvvit.presets import get_preset, list_presets
 
 from .accuracy_control import CONTROL_RUNTIMES

@@ -115,9 +115,7 @@ def quantize_until_agreement(
             float_input(quantized)
         cut = _StageRunner(quantized, depth, aux_head, "the int8 graph", fine, cut=True)
         desc = f"accuracy control, step {len(result.steps) + 1}: measuring"
-        agreement, errors = _measure(
-            fp32, _shipped(quantized, runtime), cut, images, reference_top1, desc, progress
-        )
+        agreement, errors = _measure(fp32, _shipped(quantized, runtime), cut, images, reference_top1, desc, progress)
         step = ControlStep(tuple(kept), agreement, errors, time.perf_counter() - started)
         best = result.agreement
         result.steps.append(step)

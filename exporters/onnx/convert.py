@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from lvvit.interrupt import child_process
+from lvvit.common.interrupt import child_process
 from lvvit.metadata import INPUT_NAME, OUTPUT_NAME
 
 from ..errors import ConversionError

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lvvit.atomic import atomic_files, atomic_output
-from lvvit.interrupt import temporary
-from lvvit.memory import PeakSampler
+from lvvit.common.atomic import atomic_files, atomic_output
+from lvvit.common.interrupt import temporary
+from lvvit.common.memory import PeakSampler
+from lvvit.common.progress import Log, to_stderr
 from lvvit.metadata import ModelMetadata
 from lvvit.presets import Preset
-from lvvit.progress import Log, to_stderr
 
 from ..errors import ExportError, Int8GateError, VerificationError
 from ..provenance import tool_versions, weights_provenance

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lvvit.common.progress import Log
 from lvvit.presets import PreprocessConfig, Preset
-from lvvit.progress import Log
 
 from ..errors import ExportError
 from .accuracy_control import CONTROL_RUNTIMES

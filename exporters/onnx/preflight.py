@@ -1,7 +1,7 @@
 """What an export needs, checked before any work: the optional packages its options use, and memory.
 
 Memory is estimated from the preset's weight bytes with factors measured on this kit's exports (the peak
-RSS of the exporter's process tree: `python -m validation.export_memory`, docs/export-memory.md), and the
+RSS of the exporter's process tree: `python -m validation.perf.export_memory`, docs/export-memory.md), and the
 run's own peak is recorded in the file's metadata (`lvvit.export_memory`) and printed.
 """
 
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import importlib.util
 
-from lvvit.install import install_command
+from lvvit.common.install import install_command
+from lvvit.common.memory import MemoryBudgetError, PeakSampler, format_size
 from lvvit.macs import count_weights
-from lvvit.memory import MemoryBudgetError, PeakSampler, format_size
 from lvvit.presets import Preset
 
 from ..errors import ExportError

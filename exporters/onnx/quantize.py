@@ -24,13 +24,13 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from lvvit.common.install import install_command
+from lvvit.common.interrupt import temporary
+from lvvit.common.regular_files import walk_regular_files
 from lvvit.errors import ImageError
-from lvvit.install import install_command
-from lvvit.interrupt import temporary
 from lvvit.metadata import INPUT_NAME
 from lvvit.preprocess import is_image_name, preprocess
 from lvvit.presets import PreprocessConfig
-from lvvit.regular_files import walk_regular_files
 
 from ..errors import ExportError
 

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lvvit.comparison import DRIFT_LIMITS, DriftStats, check_gate, drift_stats
+from lvvit.common.gate import DRIFT_LIMITS, check_gate
+from lvvit.common.metrics import DriftStats, drift_stats
+from lvvit.common.synthetic import synthetic_batch
 from lvvit.metadata import INPUT_NAME
-from lvvit.synthetic import synthetic_batch
 
 from ..errors import ConversionError, ExportError, VerificationError
 
@@ -30,7 +31,7 @@ class Tolerance:
             raise ExportError(f"the least top-1 agreement must be within [0, 1], got {self.min_top1}")
 
     def limits(self) -> dict[str, float]:
-        """The same gate in `lvvit.comparison.DRIFT_LIMITS` terms."""
+        """The same gate in `lvvit.common.gate.DRIFT_LIMITS` terms."""
         limits = {"top1_agreement": self.min_top1}
         if self.atol is not None:
             limits["max_abs"] = self.atol
@@ -43,7 +44,7 @@ class Tolerance:
 
 @dataclass(frozen=True)
 class DriftCheck:
-    """ORT vs Paddle on one batch: the numbers of `lvvit.comparison.DriftStats` the export gate reads."""
+    """ORT vs Paddle on one batch: the numbers of `lvvit.common.metrics.DriftStats` the export gate reads."""
 
     batch: int
     max_abs: float
@@ -66,7 +67,7 @@ class DriftCheck:
         )
 
     def passes(self, tolerance: Tolerance) -> bool:
-        """Within the gate (`lvvit.comparison`); a NaN or an infinity anywhere fails, even without a max-abs bound."""
+        """Within the gate (`lvvit.common.gate`); a NaN or an infinity anywhere fails, even without a max-abs bound."""
         if not (math.isfinite(self.max_abs) and math.isfinite(self.mean_abs)):
             return False
         stats = {  # a NaN agreement makes a NaN disagreement count, which fails the gate

@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from lvvit.common.progress import Log, to_stderr
 from lvvit.presets import Preset, at_resolution, get_preset
-from lvvit.progress import Log, to_stderr
 
 PRESET = "lvvit_s"
 RESOLUTION = 32
@@ -50,7 +50,6 @@ BATCH_SIZE = 64
 MAX_LR = 2e-3
 WEIGHTS = Path(__file__).resolve().parents[1] / "assets" / "digits_lvvit.safetensors"
 CLASSES = [str(d) for d in range(10)]
-
 
 
 def digits_spec() -> Preset:
@@ -156,7 +155,7 @@ def train(
     import paddle
 
     from lvvit import create_model
-    from lvvit.weights import save_state_dict
+    from lvvit.weights.state_dict import save_state_dict
 
     started = time.perf_counter()
     spec = digits_spec()

@@ -1,0 +1,117 @@
+"""The int8 journey of a new user: missing packages named before any work, progress, a failed gate's file kept."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+import time
+
+import onnx
+import pytest
+
+from exporters.errors import Int8GateError
+from exporters.onnx import FastPath
+from lvvit.common.install import install_command
+from tests.conftest import ROOT
+from tests.exporters.test_export_fast_paths import _export
+
+INSTALL_INT8 = f"pip install -e {shlex.quote(f'{ROOT}[int8]')}"
+
+
+def _hidden(module: str, code: str) -> list[str]:
+    """A Python command line that runs `code` as if `module` were not installed."""
+    return [sys.executable, "-c", f"import sys; sys.modules[{module!r}] = None\n{code}"]
+
+
+def test_the_install_command_installs_into_this_checkout():
+    assert install_command("int8") == INSTALL_INT8
+
+
+def test_missing_nncf_is_named_before_any_work(tmp_path):
+    code = "from exporters.onnx.__main__ import main; sys.exit(main(sys.argv[1:]))"
+    args = ["--preset", "lvvit_l_448", "--quantize", "int8", "--calibration", str(tmp_path), "--output", str(tmp_path)]
+    started = time.perf_counter()
+    run = subprocess.run([*_hidden("nncf", code), *args], capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 2, run.stderr
+    assert (
+        "error: missing packages, nothing was started:\n"
+        f"  nncf: {INSTALL_INT8}  (--quantize int8 --quantizer nncf; or use --quantizer ort)\n"
+    ) in run.stderr
+    assert "building" not in run.stderr and list(tmp_path.iterdir()) == []
+    assert time.perf_counter() - started < 30  # lvvit_l_448 was not built (that alone takes longer here)
+
+
+def test_the_ort_quantizer_does_not_need_nncf(tmp_path):
+    code = (
+        "from exporters.onnx.preflight import check_dependencies\n"
+        "from exporters.onnx import FastPath\n"
+        f"check_dependencies(FastPath(quantize='int8', calibration={str(tmp_path)!r}, quantizer='ort'), True)\n"
+        "print('ok')"
+    )
+    run = subprocess.run(_hidden("nncf", code), capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0 and run.stdout == "ok\n", run.stderr
+
+
+def test_calibration_shows_its_progress(tmp_path, photo_folder, capfd):  # noqa: F811
+    # int8_target vnni on every CPU: its SmoothQuant adds a second pass over the images (avx2 files have none)
+    fast = FastPath(
+        quantize="int8", calibration=photo_folder, calibration_count=6, min_int8_agreement=0.0, int8_target="vnni"
+    )
+    _export(tmp_path, fast)
+    err = capfd.readouterr().err
+    assert "calibrating int8 (nncf), pass 1: " in err and "6/6 [" in err
+    # NNCF reads the images once per algorithm; each pass is shown
+    assert "calibrating int8 (nncf), pass 2: " in err
+    _export(tmp_path / "quiet", FastPath(quantize="int8", calibration=photo_folder, calibration_count=6,
+                                         min_int8_agreement=0.0, progress=False))  # fmt: skip
+    assert "calibrating int8" not in capfd.readouterr().err
+
+
+def _negated(real):
+    """`quantize_int8` whose graph answers with negated logits: an int8 file that surely fails the gate."""
+
+    def quantize(proto, *args, **kwargs):
+        quantized = real(proto, *args, **kwargs)
+        output = quantized.graph.output[0].name
+        for node in quantized.graph.node:
+            node.output[:] = [f"{name}.raw" if name == output else name for name in node.output]
+        quantized.graph.node.append(onnx.helper.make_node("Neg", [f"{output}.raw"], [output]))
+        return quantized
+
+    return quantize
+
+
+def test_a_failed_gate_keeps_the_file_as_rejected_and_says_what_next(tmp_path, photo_folder, monkeypatch):  # noqa: F811
+    import exporters.onnx.quantize as quantize
+
+    monkeypatch.setattr(quantize, "quantize_int8", _negated(quantize.quantize_int8))
+    target = tmp_path / "lvvit_s_64_int8.onnx"
+    target.write_bytes(b"older")
+    with pytest.raises(Int8GateError) as failure:
+        _export(tmp_path, FastPath(quantize="int8", calibration=photo_folder, calibration_count=6))
+    error = failure.value
+    rejected = tmp_path / "lvvit_s_64_int8.rejected.onnx"
+    assert error.rejected == rejected and target.read_bytes() == b"older"
+    measured = error.checks[0].top1_agreement
+    assert measured < 0.99
+    message = str(error)
+    assert (f"int8 top-1 agreement with Paddle fp32 is {measured:.1%} on 38 images, below the gate: top-1 agreement "
+            ">= 99.0% (--min-int8-agreement); not written there") in message  # fmt: skip
+    assert f"The rejected file is kept as {rejected}" in message
+    assert "--accuracy-control: keeps the stages that lose the most in float" in message
+    assert "--min-int8-agreement " in message.splitlines()[-1]
+    kept = onnx.load(str(rejected))  # the int8 graph that was measured, with its metadata and memory record
+    props = {p.key for p in kept.metadata_props}
+    assert {"lvvit.precision", "lvvit.export_memory"} <= props
+    assert any(n.op_type == "QuantizeLinear" for n in kept.graph.node)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([rejected.name, target.name])
+
+
+def test_sample_photos_without_scikit_image_name_the_extra(tmp_path):
+    code = "from validation.datasets.photos import main; sys.exit(main(sys.argv[1:]))"
+    run = subprocess.run([*_hidden("skimage", code), str(tmp_path / "photos")], capture_output=True, text=True,
+                         cwd=ROOT)  # fmt: skip
+    assert run.returncode == 2
+    assert f"install -e {shlex.quote(f'{ROOT}[photos]')}" in run.stderr
+    assert "error: the sample photographs ship in scikit-image's wheel, which is not installed" in run.stderr

@@ -1,0 +1,34 @@
+"""The load benchmark command runs bounded on loopback and reports every level (its numbers are not asserted:
+it is a measurement, not a timed test)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytest.importorskip("fastapi")
+
+def test_bench_command(tiny, tmp_path):
+    out = tmp_path / "bench.json"
+    command = [sys.executable, "-m", "serving", "bench", str(tiny.onnx), "--threads", "1", "--concurrency", "1", "3"]
+    command += ["--requests", "30", "--seconds", "20", "--max-batch", "4", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert [level["concurrency"] for level in report["levels"]] == [1, 3]
+    for level in report["levels"]:
+        assert level["requests"] == 30 and level["errors"] == {}
+        assert sum(level["batch_sizes"].values()) >= 30 / 4  # every image ran, in batches of at most 4
+        assert 0 < level["p50_ms"] <= level["p95_ms"] <= level["p99_ms"]
+    assert set(report["predictor_throughput"]) == {"1", "2", "4"}
+    assert report["server_exit"] == 0 and report["rss_after_mb"] > 0
+    assert set(report["ratios"]) == {"server_best_over_predictor_best", "p50_c1_minus_predictor_batch1_ms"}
+    assert "| concurrency | img/s | p50 ms |" in result.stdout
+    assert "server best / predictor best:" in result.stdout

@@ -1,0 +1,58 @@
+"""The same app on Ray Serve (embedded on this machine): the same client gets the same answers, bad requests
+get the same JSON errors, and SIGTERM shuts Ray down and exits 0."""
+
+from __future__ import annotations
+
+import pytest
+
+from lvvit.preprocess import preprocess_batch
+from runtimes import OrtPredictor
+from serving.child import ServerProcess
+from tests.serving.test_serving import assert_same, bytes_input, encoded, metric, tensor_input
+
+httpclient = pytest.importorskip("tritonclient.http")
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("ray.serve")
+
+
+def test_ray_serve_answers_like_the_predictor(tiny, photos):
+    from concurrent.futures import ThreadPoolExecutor
+
+    args = [str(tiny.onnx), "--ray", "--port", "0", "--threads", "1", "--max-batch", "4", "--max-wait-ms", "20"]
+    server = ServerProcess(args, start_timeout_s=240)
+    try:
+        with (
+            OrtPredictor(tiny.onnx, threads=1) as reference,
+            httpclient.InferenceServerClient(server.address, network_timeout=120) as client,
+        ):
+            assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("tiny")
+            assert client.get_model_metadata("tiny")["inputs"][0] == {
+                "name": "image",
+                "datatype": "FP32",
+                "shape": [-1, 3, 64, 64],
+            }
+            batch = preprocess_batch(photos[:3], reference.preprocess_config)
+            assert_same(client.infer("tiny", [tensor_input(batch)]), reference, batch)
+            images = [encoded(photos[i]) for i in range(3)]
+            result = client.infer("tiny", [bytes_input(images)])
+            assert_same(result, reference, preprocess_batch(images, reference.preprocess_config))
+
+            singles = [preprocess_batch([photos[i % 5]], reference.preprocess_config) for i in range(8)]
+
+            def one(x):
+                with httpclient.InferenceServerClient(server.address, network_timeout=120) as c:
+                    return c.infer("tiny", [tensor_input(x)])
+
+            with ThreadPoolExecutor(8) as pool:
+                for answer, x in zip(pool.map(one, singles), singles, strict=True):
+                    assert_same(answer, reference, x)
+
+            bad = httpx.post(f"{server.url}/v2/models/tiny/infer", content=b'{"inputs": [', timeout=60)
+            assert bad.status_code == 400 and "request: malformed JSON" in bad.json()["error"]
+            bad = httpx.post(f"{server.url}/v2/models/nope/infer", content=b"{}", timeout=60)
+            assert bad.status_code == 404 and "unknown model 'nope'" in bad.json()["error"]
+            assert metric(server.url, "lvvit_batch_size_sum") >= 1
+        assert server.stop(timeout_s=120) == 0, "".join(server.stderr)[-3000:]
+        assert "tiny: Ray Serve shut down" in "".join(server.stderr)
+    finally:
+        server.kill()

@@ -1,0 +1,197 @@
+"""`python -m validation.checks.ov_layers FILE [FILE ...]`: where each runtime spends its time, layer by layer.
+
+OpenVINO's per-layer performance counters (`PERF_COUNT`, `InferRequest.get_profiling_info()`) name the kernel
+each node ran (`exec_type`, e.g. `brgemm_avx2_I8`, `jit_avx2_FP32`, `ref_any_FP32`) and its time; ONNX Runtime's
+profiler gives the time per operator. Run on an fp32 file and its int8 export side by side, they show which
+matrix layers really ran in int8, which fell back to f32, and what the reorders and (de)quantization cost.
+This is the evidence behind the int8 graph's settings (`exporters.onnx.quantize`); rerun it after upgrading
+OpenVINO or ONNX Runtime, or on another CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+# OpenVINO's matrix layers (after its transformations; a quantized linear layer is `FullyConnectedQuantized...`,
+# attention's products `MatMul`): where int8 pays or not
+MATRIX = {"Convolution", "GroupConvolution", "FullyConnected", "FullyConnectedQuantized",
+          "FullyConnectedQuantizedLegacy", "MatMul"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str
+    node_type: str  # OpenVINO's operation (after its transformations), or ONNX Runtime's op type
+    exec_type: str  # the kernel that ran; its last `_` part is the precision (I8, U8, FP32, BF16, ...)
+    ms: float  # per run, mean over the runs
+
+    @property
+    def precision(self) -> str:
+        """The kernel's precision, upper case ('I8', 'U8', 'FP32', 'BF16'); OpenVINO writes both `f32` and `FP32`."""
+        found = self.exec_type.rsplit("_", 1)[-1].upper()
+        return {"F32": "FP32", "F16": "FP16"}.get(found, found)
+
+    @property
+    def matrix(self) -> bool:
+        return self.node_type in MATRIX
+
+
+def openvino_layers(path: str | Path, batch: int = 8, threads: int = 2, runs: int = 3) -> list[Layer]:
+    """Every executed node of `path` compiled by OpenVINO for the CPU (f32 inference precision, one stream, so
+    int8 is what the file's QDQ asks for and nothing else), with its kernel and mean time over `runs` runs."""
+    import openvino as ov
+
+    core = ov.Core()
+    config = {"PERF_COUNT": True, "INFERENCE_PRECISION_HINT": ov.Type.f32, "NUM_STREAMS": 1,
+              "INFERENCE_NUM_THREADS": threads}  # fmt: skip
+    compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+    request = compiled.create_infer_request()
+    x = _batch(compiled.input(0).get_partial_shape().rank.get_length(), batch, compiled.input(0))
+    request.infer({0: x})  # warm-up: first-run allocations are no layer's cost
+    totals: dict[str, float] = defaultdict(float)
+    kinds: dict[str, tuple[str, str]] = {}
+    for _ in range(runs):
+        request.infer({0: x})
+        for info in request.get_profiling_info():
+            if str(info.status).endswith("EXECUTED") and not str(info.status).endswith("NOT_RUN"):
+                totals[info.node_name] += info.real_time.total_seconds() * 1e3
+                kinds[info.node_name] = (info.node_type, info.exec_type)
+    return [Layer(name, *kinds[name], ms / runs) for name, ms in totals.items()]
+
+
+def ort_layers(path: str | Path, batch: int = 8, threads: int = 2, runs: int = 3) -> list[Layer]:
+    """Every node ONNX Runtime's CPU provider ran for `path` (the kit's session options), from its profiler."""
+    import onnxruntime as ort
+
+    from runtimes.ort_providers import CPU_DISABLED_FUSIONS
+
+    with tempfile.TemporaryDirectory(prefix="lvvit-ort-profile-") as work:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(work) / "profile")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                       disabled_optimizers=list(CPU_DISABLED_FUSIONS))  # fmt: skip
+        x = _batch(len(session.get_inputs()[0].shape), batch, session.get_inputs()[0])
+        name = session.get_inputs()[0].name
+        session.run(None, {name: x})  # warm-up, as for OpenVINO
+        for _ in range(runs):
+            session.run(None, {name: x})
+        events = json.loads(Path(session.end_profiling()).read_text())
+    totals: dict[str, float] = defaultdict(float)
+    kinds: dict[str, str] = {}
+    for event in events[1:]:  # the first event is the session's initialisation, the rest each node per run
+        args = event.get("args", {})
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and "op_name" in args:
+            node = event["name"][: -len("_kernel_time")]
+            totals[node] += event["dur"] / 1e3
+            kinds[node] = args["op_name"]
+    # the warm-up run is in the profile too
+    return [Layer(node, kinds[node], kinds[node], ms / (runs + 1)) for node, ms in totals.items()]
+
+
+def _batch(rank: int, batch: int, port) -> np.ndarray:
+    """Random images of the model's input shape (the values do not change which kernels run)."""
+    shape = port.get_partial_shape() if hasattr(port, "get_partial_shape") else port.shape
+    dims = [int(str(d)) if str(d).isdigit() else None for d in shape] if rank else []
+    dims = [batch, *(d if isinstance(d, int) else 224 for d in dims[1:])]
+    return np.random.default_rng(0).normal(0, 1, dims).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Summary:
+    file: str
+    runtime: str
+    total_ms: float
+    by_precision: dict[str, tuple[int, float]]  # matrix layers: precision -> (count, ms)
+    by_type: dict[str, tuple[int, float]]  # every node: type -> (count, ms)
+    float_matrix: list[str]  # matrix layers that ran in a float kernel
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+FLOAT_PRECISIONS = {"FP32", "F32", "BF16", "FP16"}
+
+
+def summarize(file: str, runtime: str, layers: Iterable[Layer]) -> Summary:
+    layers = list(layers)
+    by_precision: dict[str, list[float]] = defaultdict(list)
+    by_type: dict[str, list[float]] = defaultdict(list)
+    for layer in layers:
+        by_type[layer.node_type].append(layer.ms)
+        if layer.matrix:
+            by_precision[layer.precision].append(layer.ms)
+    floats = [f"{layer.name} ({layer.exec_type})" for layer in layers
+              if layer.matrix and layer.precision.upper() in FLOAT_PRECISIONS]  # fmt: skip
+    return Summary(
+        file,
+        runtime,
+        sum(layer.ms for layer in layers),
+        {p: (len(v), sum(v)) for p, v in sorted(by_precision.items())},
+        {t: (len(v), sum(v)) for t, v in sorted(by_type.items(), key=lambda kv: -sum(kv[1]))},
+        floats,
+    )
+
+
+def render(summaries: list[Summary], top: int = 12) -> str:
+    """Markdown: per file and runtime, the matrix layers by precision and the node types by time."""
+    lines = []
+    for s in summaries:
+        lines += [f"### {Path(s.file).name} on {s.runtime}: {s.total_ms:.1f} ms per run", ""]
+        if s.runtime == "openvino":
+            lines += ["| matrix layers' precision | layers | ms |", "|---|---|---|"]
+            lines += [f"| {p} | {n} | {ms:.1f} |" for p, (n, ms) in s.by_precision.items()]
+            lines.append("")
+            if s.float_matrix:
+                shown = ", ".join(s.float_matrix[:top]) + (" ..." if len(s.float_matrix) > top else "")
+                lines += [f"matrix layers in a float kernel ({len(s.float_matrix)}): {shown}", ""]
+        lines += ["| node type | nodes | ms | share |", "|---|---|---|---|"]
+        for kind, (n, ms) in list(s.by_type.items())[:top]:
+            lines.append(f"| {kind} | {n} | {ms:.1f} | {ms / max(s.total_ms, 1e-9):.0%} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+RUNTIMES = {"openvino": openvino_layers, "ort": ort_layers}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from validation.cli.options import positive
+
+    parser = argparse.ArgumentParser(prog="python -m validation.checks.ov_layers", description=__doc__)
+    parser.add_argument("files", nargs="+", type=Path, help="ONNX files to profile (e.g. the fp32 and int8 exports)")
+    parser.add_argument("--runtime", action="append", choices=sorted(RUNTIMES), default=None,
+                        help="openvino (default) and/or ort; repeatable")  # fmt: skip
+    parser.add_argument("--batch", type=positive, default=8, help="images per run (default 8)")
+    parser.add_argument("--threads", type=positive, default=2, help="threads (default 2)")
+    parser.add_argument("--runs", type=positive, default=3, help="profiled runs after one warm-up (default 3)")
+    parser.add_argument("--json", type=Path, default=None, help="also write every layer and the summaries here")
+    parser.add_argument("--top", type=positive, default=12, help="node types listed per file (default 12)")
+    args = parser.parse_args(argv)
+    missing = [str(f) for f in args.files if not f.is_file()]
+    if missing:
+        parser.error(f"no such file: {', '.join(missing)}")
+    summaries, layers = [], {}
+    for runtime in args.runtime or ["openvino"]:
+        for path in args.files:
+            found = RUNTIMES[runtime](path, args.batch, args.threads, args.runs)
+            layers[f"{runtime}:{path}"] = [asdict(layer) for layer in found]
+            summaries.append(summarize(str(path), runtime, found))
+    print(render(summaries, args.top))
+    if args.json is not None:
+        args.json.write_text(json.dumps({"summaries": [s.to_dict() for s in summaries], "layers": layers}, indent=1))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
