@@ -56,11 +56,10 @@ def main(args: Any) -> int:
 
 
 def _main(args: Any, written: dict[str, Path]) -> int:
-    from validation.cli.options import log, model_source, print_written, report_stem
+    from validation.cli.options import log, model_source, print_written, report_stem, specs_and_cache
     from validation.engines.local import engine_for
     from validation.reports.write import write_reports
     from validation.run.data import labelled_folder
-    from validation.cli.options import specs_and_cache
 
     tolerance = gate.parse_tolerance(args.tolerance, gate.ACCURACY_LIMITS, gate.DEFAULT_ACCURACY_TOLERANCE)
     source = model_source(args)

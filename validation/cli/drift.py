@@ -51,10 +51,9 @@ def main(args: Any) -> int:
 
 
 def _main(args: Any, written: dict[str, Path]) -> int:
-    from validation.cli.options import log, model_source, print_written, report_stem
+    from validation.cli.options import log, model_source, print_written, report_stem, specs_and_cache
     from validation.engines.local import engine_for
     from validation.reports.write import write_reports
-    from validation.cli.options import specs_and_cache
 
     # no --tolerance: each runtime gets the default of its precision (see lvvit.common.gate.default_drift_tolerance)
     tolerance = None
