@@ -24,10 +24,10 @@ import numpy as np
 from lvvit.common.synthetic import synthetic_batch
 from lvvit.presets import PreprocessConfig
 from runtimes.spec import PredictorSpec
+from validation.core.data import Batch, Failure, Sample, stream_batches
+from validation.core.runners import Participant, Runner, open_runners
 from validation.engines.shards import Engine, ShardLogits, ShardRecords, ShardStore, run_shards
 from validation.errors import EngineError
-from validation.run.data import Batch, Failure, Sample, stream_batches
-from validation.run.runners import Participant, Runner, open_runners
 
 if TYPE_CHECKING:
     from validation.engines.reference_cache import ReferenceCache

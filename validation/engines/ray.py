@@ -45,9 +45,9 @@ from lvvit.common.atomic import process_alive
 from lvvit.common.interrupt import stopped_on_interrupt
 from lvvit.presets import PreprocessConfig
 from runtimes.spec import REFERENCE, PredictorSpec, read_model_metadata
+from validation.core.data import Failure, Sample
 from validation.engines.shards import ShardLogits
 from validation.errors import EngineError
-from validation.run.data import Failure, Sample
 
 EMBEDDED_OBJECT_STORE_BYTES = 256 << 20  # images stream through; a small store leaves the memory to the runtimes
 ACTOR_CPUS = 0.5  # per runtime actor: two runtimes and the readers fit on a 2-core machine

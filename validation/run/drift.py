@@ -16,13 +16,13 @@ from typing import Any
 from lvvit.common.gate import check_gate
 from lvvit.common.metrics import summarize_drift
 from lvvit.metadata import OUTPUT_NAME
+from validation.core import gate
+from validation.core.data import Dataset, Failure, image_folder
+from validation.core.runners import Participant, num_classes_of
 from validation.engines.local import DEFAULT_SHARD_SIZE, LocalEngine, evaluate, synthetic_samples
 from validation.engines.shards import Engine, describe_engine, merged_errors, run_description
 from validation.errors import DatasetError
 from validation.provenance import environment
-from validation.run import gate
-from validation.run.data import Dataset, Failure, image_folder
-from validation.run.runners import Participant, num_classes_of
 
 
 @dataclass(frozen=True)
