@@ -114,9 +114,9 @@ class ReadImages:
         self.note = Path(reading) / str(os.getpid()) if reading and Path(reading).is_dir() else None
 
     def _one(self, path: str, synthetic: int) -> tuple[np.ndarray, str]:
-        from lvvit.common.synthetic import synthetic_image
         from lvvit.errors import ImageError
         from lvvit.preprocess import preprocess
+        from lvvit.synthetic import synthetic_image
 
         if synthetic >= 0:
             return preprocess(synthetic_image(synthetic), self.config), ""
