@@ -9,6 +9,11 @@ Every predictor has `predict(images, topk)`, `logits(batch)`, `describe()` and
 `lvvit.preprocess`. Backends load on first use: importing `runtimes` (and
 using `OrtPredictor` or `OpenVinoPredictor`) never imports Paddle, and a
 runtime that is not installed fails only when its predictor is asked for.
+
+The runtimes themselves are rows of `runtimes.registry` (name, predictor
+class, model-file kind, options and their flags, distributions, probe);
+`RUNTIMES` is its name -> description view, and `open_probe` runs a graph with
+extra outputs marked on a runtime that has a probe.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 from lvvit.errors import ImageError
 from lvvit.metadata import MetadataError
 
+from . import registry
 from .base import Predictor
 from .errors import (
     BackendNotInstalledError,
@@ -32,6 +38,8 @@ from .errors import (
 )
 from .labels import imagenet_classes
 from .prediction import ImageResult, Prediction
+from .probe import Probe, open_probe
+from .registry import Option, Runtime
 from .spec import RUNTIMES, ModelFile, PredictorSpec, read_model_metadata
 
 # name -> module that defines it; each imports its runtime, so they load lazily.
@@ -58,14 +66,19 @@ __all__ = [
     "MetadataError",
     "ModelFile",
     "ModelFileError",
+    "Option",
     "OutputError",
     "Prediction",
     "Predictor",
     "PredictorClosedError",
     "PredictorError",
     "PredictorSpec",
+    "Probe",
     "RUNTIMES",
+    "Runtime",
     "imagenet_classes",
+    "open_probe",
     "read_model_metadata",
+    "registry",
     *_BACKENDS,
 ]

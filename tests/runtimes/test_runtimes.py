@@ -295,7 +295,7 @@ def test_tiny_models_get_generic_or_given_labels(tiny):
 
 def test_describe_records_what_runs(ort_tiny):
     info = ort_tiny.describe()
-    assert info["runtime"] == "onnxruntime" and info["device"] == "cpu" and info["precision"] == "fp32"
+    assert info["runtime"] == "ort" and info["device"] == "cpu" and info["precision"] == "fp32"
     assert info["providers"] == ["CPUExecutionProvider"] and info["threads"] == 1
     assert info["input"] == {"name": "image", "shape": ["batch", 3, 64, 64], "dtype": "float32"}
     assert info["weights"]["source"] == "random-init" and info["graph"] == "exported"
