@@ -126,12 +126,12 @@ class OpenVinoProbe(Probe):
 
     runtime = "openvino"
 
-    def __init__(self, compiled: Any, ov: Any, device: str, precision: str) -> None:
+    def __init__(self, compiled: Any, ov: Any, device: str, precision: str, onnx_outputs: Sequence[str] = ()) -> None:
         self._request = compiled.create_infer_request()
-        # each output by every name its tensor has (OpenVINO keeps the ONNX names of a marked output)
+        # each output by every name its tensor has (OpenVINO keeps the ONNX names of a marked output, beside its own)
         self._ports = {name: port for port in compiled.outputs for name in port.get_names()}
         inputs = [port.get_any_name() for port in compiled.inputs]
-        outputs = [next(iter(sorted(port.get_names())), f"output{k}") for k, port in enumerate(compiled.outputs)]
+        outputs = [_onnx_name(port, onnx_outputs) for port in compiled.outputs]
         details = {"device": device, "inference_precision_hint": precision, "versions": {"openvino": ov.__version__}}
         super().__init__(inputs, outputs, details)
 
@@ -148,6 +148,12 @@ class OpenVinoProbe(Probe):
 
     def close(self) -> None:
         self._request = None
+
+
+def _onnx_name(port: Any, onnx_outputs: Sequence[str]) -> str:
+    """The graph's own (ONNX) name of an OpenVINO output, when known; else OpenVINO's."""
+    names = port.get_names()
+    return next((name for name in onnx_outputs if name in names), port.get_any_name())
 
 
 def openvino_probe(
@@ -171,7 +177,8 @@ def openvino_probe(
         raise ModelFileError(f"OpenVINO cannot read this graph ({type(exc).__name__}: {str(exc)[:500]})") from exc
     config = compile_config(device, precision, threads, streams, perf_counters=perf_counters)
     compiled = compile_checked(core, model, device, config, "the graph")
-    return OpenVinoProbe(compiled, ov, device, config["INFERENCE_PRECISION_HINT"])
+    onnx_outputs = [o.name for o in graph.graph.output] if hasattr(graph, "graph") else []
+    return OpenVinoProbe(compiled, ov, device, config["INFERENCE_PRECISION_HINT"], onnx_outputs)
 
 
 def open_probe(graph: Graph, runtime: str = "ort", **options: Any) -> Probe:
