@@ -27,7 +27,6 @@ from runtimes import (
     registry,
 )
 
-pytest_plugins = ["tests.runtime_fixtures"]  # the `tiny` and `photos` fixtures
 
 RESOLUTION = 64  # the tiny models' input size (tests/runtime_fixtures.py)
 WITH_FILES = registry.with_model_files()  # at collection: the kit's own rows (stand-ins are added by their tests)

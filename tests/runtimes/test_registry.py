@@ -12,7 +12,6 @@ from runtimes import ConfigurationError, PredictorSpec, open_probe, registry
 
 from . import standin_runtime as standin
 
-pytest_plugins = ["tests.runtime_fixtures"]  # the `tiny` fixture
 
 
 @pytest.fixture
