@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from lvvit.synthetic import synthetic_batch, synthetic_image
+
 from runtimes import (
     BackendNotInstalledError,
     ConfigurationError,
@@ -26,7 +26,6 @@ from runtimes import (
     PredictorSpec,
     registry,
 )
-
 
 RESOLUTION = 64  # the tiny models' input size (tests/runtime_fixtures.py)
 WITH_FILES = registry.with_model_files()  # at collection: the kit's own rows (stand-ins are added by their tests)

@@ -13,7 +13,6 @@ from runtimes import ConfigurationError, PredictorSpec, open_probe, registry
 from . import standin_runtime as standin
 
 
-
 @pytest.fixture
 def standin_row():
     """The stand-in runtime registered for one test, and removed after it."""
