@@ -57,12 +57,17 @@ class Runtime:
     distributions: tuple[str, ...] = ()  # its pip distributions, for the versions a report records
     probe: str | None = None  # "module:function" opening a graph with extra outputs marked; None: cannot
     aliases: tuple[str, ...] = field(default=())  # older names, still read from stored reports
+    title: str = ""  # how tables name it ("ONNX Runtime"); default: its name
 
     def __post_init__(self) -> None:
         if self.model_kind is not None and self.model_kind not in MODEL_KINDS:
             raise ConfigurationError(
                 f"runtime {self.name!r}: model kind {self.model_kind!r}; valid: {', '.join(MODEL_KINDS)} or None"
             )
+
+    @property
+    def label(self) -> str:
+        return self.title or self.name
 
     @property
     def extra_outputs(self) -> bool:
@@ -222,13 +227,13 @@ def model_files(name: str, path: str | Path) -> list[Path]:
 _THE_KITS = (
     Runtime(
         "paddle", "native Paddle, eager (the reference)", "runtimes.paddle_native", "PaddlePredictor", None,
-        distributions=("paddlepaddle",),
+        distributions=("paddlepaddle",), title="Paddle (eager)",
     ),
     Runtime(
         "ort", "ONNX Runtime on the exported .onnx", "runtimes.ort", "OrtPredictor", "onnx",
         options=(Option("device", default="cpu", help="ONNX Runtime device", choices=eps.DEVICES),),
         extra="cpu", distributions=("onnxruntime", "onnxruntime-gpu"), probe="runtimes.probe:ort_probe",
-        aliases=("onnxruntime",),
+        aliases=("onnxruntime",), title="ONNX Runtime",
     ),
     Runtime(
         "openvino", "OpenVINO on the exported .onnx", "runtimes.ov", "OpenVinoPredictor", "onnx",
@@ -236,11 +241,11 @@ _THE_KITS = (
             Option("device", default="CPU", help="OpenVINO device (CPU, GPU, GPU.1, NPU, AUTO)"),
             Option("precision", default="f32", help="OpenVINO inference precision", choices=("f32", "bf16", "f16")),
         ),
-        extra="openvino", distributions=("openvino",), probe="runtimes.probe:openvino_probe",
+        extra="openvino", distributions=("openvino",), probe="runtimes.probe:openvino_probe", title="OpenVINO",
     ),
     Runtime(
         "paddle-inference", "paddle.inference on the exported Paddle inference artifact", "runtimes.paddle_native",
-        "PaddlePredictor", "paddle-inference", distributions=("paddlepaddle",),
+        "PaddlePredictor", "paddle-inference", distributions=("paddlepaddle",), title="Paddle Inference",
     ),
 )  # fmt: skip
 for _row in _THE_KITS:
