@@ -42,8 +42,9 @@ class Probe:
 
     runtime = "abstract"
 
-    def __init__(self, inputs: Sequence[str], outputs: Sequence[str], details: dict[str, Any]) -> None:
+    def __init__(self, inputs: Mapping[str, list[Any]], outputs: Sequence[str], details: dict[str, Any]) -> None:
         self.inputs = list(inputs)
+        self.input_shapes = dict(inputs)  # input name -> dims (an int, or a name/None where dynamic)
         self.outputs = list(outputs)
         self._details = details
 
@@ -87,7 +88,7 @@ class OrtProbe(Probe):
     def __init__(self, session: Any, ort: Any) -> None:
         self._session = session
         super().__init__(
-            [i.name for i in session.get_inputs()],
+            {i.name: list(i.shape) for i in session.get_inputs()},
             [o.name for o in session.get_outputs()],
             {"providers": session.get_providers(), "versions": {"onnxruntime": ort.__version__}},
         )
@@ -130,7 +131,10 @@ class OpenVinoProbe(Probe):
         self._request = compiled.create_infer_request()
         # each output by every name its tensor has (OpenVINO keeps the ONNX names of a marked output, beside its own)
         self._ports = {name: port for port in compiled.outputs for name in port.get_names()}
-        inputs = [port.get_any_name() for port in compiled.inputs]
+        inputs = {
+            port.get_any_name(): [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
+            for port in compiled.inputs
+        }
         outputs = [_onnx_name(port, onnx_outputs) for port in compiled.outputs]
         details = {"device": device, "inference_precision_hint": precision, "versions": {"openvino": ov.__version__}}
         super().__init__(inputs, outputs, details)
