@@ -9,7 +9,7 @@ backend's own test file.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +27,11 @@ from runtimes import (
     registry,
 )
 
+from . import standin_runtime as standin
+
 RESOLUTION = 64  # the tiny models' input size (tests/runtime_fixtures.py)
-WITH_FILES = registry.with_model_files()  # at collection: the kit's own rows (stand-ins are added by their tests)
+# at collection: the kit's own rows, and the stand-in of tests/runtimes/standin_runtime.py (registered while it runs)
+WITH_FILES = [*registry.with_model_files(), standin.NAME]
 
 
 def model_file(tiny, name: str) -> Path:
@@ -48,8 +51,15 @@ def opener(tiny, name: str) -> Callable[..., Predictor]:
 
 
 @pytest.fixture(scope="module", params=WITH_FILES)
-def runtime(request) -> str:
-    return request.param
+def runtime(request) -> Iterator[str]:
+    if request.param != standin.NAME:
+        yield request.param
+        return
+    registry.register(standin.ROW)  # a new runtime gets the contract suite by its row alone
+    try:
+        yield request.param
+    finally:
+        registry.unregister(standin.NAME)
 
 
 @pytest.fixture(scope="module")

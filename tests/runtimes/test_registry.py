@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 import numpy as np
 import pytest
@@ -132,3 +133,65 @@ def test_a_probe_returns_the_marked_outputs_by_name(tiny, runtime):
 def test_a_runtime_without_a_probe_says_which_have_one(tiny):
     with pytest.raises(ConfigurationError, match=r"'paddle-inference' cannot expose .*valid: ort, openvino"):
         open_probe(str(tiny.onnx), "paddle-inference")
+
+
+# -- every command accepts a registered runtime by name ---------------------------------------------------------------
+
+TINY_MODEL = ["--preset", "lvvit_s", "--resolution", "64", "--arch", "embed_dim=64,depth=2,num_heads=4,num_classes=10"]
+
+
+def _validate(*argv: str) -> int:
+    from validation.cli import main
+
+    return main(list(argv))
+
+
+@pytest.mark.parametrize("command", ["drift", "accuracy", "locate"])
+def test_a_registered_runtime_is_in_every_commands_help(standin_row, command, capsys):
+    with pytest.raises(SystemExit) as done:
+        _validate(command, "--help")
+    page = capsys.readouterr().out
+    assert done.value.code == 0 and standin.NAME in page
+    if command != "locate":  # locate runs every runtime on the CPU, with its own settings
+        assert "--ort-standin-flavour" in page and "--ort-device" in page
+
+
+def test_bench_lists_a_registered_runtime_for_a_users_file(standin_row, tiny, capsys):
+    from lvvit import resolve_preset
+    from validation.perf.bench import user_file_paths
+
+    with pytest.raises(SystemExit):
+        _validate("bench", "--help")
+    assert f"file-{standin.NAME}" in capsys.readouterr().out
+    spec = resolve_preset("lvvit_s", 64, embed_dim=64, depth=2, num_heads=4, num_classes=10)
+    paths = {p.name: p for p in user_file_paths(tiny.onnx, spec, None, threads=1, streams=1)}
+    assert set(paths) == {"file-ort", "file-openvino", f"file-{standin.NAME}"}
+    with paths[f"file-{standin.NAME}"].spec(None, spec, None).open() as predictor:
+        assert isinstance(predictor, standin.StandinPredictor)
+
+
+def test_drift_and_locate_run_a_registered_runtime(standin_row, tiny, tmp_path, capsys):
+    common = [*TINY_MODEL, "--onnx", str(tiny.onnx), "--synthetic", "4", "--report-dir", str(tmp_path), "--no-progress"]
+    assert _validate("drift", *common, "--runtime", standin.NAME, "--ort-standin-flavour", "spicy") == 0
+    report = json.loads((tmp_path / "drift_lvvit_s_64.json").read_text())
+    described = report["runtimes"][standin.NAME]["describe"]
+    assert described["runtime"] == standin.NAME and described["flavour"] == "spicy"
+    assert report["runtimes"][standin.NAME]["outputs"]["logits"]["max_abs"] < 1e-4
+    assert _validate("locate", *common, "--runtime", standin.NAME) == 0
+    located = json.loads((tmp_path / "locate_lvvit_s_64.json").read_text())
+    assert located["runtimes"][standin.NAME]["first_over"] is None
+    assert f"{standin.NAME}: " in capsys.readouterr().out
+
+
+def test_accuracy_runs_a_registered_runtime(standin_row, tiny, tmp_path):
+    from lvvit.common.synthetic import synthetic_image
+
+    for label in ("cat", "dog"):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for k in range(2):
+            synthetic_image(k + 3 * len(label)).save(tmp_path / "data" / label / f"{k}.png")
+    argv = ["accuracy", str(tmp_path / "data"), *TINY_MODEL, "--onnx", str(tiny.onnx), "--runtime", standin.NAME]
+    assert _validate(*argv, "--report-dir", str(tmp_path / "reports"), "--no-progress") == 0
+    (written,) = (tmp_path / "reports").glob("accuracy_*.json")
+    entry = json.loads(written.read_text())["runtimes"][standin.NAME]
+    assert entry["describe"]["runtime"] == standin.NAME and entry["agreement"] == 100.0  # a percent
