@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lvvit.common.synthetic import synthetic_batch, synthetic_image
+from lvvit.synthetic import synthetic_batch, synthetic_image
 from runtimes import (
     BackendNotInstalledError,
     ConfigurationError,

@@ -184,7 +184,7 @@ def test_drift_and_locate_run_a_registered_runtime(standin_row, tiny, tmp_path, 
 
 
 def test_accuracy_runs_a_registered_runtime(standin_row, tiny, tmp_path):
-    from lvvit.common.synthetic import synthetic_image
+    from lvvit.synthetic import synthetic_image
 
     for label in ("cat", "dog"):
         (tmp_path / "data" / label).mkdir(parents=True)
