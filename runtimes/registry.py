@@ -28,6 +28,7 @@ from typing import Any
 
 from . import ort_providers as eps
 from .errors import ConfigurationError
+from .ov import PRECISIONS as ov_precisions
 
 MODEL_KINDS = ("onnx", "paddle-inference")  # the file kinds a runtime loads; None: built from a preset (eager)
 
@@ -239,7 +240,7 @@ _THE_KITS = (
         "openvino", "OpenVINO on the exported .onnx", "runtimes.ov", "OpenVinoPredictor", "onnx",
         options=(
             Option("device", default="CPU", help="OpenVINO device (CPU, GPU, GPU.1, NPU, AUTO)"),
-            Option("precision", default="f32", help="OpenVINO inference precision", choices=("f32", "bf16", "f16")),
+            Option("precision", default="f32", help="OpenVINO inference precision", choices=tuple(ov_precisions)),
         ),
         extra="openvino", distributions=("openvino",), probe="runtimes.probe:openvino_probe", title="OpenVINO",
     ),
