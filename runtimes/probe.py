@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from . import registry
-from .errors import ConfigurationError, ModelFileError
+from .errors import ConfigurationError, ModelFileError, PredictorClosedError
 
 Graph = Any  # an onnx.ModelProto, its serialized bytes, or the path of an .onnx file
 
@@ -47,10 +47,13 @@ class Probe:
         self.input_shapes = dict(inputs)  # input name -> dims (an int, or a name/None where dynamic)
         self.outputs = list(outputs)
         self._details = details
+        self._closed = False
 
     def run(self, feed: np.ndarray | Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, Any]:
         """The values of `outputs` (default: every output) for `feed` (one batch for the first input, or name ->
         array for several inputs)."""
+        if self._closed:
+            raise PredictorClosedError(f"this {self.runtime} probe is closed")
         values = dict(feed) if isinstance(feed, Mapping) else {self.inputs[0]: feed}
         wanted = list(outputs) if outputs is not None else self.outputs
         unknown = [name for name in wanted if not self.has(name)]
@@ -71,7 +74,12 @@ class Probe:
         raise NotImplementedError
 
     def close(self) -> None:
-        """Release the session."""
+        """Release the session; later runs raise `PredictorClosedError`."""
+        self._closed = True
+        self._release()
+
+    def _release(self) -> None:
+        raise NotImplementedError
 
     def __enter__(self) -> Probe:
         return self
@@ -100,7 +108,7 @@ class OrtProbe(Probe):
         """The profile file of a probe opened with `profile_prefix` (ONNX Runtime's JSON trace)."""
         return Path(self._session.end_profiling())
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self._session = None
 
 
@@ -150,7 +158,7 @@ class OpenVinoProbe(Probe):
         """OpenVINO's per-layer counters of the last run (a probe opened with `perf_counters=True`)."""
         return list(self._request.get_profiling_info())
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self._request = None
 
 

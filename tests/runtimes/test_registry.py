@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import runtimes
-from runtimes import ConfigurationError, PredictorSpec, open_probe, registry
+from runtimes import ConfigurationError, PredictorClosedError, PredictorSpec, open_probe, registry
 
 from . import standin_runtime as standin
 
@@ -126,6 +126,8 @@ def test_a_probe_returns_the_marked_outputs_by_name(tiny, runtime):
         values = probe.run(x)
         assert set(values) == set(probe.outputs) and inner in values and probe.has(inner)
         assert values[inner].shape[0] == 2 and probe.describe()["runtime"] == runtime
+    with pytest.raises(PredictorClosedError, match=rf"this {runtime} probe is closed"):
+        probe.run(x)
     with runtimes.OrtPredictor(tiny.onnx) as predictor:
         np.testing.assert_allclose(values[proto.graph.output[0].name], predictor.logits(x), atol=1e-5)
 
