@@ -187,14 +187,13 @@ def add_runtime_arguments(group: Any, only: Iterable[str] | None = None) -> None
     """Add `--<runtime>-<option>` for every option of every runtime (or of `only`) to an argparse group."""
     for row in (get(name) for name in only) if only is not None else rows():
         for option in row.options:
-            choices = f"{', '.join(map(str, option.choices))}; " if option.choices else ""
             group.add_argument(
                 row.flag(option),
                 dest=row.dest(option),
                 type=option.type,
                 default=option.default,
                 choices=option.choices,
-                help=f"{option.help} ({choices}default {option.default})",
+                help=f"{option.help} (default {option.default})",
             )
 
 
@@ -239,7 +238,7 @@ _THE_KITS = (
     Runtime(
         "openvino", "OpenVINO on the exported .onnx", "runtimes.ov", "OpenVinoPredictor", "onnx",
         options=(
-            Option("device", default="CPU", help="OpenVINO device (CPU, GPU, GPU.1, NPU, AUTO)"),
+            Option("device", default="CPU", help="OpenVINO device: CPU, GPU, GPU.1, NPU or AUTO"),
             Option("precision", default="f32", help="OpenVINO inference precision", choices=tuple(ov_precisions)),
         ),
         extra="openvino", distributions=("openvino",), probe="runtimes.probe:openvino_probe", title="OpenVINO",
