@@ -18,7 +18,6 @@ extra outputs marked on a runtime that has a probe.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from lvvit.errors import ImageError
@@ -42,17 +41,14 @@ from .probe import Probe, open_probe
 from .registry import Option, Runtime
 from .spec import RUNTIMES, ModelFile, PredictorSpec, read_model_metadata
 
-# name -> module that defines it; each imports its runtime, so they load lazily.
-_BACKENDS = {
-    "OrtPredictor": ".ort",
-    "PaddlePredictor": ".paddle_native",
-    "OpenVinoPredictor": ".ov",
-}
+# the predictor classes, by the registry's rows: each module imports its runtime, so they load lazily
+_BACKENDS = tuple(dict.fromkeys(row.predictor for row in registry.rows()))
 
 
 def __getattr__(name: str) -> Any:
-    if name in _BACKENDS:
-        return getattr(importlib.import_module(_BACKENDS[name], __name__), name)
+    row = next((row for row in registry.rows() if row.predictor == name), None)
+    if row is not None:  # `from runtimes import OrtPredictor`, and any registered runtime's class
+        return row.predictor_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

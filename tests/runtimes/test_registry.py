@@ -88,6 +88,7 @@ def test_flags_keep_their_spellings_and_fill_the_options():
 
 def test_a_registered_row_adds_its_flag_and_goes_away_again(standin_row):
     assert standin.NAME in runtimes.RUNTIMES and standin.NAME in registry.names()
+    assert runtimes.StandinPredictor is standin.StandinPredictor  # `from runtimes import ...`, as for the kit's
     assert "--ort-standin-flavour" in _parser().format_help()
     args = _parser().parse_args(["--ort-standin-flavour", "spicy"])
     assert registry.options_from(args, standin.NAME) == {"flavour": "spicy"}
