@@ -33,8 +33,8 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 from exporters.onnx import FastPath, export_onnx  # noqa: E402
 from lvvit.common.provenance import sha256_of  # noqa: E402
-from lvvit.common.synthetic import synthetic_batch  # noqa: E402
 from lvvit.preprocess import preprocess_batch  # noqa: E402
+from lvvit.synthetic import synthetic_batch  # noqa: E402
 from runtimes import OrtPredictor  # noqa: E402
 from tests.conftest import TINY  # noqa: E402
 

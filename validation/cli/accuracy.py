@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from validation.run import gate
+from validation.core import gate
 from validation.run.accuracy import run_accuracy
 
 
@@ -57,9 +57,9 @@ def main(args: Any) -> int:
 
 def _main(args: Any, written: dict[str, Path]) -> int:
     from validation.cli.options import log, model_source, print_written, report_stem, specs_and_cache
+    from validation.core.data import labelled_folder
     from validation.engines.local import engine_for
     from validation.reports.write import write_reports
-    from validation.run.data import labelled_folder
 
     tolerance = gate.parse_tolerance(args.tolerance, gate.ACCURACY_LIMITS, gate.DEFAULT_ACCURACY_TOLERANCE)
     source = model_source(args)

@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from lvvit.metadata import OUTPUT_NAME
+from validation.core import gate
 from validation.errors import DatasetError
-from validation.run import gate
 from validation.run.drift import DriftInputs, run_drift
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from validation.core import gate
 from validation.errors import DatasetError
 from validation.reports.locate import summary_line
-from validation.run import gate
 from validation.run.drift import DriftInputs
 from validation.run.locate import (
     DEFAULT_STAGE_TOLERANCE,

@@ -11,9 +11,9 @@ from typing import Any
 
 from lvvit.presets import get_preset, list_presets
 from runtimes.spec import read_model_metadata
+from validation.core.runners import RUNTIMES, ModelSource, RuntimeOptions, spec_from_metadata
 from validation.engines.reference_cache import ReferenceCache, reference_key
 from validation.errors import ModelSourceError
-from validation.run.runners import RUNTIMES, ModelSource, RuntimeOptions, spec_from_metadata
 
 
 def log(message: str) -> None:
@@ -334,7 +334,7 @@ def print_written(written: dict[str, Path]) -> None:
 
 def specs_and_cache(args: Any, source: ModelSource, log: Any) -> tuple[dict[str, Any], ReferenceCache | None]:
     """The runtimes' specs of a drift/accuracy command line, and its `--reference-cache` (then without Paddle)."""
-    from validation.run.runners import runner_specs
+    from validation.core.runners import runner_specs
 
     names = args.runtime or ["ort"]
     if args.reference_cache is None:

@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from validation.core.runners import REFERENCE
 from validation.engines.reference_cache import ReferenceCache, reference_key
-from validation.run.runners import REFERENCE
 
 
 def add_parser(subparsers: Any) -> None:
@@ -41,9 +41,9 @@ def add_parser(subparsers: Any) -> None:
 
 def main(args: Any) -> int:
     from validation.cli.options import log, model_source
+    from validation.core.data import image_folder
+    from validation.core.runners import RuntimeOptions, runner_specs
     from validation.engines.local import engine_for
-    from validation.run.data import image_folder
-    from validation.run.runners import RuntimeOptions, runner_specs
 
     source = model_source(args)
     dataset = image_folder(args.data).limited(args.limit)
