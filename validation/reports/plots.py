@@ -1,4 +1,7 @@
-"""The report's figures as PNG bytes, drawn from the typed report (`validation.reports.types`) with matplotlib's Agg canvas (no pyplot state)."""
+"""The report's figures as PNG bytes, drawn from the typed report (`validation.reports.types`).
+
+matplotlib's Agg canvas, no pyplot state.
+"""
 
 from __future__ import annotations
 

@@ -104,7 +104,7 @@ def load_report(path: str | Path) -> Report:
     """The typed report a JSON file holds (any kind, any version)."""
     path = Path(path)
     if not path.is_file():  # a FIFO or a device would block or never end
-        raise ValidationError(f"{path}: not a regular file; expected a JSON report written by drift, accuracy, locate or bench")
+        raise ValidationError(f"{path}: not a regular file; expected a JSON report of drift, accuracy, locate or bench")
     try:
         with path.open("rb") as file:
             data = file.read(MAX_REPORT_BYTES + 1)
