@@ -104,7 +104,9 @@ def test_a_reference_cache_is_rebuilt_after_a_paddle_upgrade_and_reports_the_pad
     monkeypatch.setattr(version_module, "package_version", real)  # Paddle "downgraded": the cache is still used
     opened = ReferenceCache.open(tmp_path / "cache", reference_key(source))
     with engine_for({"ort": specs["ort"]}, batch_size=8, reference_cache=opened) as (reference, others, engine):
-        report = run_accuracy(reference, others, labelled_folder(data, num_classes=10), engine=engine, progress=False)
+        report = run_accuracy(
+            reference, others, labelled_folder(data, num_classes=10), engine=engine, progress=False
+        ).to_json()
     assert report["reference"]["describe"]["versions"]["paddlepaddle"] == "9.9.9"  # what computed the logits
     assert "paddlepaddle 9.9.9" in report["engine"]["reference"]
 

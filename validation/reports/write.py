@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from lvvit.common.atomic import atomic_files, sweep_leftovers
 from validation.errors import ValidationError
 from validation.reports.document import Figure, to_html, to_markdown
 from validation.reports.kinds import FIGURES, from_json, pages
-from validation.reports.types import Report
+from validation.reports.types import REPORT_VERSION, Report
 
 # -- files -------------------------------------------------------------------------------------------------------
 
@@ -85,7 +86,7 @@ def render(report: Report | Mapping[str, Any], out_dir: str | Path, stem: str) -
 
 def write_reports(report: Report | Mapping[str, Any], out_dir: str | Path, stem: str) -> dict[str, Path]:
     """`<stem>.json` with every number, and the Markdown and HTML pages drawn from it: all files or none replaced."""
-    report = typed(report)
+    report = replace(typed(report), version=REPORT_VERSION)  # written now: in this version's format
     data = json.loads(json.dumps(report.to_json(), default=_json_default))  # numpy scalars and paths as JSON
     text = json.dumps(_finite(data), indent=2, allow_nan=False)
 
