@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, field, fields
+from pathlib import PurePath
 from typing import Any, TypeVar
 
 from lvvit.common.gate import GateCheck
@@ -61,9 +62,9 @@ class Record:
                     raise KeyError(f"{cls.__name__} lacks {f.name!r}")
                 continue
             load = f.metadata.get("load")
-            values[f.name] = load(data[f.name]) if load else data[f.name]
+            values[f.name] = load(data[f.name]) if load else as_json(data[f.name])
         if "extra" in known:
-            values["extra"] = {k: v for k, v in data.items() if k not in known}
+            values["extra"] = {k: as_json(v) for k, v in data.items() if k not in known}
         return cls(**values)
 
 
@@ -77,6 +78,21 @@ def plain(value: Any) -> Any:
         return {k: plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [plain(v) for v in value]
+    return value
+
+
+def as_json(value: Any) -> Any:
+    """A value as JSON would give it back: tuples as lists, keys as strings, paths as strings, numpy scalars as
+    Python numbers; so that a report built by a run equals the same report read from its file (and renders the
+    same page)."""
+    if isinstance(value, Mapping):
+        return {str(k): as_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [as_json(v) for v in value]
+    if isinstance(value, PurePath):
+        return str(value)
+    if type(value).__module__ == "numpy" and hasattr(value, "item"):  # numpy scalars (np.float64 is a float)
+        return value.item()
     return value
 
 
