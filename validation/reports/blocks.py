@@ -12,7 +12,9 @@ from pathlib import Path
 
 from validation.reports.document import Block, Bullets, Code, Heading, Paragraph, Table, Verdict
 from validation.reports.types import (
+    AccuracyEntry,
     AccuracyReport,
+    Comparison,
     DriftReport,
     Inputs,
     LimitInfo,
@@ -118,10 +120,10 @@ def failure_blocks(inputs: Inputs) -> list[Block]:
     return blocks
 
 
-def reproduce_blocks(report: RunRecord | object, reference: Reference | object, runtimes: Mapping) -> list[Block]:
+def reproduce_blocks(report: Comparison, reference: Reference | AccuracyEntry, runtimes: Mapping) -> list[Block]:
     """The runtimes' table, the preprocessing and how to reproduce the run (drift, accuracy and locate)."""
-    env, pre = report.environment, report.preprocess  # type: ignore[attr-defined]
-    rows = [_runtime_row(reference.name, reference.describe)]  # type: ignore[attr-defined]
+    env, pre = report.environment, report.preprocess
+    rows = [_runtime_row(reference.name or "reference", reference.describe)]
     rows += [_runtime_row(name, entry.describe) for name, entry in runtimes.items()]
     blocks: list[Block] = [Heading("Runtimes", 2), Table(["runtime", "what runs", "model files", "versions"], rows)]
     blocks.append(Heading("Preprocessing (identical inputs for every runtime)", 2))

@@ -265,8 +265,8 @@ class DriftRuntime(Record):
 
 
 @dataclass(**_FROZEN)
-class RunRecord(Record):
-    """What the drift and accuracy runs share: what ran, on which inputs, how, and the limits in force."""
+class Comparison(Record):
+    """What drift, accuracy and locate share: what ran, on which inputs, and the limits in force."""
 
     version: int = REPORT_VERSION
     environment: Environment = item(Environment.from_json)
@@ -274,11 +274,17 @@ class RunRecord(Record):
     preprocess: Preprocessing = item(Preprocessing.from_json)
     inputs: Inputs = item(Inputs.from_json)
     batch_size: int
+    tolerance: dict[str, float] = item(numbers)
+    limits: dict[str, LimitInfo] = item(by_name(LimitInfo.from_json))
+
+
+@dataclass(**_FROZEN)
+class RunRecord(Comparison):
+    """What the drift and accuracy runs add: the engine and shards they ran in, and the output compared."""
+
     engine: EngineRecord | None = optional(EngineRecord.from_json)  # older reports: none
     shards: ShardsRecord | None = optional(ShardsRecord.from_json)
     output: str = "logits"
-    tolerance: dict[str, float] = item(numbers)
-    limits: dict[str, LimitInfo] = item(by_name(LimitInfo.from_json))
 
 
 @dataclass(**_FROZEN)
@@ -397,24 +403,16 @@ class ExportRecord(Record):
 
 
 @dataclass(**_FROZEN)
-class LocateReport(Report):
+class LocateReport(Comparison, Report):
     """Native Paddle against an export stage by stage on each runtime; gated on the first stage over the limits."""
 
     kind: ClassVar[str] = "locate"
-    version: int = REPORT_VERSION
-    environment: Environment = item(Environment.from_json)
-    model: ModelRecord | None = item(_model, _model_json, default=None)
     export: ExportRecord = item(ExportRecord.from_json)
-    preprocess: Preprocessing = item(Preprocessing.from_json)
-    inputs: Inputs = item(Inputs.from_json)
-    batch_size: int
     seconds: float | None = item(number, default=None)
     stages: list[str]
-    tolerance: dict[str, float] = item(numbers)
     tolerance_source: str | None = optional()
     noise_mean_rel: float | None = optional(number)
     jump_factor: float | None = optional(number)
-    limits: dict[str, LimitInfo] = item(by_name(LimitInfo.from_json))
     reference: Reference = item(Reference.from_json)
     runtimes: dict[str, LocateRuntime] = item(by_name(LocateRuntime.from_json))
 
