@@ -12,10 +12,10 @@ def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "report",
         help="render the Markdown and HTML pages of a JSON report again",
-        description="Draw the Markdown (+ PNG figures) and self-contained HTML pages from a drift, accuracy or bench "
-        "JSON report, e.g. after editing the renderer or on another machine.",
+        description="Draw the Markdown (+ PNG figures) and self-contained HTML pages from a drift, accuracy, locate "
+        "or bench JSON report of any version, e.g. after editing the renderer or on another machine.",
     )
-    parser.add_argument("json", type=Path, help="a report written by drift, accuracy or bench")
+    parser.add_argument("json", type=Path, help="a report written by drift, accuracy, locate or bench (any version)")
     parser.add_argument("--output-dir", type=Path, default=None, help="where the pages go (default: beside the JSON)")
     parser.set_defaults(func=main)
 

@@ -373,6 +373,10 @@ class StageResult(Record):
     growth: float | None = optional(number)  # its mean rel over the stage before (older reports: none)
     jump: bool | None = optional()
 
+    def to_json(self) -> dict[str, Any]:
+        out = super().to_json()
+        return {**out, "doubtful": self.doubtful} if self.mapped else out  # a mapped stage says whether it is
+
 
 @dataclass(**_FROZEN)
 class Instrumentation(Record):
