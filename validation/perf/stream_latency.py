@@ -24,14 +24,14 @@ def _rss_bytes() -> int:
 
 
 def _openers(model: Path, runtimes: list[str], threads: int, streams: int) -> dict[str, Any]:
-    from runtimes import OpenVinoPredictor, OrtPredictor
+    from runtimes import registry
 
-    make = {"onnxruntime": OrtPredictor, "openvino": OpenVinoPredictor}
     openers = {}
     for runtime in runtimes:
+        make = registry.get(runtime).predictor_class()
         for n in (1, streams):
             openers[f"{runtime} streams={n}"] = (
-                lambda cls=make[runtime], n=n: cls(model, threads=threads, streams=n)  # noqa: B023 (bound by default)
+                lambda make=make, n=n: make(model, threads=threads, streams=n)  # noqa: B023 (bound by default)
             )
     return openers
 
@@ -103,24 +103,26 @@ def render(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     import json
 
+    from runtimes import registry
     from validation.cli.options import positive
 
     parser = argparse.ArgumentParser(prog="python -m validation.perf.stream_latency", description=__doc__)
     parser.add_argument("model", type=Path, help="an exported .onnx file (e.g. build/lvvit_s.onnx from `make run`)")
+    onnx_runtimes = registry.with_model_files(["onnx"])
     parser.add_argument(
         "--runtimes",
-        default="onnxruntime,openvino",
-        help="comma-separated: onnxruntime, openvino (default both)",
+        default="ort,openvino",
+        help=f"comma-separated: {', '.join(onnx_runtimes)} (default ort,openvino)",
     )
     parser.add_argument("--threads", type=positive, default=None, help="threads in all (default: all cores)")
     parser.add_argument("--streams", type=positive, default=None, help="N (default: the thread count)")
     parser.add_argument("--repeats", type=positive, default=15, help="timed runs per predictor and batch (default 15)")
     parser.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
     args = parser.parse_args(argv)
-    runtimes = args.runtimes.split(",")
-    unknown = set(runtimes) - {"onnxruntime", "openvino"}
+    runtimes = [registry.canonical(name) for name in args.runtimes.split(",")]  # onnxruntime: ort's older name
+    unknown = set(runtimes) - set(onnx_runtimes)
     if unknown:
-        parser.error(f"--runtimes: unknown {sorted(unknown)}; valid: onnxruntime, openvino")
+        parser.error(f"--runtimes: unknown {sorted(unknown)}; valid: {', '.join(onnx_runtimes)}")
     threads = args.threads or len(os.sched_getaffinity(0))
     streams = args.streams or threads
     if streams < 2:
