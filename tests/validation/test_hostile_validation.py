@@ -44,9 +44,10 @@ def local(model):
 def accuracy(local, data, folder, shard_size=15, **kwargs):
     reference, others, engine = local
     dataset = labelled_folder(data, num_classes=10)
-    return run_accuracy(
+    report = run_accuracy(
         reference, others, dataset, engine=engine, shard_dir=folder, shard_size=shard_size, progress=False, **kwargs
     )
+    return report.to_json()
 
 
 def write_bmp_digits(folder):

@@ -71,7 +71,7 @@ def test_one_shard_and_many_shards_give_the_same_report(digits_model):
     dataset = labelled_folder(data, num_classes=10)
     with engine_for(specs, batch_size=8) as (reference, others, engine):
         whole = run_accuracy(reference, others, dataset, engine=engine, shard_size=1000, progress=False).to_json()
-        cut = run_accuracy(reference, others, dataset, engine=engine, shard_size=7, progress=False)
+        cut = run_accuracy(reference, others, dataset, engine=engine, shard_size=7, progress=False).to_json()
         drift_whole = run_drift(reference, others, DriftInputs(folder=data), engine=engine, shard_size=1000).to_json()
         # shards of whole batches, so that every runtime sees the very batches of the single run
         drift_cut = run_drift(reference, others, DriftInputs(folder=data), engine=engine, shard_size=16).to_json()
@@ -149,7 +149,7 @@ def test_a_cached_reference_runs_no_paddle_and_gives_the_same_drift(digits_model
     opened = ReferenceCache.open(tmp_path / "cache", reference_key(source))
     with engine_for({"ort": specs["ort"]}, batch_size=8, reference_cache=opened) as (reference, others, engine):
         cached = run_drift(reference, others, DriftInputs(folder=data), engine=engine, shard_size=16).to_json()
-        accuracy = run_accuracy(reference, others, dataset, engine=engine, progress=False)
+        accuracy = run_accuracy(reference, others, dataset, engine=engine, progress=False).to_json()
     assert calls == []  # not one Paddle call
     assert cached["runtimes"]["ort"]["outputs"] == live["runtimes"]["ort"]["outputs"]
     assert cached["reference"]["describe"]["cached"] == str(tmp_path / "cache")
