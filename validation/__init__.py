@@ -3,7 +3,7 @@
     python -m validation drift --preset lvvit_s --weights W --runtime ort --runtime openvino --synthetic 32
     python -m validation accuracy DATA_DIR --preset lvvit_s --weights W --runtime ort
 
-Library: `run_drift`, `run_accuracy` (plain-data reports), `write_reports`
+Library: `run_drift`, `run_accuracy` (typed reports, `validation.reports.types`; `bool()` the verdict), `write_reports`
 (JSON + Markdown + HTML), `build_runners` (native Paddle reference + runtimes
 from `runtimes`), `labelled_folder` / `image_folder` / `stream_batches` (inputs).
 """

@@ -239,7 +239,8 @@ def _bench_report(timings: dict[str, tuple[float, float, float]]) -> dict:
     """A bench report's JSON with batch-1 timings (median, p25, p75 in ms) per fp32 path."""
     paths = [
         {"name": name, "what": name, "precision": "fp32", "skipped": None, "drift": {},
-         "timings": {"1": {"median_ms": m, "p25_ms": lo, "p75_ms": hi, "images_per_s": 1e3 / m, "x_floor": m / 10}}}
+         "timings": {"1": {"median_ms": m, "p25_ms": lo, "p75_ms": hi, "images_per_s": 1e3 / m, "x_floor": m / 10,
+                           "iqr_rel": (hi - lo) / m, "min_ms": lo, "repeats": 7}}}
         for name, (m, lo, hi) in timings.items()
     ]  # fmt: skip
     cpu = {"model_name": "AMD EPYC", "clock_ghz": 2.6, "cores": 2, "fp32_macs_per_cycle": 16}
@@ -249,6 +250,8 @@ def _bench_report(timings: dict[str, tuple[float, float, float]]) -> dict:
         "floor_working_by_precision": {"fp32": "..."}, "nominal_clock_ghz": 2.6,
         "floor_ms_batch1_by_precision": {"fp32": 10.0}, "measured_sgemm_gfma_per_s": 80.0,
         "measured_sgemm_gfma_per_s_range": [70.0, 90.0], "measured_floor_ms_batch1": 80.0, "paths": paths,
+        "kind": "bench", "baseline": "paddle-inference", "macs_per_image": 1, "floor_ms_batch1": 10.0,
+        "floor_working": "...", "user_file": None,
     }  # fmt: skip
 
 
@@ -256,10 +259,11 @@ def _page(timings: dict[str, tuple[float, float, float]], cpuinfo: str = "/proc/
     """The Markdown page of `_bench_report(timings)`, its CPU read from `cpuinfo`."""
     from validation.reports.bench import bench_blocks
     from validation.reports.document import to_markdown
+    from validation.reports.types import BenchReport
 
     report = _bench_report(timings)
     report["cpu"]["cpuinfo"] = cpuinfo
-    return to_markdown(bench_blocks(report)[1], "bench")
+    return to_markdown(bench_blocks(BenchReport.from_json(report), {})[1], "bench")
 
 
 def test_the_baseline_is_one_named_path_even_where_another_paddle_configuration_is_faster():

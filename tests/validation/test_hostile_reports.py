@@ -131,7 +131,7 @@ def test_a_failed_write_leaves_the_older_set_untouched(five_class_report, tmp_pa
 def test_a_full_disk_leaves_the_older_set_untouched(five_class_report, tmp_path):
     older = _older_set(tmp_path / "reports", "run")
     saved = tmp_path / "report.json"
-    saved.write_text(json.dumps(five_class_report))
+    saved.write_text(json.dumps(five_class_report.to_json()))
     result = run_bounded(
         f"""
         import json, resource, signal
@@ -150,7 +150,7 @@ def test_a_full_disk_leaves_the_older_set_untouched(five_class_report, tmp_path)
 
 def test_a_report_with_null_limits_renders(five_class_report, tmp_path):
     """NaN never reaches the renderer from a run; a JSON file from elsewhere may hold null (NaN) limits."""
-    data = json.loads(json.dumps(five_class_report))
+    data = json.loads(json.dumps(five_class_report.to_json()))
     data["tolerance"] = {"top1_diff": None}
     data["runtimes"]["ort"]["gate"][0]["limit"] = None
     path = tmp_path / "edited.json"

@@ -44,9 +44,10 @@ def local(model):
 def accuracy(local, data, folder, shard_size=15, **kwargs):
     reference, others, engine = local
     dataset = labelled_folder(data, num_classes=10)
-    return run_accuracy(
+    report = run_accuracy(
         reference, others, dataset, engine=engine, shard_dir=folder, shard_size=shard_size, progress=False, **kwargs
     )
+    return report.to_json()
 
 
 def write_bmp_digits(folder):
@@ -104,7 +105,9 @@ def test_a_reference_cache_is_rebuilt_after_a_paddle_upgrade_and_reports_the_pad
     monkeypatch.setattr(version_module, "package_version", real)  # Paddle "downgraded": the cache is still used
     opened = ReferenceCache.open(tmp_path / "cache", reference_key(source))
     with engine_for({"ort": specs["ort"]}, batch_size=8, reference_cache=opened) as (reference, others, engine):
-        report = run_accuracy(reference, others, labelled_folder(data, num_classes=10), engine=engine, progress=False)
+        report = run_accuracy(
+            reference, others, labelled_folder(data, num_classes=10), engine=engine, progress=False
+        ).to_json()
     assert report["reference"]["describe"]["versions"]["paddlepaddle"] == "9.9.9"  # what computed the logits
     assert "paddlepaddle 9.9.9" in report["engine"]["reference"]
 

@@ -67,7 +67,8 @@ def test_every_stage_of_the_exported_graph_is_mapped(clean_onnx):
 
 
 def test_untouched_fp32_export_has_no_stage_over_the_threshold(clean_onnx):
-    report = _locate(clean_onnx, ("ort", "openvino"))
+    typed = _locate(clean_onnx, ("ort", "openvino"))
+    report = typed.to_json()
     assert report["passed"] and report["stages"] == stage_names(3)
     for name in ("ort", "openvino"):
         entry = report["runtimes"][name]
@@ -80,7 +81,8 @@ def test_untouched_fp32_export_has_no_stage_over_the_threshold(clean_onnx):
 
 
 def test_planted_fault_is_named_as_the_first_divergent_stage(faulty_onnx):
-    report = _locate(faulty_onnx, ("ort", "openvino"))
+    typed = _locate(faulty_onnx, ("ort", "openvino"))
+    report = typed.to_json()
     assert not report["passed"]
     for name in ("ort", "openvino"):
         entry = report["runtimes"][name]
@@ -136,7 +138,8 @@ def test_a_stage_the_graph_does_not_hold_is_reported_not_guessed(clean_onnx, tmp
     onnx.save(proto, str(renamed))
     found = map_stages(onnx.load(str(renamed)), depth=3)
     assert isinstance(found["blocks.2"], Unmapped) and "norm.weight" in found["blocks.2"].reason
-    report = _locate(renamed)
+    typed = _locate(renamed)
+    report = typed.to_json()
     stages = report["runtimes"]["ort"]["stages"]
     assert not stages["norm"]["mapped"] and "not in the graph" in stages["norm"]["reason"]
     assert stages["blocks.1"]["mapped"] and report["passed"]
@@ -158,7 +161,8 @@ def test_fp16_fused_graph_names_the_stages_it_hides(tmp_path):
 
     fp16 = export_onnx("lvvit_s", resolution=RES, output=tmp_path, fast=FastPath(precision="fp16"),
                        log=lambda m: None, **ARCH).path  # fmt: skip
-    report = _locate(fp16)
+    typed = _locate(fp16)
+    report = typed.to_json()
     stages = report["runtimes"]["ort"]["stages"]
     assert report["export"]["metadata"]["precision"] == "fp16"
     for block in ("blocks.0", "blocks.1", "blocks.2"):
@@ -179,7 +183,8 @@ def test_a_mild_fault_is_named_at_its_block_though_a_later_norm_crosses_the_thre
     over the threshold, where the threshold alone would blame the norm."""
     mild = tmp_path / "mild.onnx"
     _with_weights(clean_onnx, mild, lambda name, w: w * scale if name == weight else None)
-    report = _locate(mild, ("ort", "openvino"))
+    typed = _locate(mild, ("ort", "openvino"))
+    report = typed.to_json()
     assert not report["passed"] and report["tolerance"] == {"max_rel": 1e-3}
     order = report["stages"]
     for name in ("ort", "openvino"):
@@ -189,7 +194,7 @@ def test_a_mild_fault_is_named_at_its_block_though_a_later_norm_crosses_the_thre
         assert stages[block]["max_rel"] < 1e-3 and stages[block]["growth"] > 30
         assert order.index(entry["first_over"]) > order.index(block)  # the threshold alone blames a later stage
         assert [s for s in order if stages[s]["jump"]] == [block] and entry["doubtful"] == []
-        line = summary_line(report, name)
+        line = summary_line(typed, name)
         assert line.startswith(f"first divergent stage: {block}")
         assert f"first stage over the threshold: {entry['first_over']}" in line
 
@@ -214,14 +219,15 @@ def test_swapped_initializer_names_make_a_doubtful_mapping_not_a_blamed_block(cl
     same = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
             for p in (clean_onnx, swapped)]  # fmt: skip
     np.testing.assert_array_equal(*same)  # drift cannot see it
-    report = _locate(swapped)
+    typed = _locate(swapped)
+    report = typed.to_json()
     entry = report["runtimes"]["ort"]
     assert entry["first_over"] is None and entry["first_jump"] is None and report["passed"]
     assert entry["doubtful"] == ["blocks.0", "blocks.1"]
     assert "matches Paddle's blocks.1" in entry["stages"]["blocks.0"]["doubtful"]
     assert "look swapped" in entry["stages"]["blocks.1"]["doubtful"]
     assert not entry["stages"]["blocks.2"]["doubtful"]
-    assert "doubtful mapping, not blamed: blocks.0, blocks.1" in summary_line(report, "ort")
+    assert "doubtful mapping, not blamed: blocks.0, blocks.1" in summary_line(typed, "ort")
 
 
 def test_a_weight_of_another_shape_makes_the_mapping_doubtful():
@@ -260,7 +266,8 @@ def test_locate_judges_an_int8_file_by_the_int8_limits(int8_onnx):
     from validation.run.locate import STAGE_TOLERANCE_BY_PRECISION
 
     pytest.importorskip("openvino")
-    report = _locate(int8_onnx, ("ort", "openvino"))
+    typed = _locate(int8_onnx, ("ort", "openvino"))
+    report = typed.to_json()
     entry = report["runtimes"]["ort"]
     assert report["export"]["precision"] == "int8" and entry["describe"]["precision"] == "int8"
     assert report["tolerance"] == STAGE_TOLERANCE_BY_PRECISION["int8"] and report["tolerance_source"] == "int8 default"

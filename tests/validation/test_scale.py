@@ -70,11 +70,11 @@ def test_one_shard_and_many_shards_give_the_same_report(digits_model):
     _, data, specs = digits_model
     dataset = labelled_folder(data, num_classes=10)
     with engine_for(specs, batch_size=8) as (reference, others, engine):
-        whole = run_accuracy(reference, others, dataset, engine=engine, shard_size=1000, progress=False)
-        cut = run_accuracy(reference, others, dataset, engine=engine, shard_size=7, progress=False)
-        drift_whole = run_drift(reference, others, DriftInputs(folder=data), engine=engine, shard_size=1000)
+        whole = run_accuracy(reference, others, dataset, engine=engine, shard_size=1000, progress=False).to_json()
+        cut = run_accuracy(reference, others, dataset, engine=engine, shard_size=7, progress=False).to_json()
+        drift_whole = run_drift(reference, others, DriftInputs(folder=data), engine=engine, shard_size=1000).to_json()
         # shards of whole batches, so that every runtime sees the very batches of the single run
-        drift_cut = run_drift(reference, others, DriftInputs(folder=data), engine=engine, shard_size=16)
+        drift_cut = run_drift(reference, others, DriftInputs(folder=data), engine=engine, shard_size=16).to_json()
     assert cut["shards"]["count"] == 7 and whole["shards"]["count"] == 1
     assert numbers(cut["runtimes"]["ort"]) == numbers(whole["runtimes"]["ort"])
     assert numbers(cut["reference"]) == numbers(whole["reference"])
@@ -102,9 +102,9 @@ def test_a_run_stopped_halfway_resumes_without_redoing_a_shard(digits_model, tmp
             run_accuracy(reference, others, dataset, engine=engine, shard_dir=folder, shard_size=5, progress=False)
         assert sorted(p.name for p in folder.glob("shard-*.jsonl")) == [f"shard-0000{i}.jsonl" for i in range(3)]
         monkeypatch.setattr(shard_module, "shard_saved_hooks", [lambda shard: saved.append(shard.index)])
-        resumed = run_accuracy(reference, others, dataset, engine=engine, shard_dir=folder, shard_size=5)
+        resumed = run_accuracy(reference, others, dataset, engine=engine, shard_dir=folder, shard_size=5).to_json()
         assert saved == list(range(9))  # each of the 9 shards computed exactly once across both runs
-        fresh = run_accuracy(reference, others, dataset, engine=engine, shard_size=5, progress=False)
+        fresh = run_accuracy(reference, others, dataset, engine=engine, shard_size=5, progress=False).to_json()
     assert resumed["shards"]["computed"] == 6 and fresh["shards"]["computed"] == 9
     assert numbers(resumed["runtimes"]["ort"]) == numbers(fresh["runtimes"]["ort"])
     assert numbers(resumed["reference"]) == numbers(fresh["reference"])
@@ -144,12 +144,12 @@ def test_a_cached_reference_runs_no_paddle_and_gives_the_same_drift(digits_model
         assert cache.build(dataset.samples, 16, engine) == 0  # resumed: nothing left
     assert sum(calls) == 45 + 8  # every image once, and the untimed warm-up batch
     with engine_for(specs, batch_size=8) as (reference, others, engine):
-        live = run_drift(reference, others, DriftInputs(folder=data), engine=engine, shard_size=16)
+        live = run_drift(reference, others, DriftInputs(folder=data), engine=engine, shard_size=16).to_json()
     calls.clear()
     opened = ReferenceCache.open(tmp_path / "cache", reference_key(source))
     with engine_for({"ort": specs["ort"]}, batch_size=8, reference_cache=opened) as (reference, others, engine):
-        cached = run_drift(reference, others, DriftInputs(folder=data), engine=engine, shard_size=16)
-        accuracy = run_accuracy(reference, others, dataset, engine=engine, progress=False)
+        cached = run_drift(reference, others, DriftInputs(folder=data), engine=engine, shard_size=16).to_json()
+        accuracy = run_accuracy(reference, others, dataset, engine=engine, progress=False).to_json()
     assert calls == []  # not one Paddle call
     assert cached["runtimes"]["ort"]["outputs"] == live["runtimes"]["ort"]["outputs"]
     assert cached["reference"]["describe"]["cached"] == str(tmp_path / "cache")

@@ -40,9 +40,11 @@ def test_local_and_ray_engines_give_the_same_reports(digits_model):
     reports = {}
     for kind in ("local", "ray"):
         with engine_for(specs, kind, batch_size=8) as (reference, others, engine):
-            accuracy = run_accuracy(reference, others, dataset, engine=engine, shard_size=10, progress=False)
-            drift = run_drift(reference, others, DriftInputs(folder=data, limit=24), engine=engine, shard_size=10)
-            synthetic = run_drift(reference, others, DriftInputs(synthetic=5), engine=engine, shard_size=2)
+            accuracy = run_accuracy(reference, others, dataset, engine=engine, shard_size=10, progress=False).to_json()
+            drift = run_drift(
+                reference, others, DriftInputs(folder=data, limit=24), engine=engine, shard_size=10
+            ).to_json()
+            synthetic = run_drift(reference, others, DriftInputs(synthetic=5), engine=engine, shard_size=2).to_json()
         reports[kind] = accuracy, drift, synthetic
         assert not ray.is_initialized()  # the embedded Ray is shut down with the engine
     (acc_local, drift_local, syn_local), (acc_ray, drift_ray, syn_ray) = reports["local"], reports["ray"]

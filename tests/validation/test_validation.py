@@ -232,7 +232,16 @@ def test_gate_failure_carries_the_numbers():
     checks = [c.to_dict() for c in check_gate(gate.ACCURACY_LIMITS, gate.DEFAULT_ACCURACY_TOLERANCE, stats)]
     assert [c["passed"] for c in checks] == [False, False]
     with pytest.raises(GateFailure, match=r"ort: top1_diff = 0.4 \(limit <= 0.2\); agreement = 99.1 \(limit >= 99.5\)"):
-        gate.raise_if_failed({"runtimes": {"ort": {"gate": checks}, "openvino": {"gate": []}}})
+        gate.raise_if_failed(_accuracy_report_with(checks))
+
+
+def _accuracy_report_with(checks):
+    """The accuracy report kept in tests/data/reports, its runtime's gate checks replaced by `checks`."""
+    from validation.reports.types import AccuracyReport
+
+    data = json.loads((ROOT / "tests" / "data" / "reports" / "accuracy_digits.json").read_text())
+    data["runtimes"]["ort"]["gate"] = checks
+    return AccuracyReport.from_json(data)
 
 
 def test_arch_overrides_are_typed():

@@ -64,7 +64,7 @@ def test_accuracy_cli_on_real_digits_paddle_vs_onnxruntime(digits_dir, digits_on
 def test_class_folders_and_limit(digits_dir, runners):
     reference, others = runners
     dataset = labelled_folder(digits_dir / "train", num_classes=10).limited(300)
-    report = run_accuracy(reference, others, dataset, batch_size=64, progress=False)
+    report = run_accuracy(reference, others, dataset, batch_size=64, progress=False).to_json()
     assert report["inputs"]["kind"] == "class-folders" and report["inputs"]["images_evaluated"] == 300
     assert report["inputs"]["classes"] == digits.CLASSES
     assert report["reference"]["top1"] >= 90.0 and report["runtimes"]["ort"]["agreement"] >= 99.5
@@ -81,7 +81,9 @@ def test_odd_and_corrupt_images_are_counted_listed_and_nothing_else_lost(digits_
         (folder / path.name).write_bytes(path.read_bytes())
         lines.append(f"{path.name} {truth['val/' + path.name]}")
     (folder / "val_list.txt").write_text("\n".join(lines) + "\n")
-    report = run_accuracy(reference, others, labelled_folder(folder, num_classes=10), batch_size=16, progress=False)
+    report = run_accuracy(
+        reference, others, labelled_folder(folder, num_classes=10), batch_size=16, progress=False
+    ).to_json()
     unreadable = {f["name"]: f["reason"] for f in report["inputs"]["unreadable"]}
     assert set(unreadable) == {"zero_bytes.jpg", "truncated.jpg", "text.jpg"}
     assert report["inputs"]["images_listed"] == 47 and report["inputs"]["images_evaluated"] == 44
@@ -93,7 +95,7 @@ def test_odd_and_corrupt_images_are_counted_listed_and_nothing_else_lost(digits_
         assert f"| {name} |" in markdown
     assert "truncated" in unreadable["truncated.jpg"]
 
-    drift = run_drift(reference, others, DriftInputs(folder=folder), progress=False)
+    drift = run_drift(reference, others, DriftInputs(folder=folder), progress=False).to_json()
     assert drift["inputs"]["type"] == "folder" and drift["inputs"]["images_used"] == 44
     assert {f["name"] for f in drift["inputs"]["unreadable"]} == set(unreadable)
     assert [f["name"] for f in drift["inputs"]["skipped_files"]] == ["val_list.txt"]

@@ -87,19 +87,19 @@ def _main(args: Any, written: dict[str, Path]) -> int:
             shard_size=args.shard_size,
         )
     written.update(write_reports(report, args.report_dir, stem))
-    ref = report["reference"]
-    print(f"{ref['name']} (reference): top-1 {ref['top1']:.2f}%, top-5 {ref['top5']:.2f}% on {ref['images']} images")
-    for name, entry in report["runtimes"].items():
+    ref = report.reference
+    print(f"{ref.name} (reference): top-1 {ref.top1:.2f}%, top-5 {ref.top5:.2f}% on {ref.images} images")
+    for name, entry in report.runtimes.items():
         print(
-            f"{name}: top-1 {entry['top1']:.2f}% ({entry['top1_diff']:+.2f} points), top-5 {entry['top5']:.2f}% "
-            f"({entry['top5_diff']:+.2f}), agreement {entry['agreement']:.2f}%, "
-            f"{entry['images_per_second'] or 0:.1f} images/s"
+            f"{name}: top-1 {entry.top1:.2f}% ({entry.top1_diff:+.2f} points), top-5 {entry.top5:.2f}% "
+            f"({entry.top5_diff:+.2f}), agreement {entry.agreement:.2f}%, "
+            f"{entry.images_per_second or 0:.1f} images/s"
         )
-    unreadable = report["inputs"]["unreadable"]
+    unreadable = report.inputs.unreadable or []
     if unreadable:
-        print(f"{len(unreadable)} unreadable image(s) left out: " + ", ".join(f["name"] for f in unreadable[:10]))
+        print(f"{len(unreadable)} unreadable image(s) left out: " + ", ".join(f.name for f in unreadable[:10]))
     print_written(written)
     gate.raise_if_failed(report)
-    if report["runtimes"]:
+    if report.runtimes:
         print("PASSED: every runtime is within the tolerance")
     return 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lvvit.metadata import OUTPUT_NAME
 from validation.core import gate
 from validation.errors import DatasetError
 from validation.run.drift import DriftInputs, run_drift
@@ -85,12 +84,12 @@ def _main(args: Any, written: dict[str, Path]) -> int:
             shard_size=args.shard_size,
         )
     written.update(write_reports(report, args.report_dir, stem))
-    for name, entry in report["runtimes"].items():
-        stats = entry["outputs"][OUTPUT_NAME]
+    for name in report.runtimes:
+        stats = report.stats(name)
         print(
-            f"{name}: max abs {stats['max_abs']:.3g}, p99 abs {stats['p99_abs']:.3g}, max rel {stats['max_rel']:.3g}, "
-            f"min cosine {stats['min_cosine']:.9f}, top-1 agreement {stats['top1_agreement']:.2%}, "
-            f"top-5 overlap {stats['top5_overlap']:.2%}, max KL {stats['max_kl']:.3g}"
+            f"{name}: max abs {stats.max_abs:.3g}, p99 abs {stats.p99_abs:.3g}, max rel {stats.max_rel:.3g}, "
+            f"min cosine {stats.min_cosine:.9f}, top-1 agreement {stats.top1_agreement:.2%}, "
+            f"top-5 overlap {stats.top5_overlap:.2%}, max KL {stats.max_kl:.3g}"
         )
     print_written(written)
     gate.raise_if_failed(report)

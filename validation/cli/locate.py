@@ -73,7 +73,7 @@ def main(args: Any) -> int:
     )
     report = run_locate(source, inputs, settings, log, args.argv)
     written = write_reports(report, args.report_dir, report_stem(args, "locate", source))
-    for name in report["runtimes"]:
+    for name in report.runtimes:
         print(f"{name}: " + summary_line(report, name))
     print_written(written)
     gate.raise_if_failed(report)

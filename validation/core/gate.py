@@ -15,12 +15,10 @@ from lvvit.common.gate import (
     DEFAULT_ACCURACY_TOLERANCE,
     DEFAULT_DRIFT_TOLERANCE,
     DRIFT_LIMITS,
-    GateCheck,
     Limit,
     check_gate,
     checked_bound,
     default_drift_tolerance,
-    failed_lines,
 )
 from lvvit.common.gate import ToleranceError as _CoreToleranceError
 from validation.errors import GateFailure, ToleranceError
@@ -83,10 +81,9 @@ def check(
     return [c.to_dict() for c in check_gate(limits, check_tolerance(tolerance, limits), stats)]
 
 
-def raise_if_failed(report: Mapping[str, Any]) -> None:
-    """`GateFailure` listing every failed check of every runtime in `report["runtimes"]`."""
-    lines = failed_lines(
-        (name, [GateCheck.from_dict(c) for c in entry.get("gate", [])]) for name, entry in report["runtimes"].items()
-    )
+def raise_if_failed(report: Any) -> None:
+    """`GateFailure` listing every failing runtime of a typed report (`validation.reports.types`): its `failures()`,
+    the one verdict every report kind computes."""
+    lines = report.failures()
     if lines:
         raise GateFailure("outside the tolerance:\n  " + "\n  ".join(lines))

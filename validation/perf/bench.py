@@ -25,6 +25,16 @@ from lvvit.presets import Preset
 from runtimes import registry
 from runtimes.spec import PredictorSpec
 from validation.reports.bench import BASELINE
+from validation.reports.types import (
+    BenchPathResult,
+    BenchReport,
+    CpuRecord,
+    FastestPick,
+    ImageSet,
+    PathDrift,
+    RuntimeRecord,
+    Timing,
+)
 
 
 @dataclass
@@ -230,6 +240,89 @@ def _drift(opened: dict[str, Any], images: np.ndarray, chunk: int = 8) -> dict[s
     return drift
 
 
+@dataclass(frozen=True)
+class _Measured:
+    """What the timed rounds found: the SGEMM probe's rates, and the CPU and the floors they imply."""
+
+    sgemm_rates: list[float]
+    nominal: Any  # `cpu_floor.CpuInfo` as detected
+    cpu: Any  # its clock raised to the fastest probe round's, where that beat it
+    macs: int
+    floors: dict[str, float | None]
+
+
+def _time_batches(opened: dict[str, Any], by_name: dict[str, PathResult], real: np.ndarray, batch_sizes, warmup: int,
+                  repeats: int, settle_ms: int, probe: Any, log) -> list[float]:  # fmt: skip
+    """Time every path at every batch size (interleaved); the SGEMM probe's rates of the batch-1 rounds."""
+    sgemm_rates: list[float] = []
+    for batch in batch_sizes:
+        log(f"timing batch {batch}: {warmup} warm-up + {repeats} interleaved repeats per path, {settle_ms} ms apart")
+        # the SGEMM probe runs in the batch-1 rounds, where the floor is compared
+        batch_probe = probe if batch == 1 else None
+        seconds, rates = time_interleaved(opened, _tile(real, batch), warmup, repeats, settle_ms / 1e3, batch_probe)
+        sgemm_rates += rates
+        for name, samples in seconds.items():
+            by_name[name].timings[batch] = timing_stats(samples, batch)
+    if not sgemm_rates:  # no batch-1 timing: measure it on its own
+        sgemm_rates = [probe.gfma_per_s() for _ in range(5)]
+    return sgemm_rates
+
+
+def _floors(spec: Any, threads: int, sgemm_rates: list[float], results: list[PathResult]) -> _Measured:
+    """The arithmetic floors per precision, and each batch-1 timing against its precision's floor."""
+    from lvvit.macs import count_macs
+    from validation.perf.cpu_floor import detect_cpu
+
+    macs = count_macs(spec.arch, spec.resolution)
+    nominal = detect_cpu(threads)
+    # a floor the probe has beaten is no floor: the clock is the one the fastest probe round implies (boost varies
+    # from round to round; with the median, OpenVINO f32 once ran at 0.88x its "floor")
+    cpu = nominal.at_measured_rate(max(sgemm_rates))
+    floors = {p: cpu.floor_ms(macs, p) for p in ("fp32", "bf16", "int8")}
+    for result in results:
+        floor = floors.get(result.precision)
+        if floor and 1 in result.timings:
+            result.timings[1]["x_floor"] = result.timings[1]["median_ms"] / floor
+    return _Measured(sgemm_rates, nominal, cpu, macs, floors)
+
+
+def _path_record(result: PathResult) -> BenchPathResult:
+    return BenchPathResult(
+        name=result.name, what=result.what, precision=result.precision,
+        describe=RuntimeRecord.from_json(result.describe),
+        timings={batch: Timing.from_json(t) for batch, t in result.timings.items()},
+        drift=PathDrift.from_json(result.drift) if result.drift else None,
+        skipped=result.skipped,
+    )  # fmt: skip
+
+
+def _report(run: dict[str, Any], results: list[PathResult], measured: _Measured) -> BenchReport:
+    """The typed bench report: the run's settings (`run`), the paths' results and the floors."""
+    from validation.perf.cpu_floor import ms_at_rate
+
+    cpu, macs, rates = measured.cpu, measured.macs, measured.sgemm_rates
+    sgemm = float(np.median(rates))
+    picks = [f for b in run["batch_sizes"] if (f := fastest_meeting_gate(results, b, AGREEMENT_GATE))]
+    return BenchReport(
+        **run,
+        baseline=BASELINE,
+        cpu=CpuRecord.from_json(cpu.to_dict()),
+        nominal_clock_ghz=measured.nominal.clock_ghz,
+        macs_per_image=macs,
+        floor_ms_batch1=measured.floors["fp32"],
+        floor_ms_batch1_by_precision=measured.floors,
+        floor_working=cpu.working(macs),
+        floor_working_by_precision={p: cpu.working(macs, p) for p in measured.floors},
+        # median over the rounds; the floor at that rate is what this machine could do while the bench ran
+        measured_sgemm_gfma_per_s=sgemm,
+        measured_sgemm_gfma_per_s_range=[float(min(rates)), float(max(rates))],
+        measured_floor_ms_batch1=ms_at_rate(macs, sgemm),
+        paths=[_path_record(r) for r in results],
+        # the answer a user wants from the table: what to ship on this CPU
+        fastest_meeting_gate=[FastestPick.from_json(f) for f in picks],
+    )
+
+
 def run_bench(
     preset: str,
     weights: Path | None = None,
@@ -247,16 +340,15 @@ def run_bench(
     settle_ms: int = DEFAULT_SETTLE_MS,
     max_float_stages: int | None = None,
     onnx: Path | None = None,
-) -> dict[str, Any]:
-    """Export the paths' files (or reuse them), time each path per batch size, measure drift; return a report.
+) -> BenchReport:
+    """Export the paths' files (or reuse them), time each path per batch size, measure drift; the typed report.
 
     `onnx`: a user's own file, timed on ONNX Runtime and OpenVINO beside the bench's exports.
     """
     from lvvit import resolve_preset
-    from lvvit.macs import count_macs
     from lvvit.preprocess import image_files, preprocess_batch
     from validation.perf.artifacts import EXTRA_INT8, prepare_artifacts
-    from validation.perf.cpu_floor import SgemmProbe, detect_cpu, ms_at_rate
+    from validation.perf.cpu_floor import SgemmProbe
 
     threads = threads or len(os.sched_getaffinity(0))
     streams = streams or threads
@@ -267,9 +359,7 @@ def run_bench(
     extras = tuple(p.artifact for p in paths if p.artifact in EXTRA_INT8)
     artifacts = prepare_artifacts(preset, weights, resolution, Path(workdir), images, log, extras=extras,
                                   max_float_stages=max_float_stages)  # fmt: skip
-    config = spec.preprocess
-    image_paths = image_files(artifacts.images)[:limit_images]
-    real = preprocess_batch(image_paths, config)
+    real = preprocess_batch(image_files(artifacts.images)[:limit_images], spec.preprocess)
     log(f"opening {len(paths)} paths with {threads} threads ({streams} streams where batched)")
     opened, results = _open_all(paths, artifacts, spec, weights, log)
     by_name = {r.name: r for r in results}
@@ -278,56 +368,14 @@ def run_bench(
         for name, numbers in _drift(opened, real).items():
             by_name[name].drift = numbers
     probe = SgemmProbe(threads)
-    sgemm_rates: list[float] = []
-    for batch in batch_sizes:
-        log(f"timing batch {batch}: {warmup} warm-up + {repeats} interleaved repeats per path, {settle_ms} ms apart")
-        # the SGEMM probe runs in the batch-1 rounds, where the floor is compared
-        batch_probe = probe if batch == 1 else None
-        seconds, rates = time_interleaved(opened, _tile(real, batch), warmup, repeats, settle_ms / 1e3, batch_probe)
-        sgemm_rates += rates
-        for name, samples in seconds.items():
-            by_name[name].timings[batch] = timing_stats(samples, batch)
-    if not sgemm_rates:  # no batch-1 timing: measure it on its own
-        sgemm_rates = [probe.gfma_per_s() for _ in range(5)]
+    rates = _time_batches(opened, by_name, real, batch_sizes, warmup, repeats, settle_ms, probe, log)
     for predictor in opened.values():
         predictor.close()
-    macs = count_macs(spec.arch, spec.resolution)
-    sgemm = float(np.median(sgemm_rates))
-    nominal = detect_cpu(threads)
-    # a floor the probe has beaten is no floor: the clock is the one the fastest probe round implies (boost varies
-    # from round to round; with the median, OpenVINO f32 once ran at 0.88x its "floor")
-    cpu = nominal.at_measured_rate(max(sgemm_rates))
-    floors = {p: cpu.floor_ms(macs, p) for p in ("fp32", "bf16", "int8")}
-    for result in results:
-        floor = floors.get(result.precision)
-        if floor and 1 in result.timings:
-            result.timings[1]["x_floor"] = result.timings[1]["median_ms"] / floor
-    return {
-        "kind": "bench",
-        "preset": spec.name,
-        "resolution": spec.resolution,
-        "weights": str(weights) if weights else f"{RANDOM_INIT} (seed 0)",
-        "threads": threads,
-        "streams": streams,
-        "batch_sizes": list(batch_sizes),
-        "warmup": warmup,
-        "repeats": repeats,
-        "settle_ms": settle_ms,
-        "baseline": BASELINE,
+    run = {
+        "preset": spec.name, "resolution": spec.resolution, "threads": threads, "streams": streams,
+        "weights": str(weights) if weights else f"{RANDOM_INIT} (seed 0)", "batch_sizes": list(batch_sizes),
+        "warmup": warmup, "repeats": repeats, "settle_ms": settle_ms,
         "user_file": {"path": str(onnx), "sha256": sha256_of(Path(onnx))} if onnx is not None else None,
-        "images": {"folder": str(artifacts.images), "count": len(real)},
-        "cpu": cpu.to_dict(),
-        "nominal_clock_ghz": nominal.clock_ghz,
-        "macs_per_image": macs,
-        "floor_ms_batch1": floors["fp32"],
-        "floor_ms_batch1_by_precision": floors,
-        "floor_working": cpu.working(macs),
-        "floor_working_by_precision": {p: cpu.working(macs, p) for p in floors},
-        # median over the rounds; the floor at that rate is what this machine could do while the bench ran
-        "measured_sgemm_gfma_per_s": sgemm,
-        "measured_sgemm_gfma_per_s_range": [float(min(sgemm_rates)), float(max(sgemm_rates))],
-        "measured_floor_ms_batch1": ms_at_rate(macs, sgemm),
-        "paths": [r.__dict__ for r in results],
-        # the answer a user wants from the table: what to ship on this CPU
-        "fastest_meeting_gate": [f for b in batch_sizes if (f := fastest_meeting_gate(results, b, AGREEMENT_GATE))],
-    }
+        "images": ImageSet(folder=str(artifacts.images), count=len(real)),
+    }  # fmt: skip
+    return _report(run, results, _floors(spec, threads, rates, results))

@@ -59,16 +59,16 @@ def run_engine_bench(
             report = run_accuracy(
                 reference, others, dataset, batch_size=batch_size, engine=engine, shard_size=shard_size, progress=False
             )
-        wall = report["wall_seconds"]
+        wall = report.wall_seconds
         results[kind] = {
             "start_seconds": opened,  # Ray: start, ship the models, open each runtime once on a worker
             "run_seconds": wall,
             "images_per_second": len(dataset.samples) / wall,
             "runtime_images_per_second": {
-                report["reference"]["name"]: report["reference"]["images_per_second"],
-                **{name: entry["images_per_second"] for name, entry in report["runtimes"].items()},
+                report.reference.name: report.reference.images_per_second,
+                **{name: entry.images_per_second for name, entry in report.runtimes.items()},
             },
-            "top1_agreement_with_reference": report["runtimes"]["ort"]["agreement"],
+            "top1_agreement_with_reference": report.runtimes["ort"].agreement,
         }
     return {
         "preset": spec.name,

@@ -1,33 +1,27 @@
 """Reports: the JSON data of a run, and the Markdown and HTML pages that people read, with figures.
 
 `write_reports` writes `<stem>.json`, `<stem>.md` (+ `<stem>_*.png`) and a
-self-contained `<stem>.html`. The pages are drawn from the JSON alone, so
-`python -m validation report RUN.json` renders them again.
+self-contained `<stem>.html`. The pages are drawn from the typed report
+(`validation.reports.types`) that the JSON holds, so `python -m validation report RUN.json`
+reads it back (`load_report`, any kind, any version) and renders them again.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from lvvit.common.atomic import atomic_files, sweep_leftovers
 from validation.errors import ValidationError
-from validation.reports.bench import bench_blocks
-from validation.reports.blocks import FIGURES, accuracy_blocks, drift_blocks
-from validation.reports.document import Block, Figure, to_html, to_markdown
-from validation.reports.locate import locate_blocks
+from validation.reports.document import Figure, to_html, to_markdown
+from validation.reports.kinds import FIGURES, from_json, pages
+from validation.reports.types import REPORT_VERSION, Report
 
 # -- files -------------------------------------------------------------------------------------------------------
-
-_BUILDERS: dict[str, Callable[[dict[str, Any]], tuple[str, list[Block]]]] = {
-    "drift": drift_blocks,
-    "accuracy": accuracy_blocks,
-    "bench": bench_blocks,
-    "locate": locate_blocks,
-}
 
 
 def _json_default(value: Any) -> Any:
@@ -49,16 +43,14 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _pages(report: dict[str, Any], folder: Path, stem: str) -> dict[str, Path]:
+def typed(report: Report | Mapping[str, Any]) -> Report:
+    """A typed report as it is; a JSON object (a report from a file, or from elsewhere) read by its kind."""
+    return report if isinstance(report, Report) else from_json(report)
+
+
+def _pages(report: Report, folder: Path, stem: str) -> dict[str, Path]:
     """Write `<stem>.md`, its PNG figures and `<stem>.html` into `folder`; returns them by kind."""
-    kind = report.get("kind")
-    if kind not in _BUILDERS:
-        raise ValidationError(f"not a validation report (kind {kind!r}; expected one of {', '.join(_BUILDERS)})")
-    try:
-        title, blocks = _BUILDERS[kind](report)
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as exc:  # from elsewhere
-        raise ValidationError(f"the {kind} report lacks or garbles a field the pages need ({type(exc).__name__}: "
-                              f"{str(exc)[:200]})") from exc  # fmt: skip
+    title, blocks = pages(report)
     written: dict[str, Path] = {}
     for block in blocks:
         if isinstance(block, Figure):
@@ -86,19 +78,22 @@ def _write_set(out_dir: str | Path, stem: str, write: Callable[[Path], dict[str,
     return {kind: out_dir / path.name for kind, path in staged.items()}
 
 
-def render(report: dict[str, Any], out_dir: str | Path, stem: str) -> dict[str, Path]:
-    """Write `<stem>.md` (+ PNG figures) and `<stem>.html` from the report's data, as a unit."""
+def render(report: Report | Mapping[str, Any], out_dir: str | Path, stem: str) -> dict[str, Path]:
+    """Write `<stem>.md` (+ PNG figures) and `<stem>.html` from the report, as a unit."""
+    report = typed(report)
     return _write_set(out_dir, stem, lambda folder: _pages(report, folder, stem))
 
 
-def write_reports(report: dict[str, Any], out_dir: str | Path, stem: str) -> dict[str, Path]:
+def write_reports(report: Report | Mapping[str, Any], out_dir: str | Path, stem: str) -> dict[str, Path]:
     """`<stem>.json` with every number, and the Markdown and HTML pages drawn from it: all files or none replaced."""
-    text = json.dumps(_finite(json.loads(json.dumps(report, default=_json_default))), indent=2, allow_nan=False)
+    report = replace(typed(report), version=REPORT_VERSION)  # written now: in this version's format
+    data = json.loads(json.dumps(report.to_json(), default=_json_default))  # numpy scalars and paths as JSON
+    text = json.dumps(_finite(data), indent=2, allow_nan=False)
 
     def write(folder: Path) -> dict[str, Path]:
         path = folder / f"{stem}.json"
         path.write_text(text + "\n", encoding="utf-8")
-        return {"json": path, **_pages(json.loads(text), folder, stem)}
+        return {"json": path, **_pages(report, folder, stem)}
 
     return _write_set(out_dir, stem, write)
 
@@ -106,10 +101,11 @@ def write_reports(report: dict[str, Any], out_dir: str | Path, stem: str) -> dic
 MAX_REPORT_BYTES = 64 << 20  # reports are kilobytes to a few MB (unreadable files listed); parsed JSON takes ~10x
 
 
-def load_report(path: str | Path) -> dict[str, Any]:
+def load_report(path: str | Path) -> Report:
+    """The typed report a JSON file holds (any kind, any version)."""
     path = Path(path)
     if not path.is_file():  # a FIFO or a device would block or never end
-        raise ValidationError(f"{path}: not a regular file; expected a JSON report written by drift or accuracy")
+        raise ValidationError(f"{path}: not a regular file; expected a JSON report of drift, accuracy, locate or bench")
     try:
         with path.open("rb") as file:
             data = file.read(MAX_REPORT_BYTES + 1)
@@ -120,4 +116,4 @@ def load_report(path: str | Path) -> dict[str, Any]:
         raise ValidationError(f"{path}: cannot read the JSON report ({type(exc).__name__}: {exc})") from exc
     if not isinstance(report, dict):
         raise ValidationError(f"{path}: holds a JSON {type(report).__name__}, not a report object")
-    return report
+    return from_json(report)

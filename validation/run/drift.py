@@ -17,12 +17,13 @@ from lvvit.common.gate import check_gate
 from lvvit.common.metrics import summarize_drift
 from lvvit.metadata import OUTPUT_NAME
 from validation.core import gate
-from validation.core.data import Dataset, Failure, image_folder
-from validation.core.runners import Participant, num_classes_of
-from validation.engines.local import DEFAULT_SHARD_SIZE, LocalEngine, evaluate, synthetic_samples
-from validation.engines.shards import Engine, describe_engine, merged_errors, run_description
+from validation.core.data import Dataset, Failure, Sample, image_folder
+from validation.core.runners import Participant
+from validation.engines.local import DEFAULT_SHARD_SIZE, synthetic_samples
+from validation.engines.shards import Engine, merged_errors
 from validation.errors import DatasetError
-from validation.provenance import environment
+from validation.reports.types import DriftReport, DriftRuntime, Inputs, RuntimeRecord
+from validation.run.skeleton import Collected, RunSettings, collect, reference_record, run_record, timing
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,38 @@ def describe_inputs(inputs: DriftInputs, dataset: Dataset | None, failures: list
     }
 
 
+def _tolerances(runners: Sequence[Participant], tolerance: dict[str, float] | None) -> tuple[dict, dict]:
+    """(each runtime's limits, the report's): without a tolerance, each runtime's precision's defaults."""
+    own = {
+        r.name: gate.check_tolerance(
+            gate.default_drift_tolerance(r.describe().get("precision")) if tolerance is None else tolerance,
+            gate.DRIFT_LIMITS,
+        )
+        for r in runners
+    }
+    shown = gate.check_tolerance(gate.DEFAULT_DRIFT_TOLERANCE if tolerance is None else tolerance, gate.DRIFT_LIMITS)
+    return own, shown
+
+
+def _samples(inputs: DriftInputs) -> tuple[list[Sample], Dataset | None]:
+    if inputs.folder is None:
+        return synthetic_samples(inputs.synthetic or 0, inputs.seed), None
+    dataset = image_folder(inputs.folder).limited(inputs.limit)
+    return dataset.samples, dataset
+
+
+def _runtime(runner: Participant, got: Collected, names: list[str], tolerance: dict[str, float]) -> DriftRuntime:
+    errors = merged_errors(got.shards, runner.name, got.classes)
+    stats = summarize_drift(errors, names, tie_abs=tolerance.get("max_abs"), tie_rel=tolerance.get("max_rel"))
+    return DriftRuntime(
+        describe=RuntimeRecord.from_json(runner.describe()),
+        outputs={OUTPUT_NAME: stats},
+        tolerance=tolerance,
+        gate=check_gate(gate.DRIFT_LIMITS, tolerance, stats.to_dict()),
+        **timing(got.seconds[runner.name], len(names)),
+    )
+
+
 def run_drift(
     reference: Participant,
     runners: Sequence[Participant],
@@ -72,78 +105,24 @@ def run_drift(
     engine: Engine | None = None,
     shard_dir: Path | None = None,
     shard_size: int = DEFAULT_SHARD_SIZE,
-) -> dict[str, Any]:
+) -> DriftReport:
     """Run every runner on the same preprocessed inputs and compare each with `reference`.
 
     Without `engine`, the runners run here (`LocalEngine`); `shard_dir` keeps the finished shards so that the
-    same call resumes. Returns the report as plain data (see `validation.reports.write`); check the gate with
-    `gate.raise_if_failed(report)`.
+    same call resumes. Returns the typed report (`validation.reports.types.DriftReport`, `bool()` its verdict);
+    `gate.raise_if_failed(report)` raises on a failed gate.
     """
     if not runners:
         raise DatasetError("drift needs at least one runtime besides the native Paddle reference")
-    # without a tolerance, each runtime is gated by the precision it computes in (fp32, bf16/fp16/tf32, int8)
-    tolerances = {
-        r.name: gate.check_tolerance(
-            gate.default_drift_tolerance(r.describe().get("precision")) if tolerance is None else tolerance,
-            gate.DRIFT_LIMITS,
-        )
-        for r in runners
-    }
-    tolerance = gate.check_tolerance(
-        gate.DEFAULT_DRIFT_TOLERANCE if tolerance is None else tolerance, gate.DRIFT_LIMITS
+    tolerances, shown = _tolerances(runners, tolerance)
+    samples, dataset = _samples(inputs)
+    settings = RunSettings(batch_size, workers, progress=progress, engine=engine, shard_dir=shard_dir,
+                           shard_size=shard_size)  # fmt: skip
+    got = collect("drift", reference, runners, samples, inputs.folder, settings)
+    names = [r["name"] for r in got.records]
+    return DriftReport(
+        **run_record(reference, got, settings, shown, gate.DRIFT_LIMITS, model, command),
+        inputs=Inputs.from_json(describe_inputs(inputs, dataset, got.failures, len(names))),
+        reference=reference_record(reference, got, len(names)),
+        runtimes={r.name: _runtime(r, got, names, tolerances[r.name]) for r in runners},
     )
-    config = reference.preprocess_config
-    dataset: Dataset | None = None
-    if inputs.folder is not None:
-        dataset = image_folder(inputs.folder).limited(inputs.limit)
-        samples = dataset.samples
-    else:
-        samples = synthetic_samples(inputs.synthetic or 0, inputs.seed)
-    everyone = [reference, *runners]
-    if engine is None:
-        engine = LocalEngine({r.name: r for r in everyone}, config, batch_size, workers)
-    classes = num_classes_of(reference)
-    run = run_description("drift", samples, everyone, shard_size, labelled=False)
-    shards, computed, folder = evaluate(samples, run, shard_size, engine, reference.name, classes, shard_dir, progress)
-    failures = [f for s in shards for f in s.failures]
-    names = [r["name"] for s in shards for r in s.records]
-    if not names:
-        shown = "; ".join(f"{f.name}: {f.reason}" for f in failures[:5])
-        raise DatasetError(f"{inputs.folder}: none of the {len(failures)} images could be read ({shown})")
-    seconds = {r.name: sum(s.seconds.get(r.name, 0.0) for s in shards) for r in everyone}
-    report: dict[str, Any] = {
-        "kind": "drift",
-        "environment": environment(command),
-        "model": model or {},
-        "preprocess": config.to_dict(),
-        "inputs": describe_inputs(inputs, dataset, failures, len(names)),
-        "batch_size": batch_size,
-        "engine": describe_engine(engine),
-        "shards": {"size": shard_size, "count": len(shards), "computed": computed, "folder": folder},
-        "output": OUTPUT_NAME,
-        "tolerance": tolerance,
-        "limits": {name: {"kind": limit.kind, "help": limit.help} for name, limit in gate.DRIFT_LIMITS.items()},
-        "reference": {
-            "name": reference.name,
-            **_timing(seconds[reference.name], len(names)),
-            "describe": reference.describe(),
-        },
-        "runtimes": {},
-    }
-    for runner in runners:
-        errors = merged_errors(shards, runner.name, classes)
-        own = tolerances[runner.name]
-        stats = summarize_drift(errors, names, tie_abs=own.get("max_abs"), tie_rel=own.get("max_rel")).to_dict()
-        report["runtimes"][runner.name] = {
-            "describe": runner.describe(),
-            "outputs": {OUTPUT_NAME: stats},
-            "tolerance": own,
-            "gate": [c.to_dict() for c in check_gate(gate.DRIFT_LIMITS, own, stats)],
-            **_timing(seconds[runner.name], len(names)),
-        }
-    report["passed"] = all(c["passed"] for e in report["runtimes"].values() for c in e["gate"])
-    return report
-
-
-def _timing(seconds: float, images: int) -> dict[str, float | None]:
-    return {"seconds": seconds, "images_per_second": images / seconds if seconds > 0 else None}

@@ -44,6 +44,18 @@ from validation.engines.local import load_batches, synthetic_samples
 from validation.errors import DatasetError, ModelSourceError
 from validation.provenance import environment
 from validation.reports.locate import MAX_INSTRUMENTATION_REL
+from validation.reports.types import (
+    Environment,
+    ExportRecord,
+    Inputs,
+    LocateReport,
+    LocateRuntime,
+    ModelRecord,
+    Preprocessing,
+    Reference,
+    RuntimeRecord,
+    limit_table,
+)
 from validation.run.drift import DriftInputs, describe_inputs
 
 # The per-stage limits: those of the drift gate that mean something for any tensor (not top-k or KL).
@@ -313,19 +325,25 @@ def _compare(
             "doubtful": [s for s in names if stages[s].get("doubtful")]}  # fmt: skip
 
 
-def run_locate(
-    source: ModelSource,
-    inputs: DriftInputs,
-    settings: LocateSettings | None = None,
-    log: Any = print,
-    command: list[str] | None = None,
-) -> dict[str, Any]:
-    """Compare native Paddle with `source`'s ONNX export stage by stage on each runtime; the report as plain data."""
+@dataclass
+class _Setup:
+    """Both sides opened: Paddle with its hooks, the export on each runtime, the stage mapping and the limits."""
+
+    paddle: PaddleStages
+    sides: list[ExportStages]
+    path: Path
+    metadata: dict[str, Any] | None
+    precision: str
+    tolerance: dict[str, float]
+    shapes: dict[str, tuple[int, ...]]
+    found: dict[str, Mapped | Unmapped]
+
+
+def _open(source: ModelSource, settings: LocateSettings, log: Any) -> _Setup:
     import onnx
 
     from lvvit import create_model
 
-    settings = settings or LocateSettings()
     runtimes = registry.with_extra_outputs()
     unknown = [r for r in settings.runtimes if r not in runtimes]
     if unknown or not settings.runtimes:
@@ -337,70 +355,87 @@ def run_locate(
     metadata, precision = _export_metadata(path)
     default = STAGE_TOLERANCE_BY_PRECISION.get(precision, DEFAULT_STAGE_TOLERANCE)
     tolerance = dict(default if settings.tolerance is None else settings.tolerance)
-    shapes = {name: tuple(value.shape) for name, value in model.state_dict().items()}
     proto = onnx.load(str(path))
     found = map_stages(proto, len(model.blocks), "aux_head" in paddle_side.names)
     mapped = {stage: m for stage, m in found.items() if isinstance(m, Mapped)}
-    sides = [
-        ExportStages(r, path, proto, mapped, settings.threads, precision) for r in dict.fromkeys(settings.runtimes)
-    ]
-    config = source.spec.preprocess
-    batches, dataset = _batches(inputs, config, settings)
-    ref: dict[str, list[np.ndarray]] = {s: [] for s in paddle_side.names}
-    got: dict[str, dict[str, list[np.ndarray]]] = {side.name: {} for side in sides}
+    runtimes = dict.fromkeys(settings.runtimes)
+    sides = [ExportStages(r, path, proto, mapped, settings.threads, precision) for r in runtimes]
+    shapes = {name: tuple(value.shape) for name, value in model.state_dict().items()}
+    return _Setup(paddle_side, sides, path, metadata, precision, tolerance, shapes, found)
+
+
+def _run_all(setup: _Setup, batches: Any, inputs: DriftInputs) -> tuple[dict, dict, list[Failure], int]:
+    """Every batch through Paddle and each side: (Paddle's stages, each side's stages, failures, images used)."""
+    ref: dict[str, list[np.ndarray]] = {s: [] for s in setup.paddle.names}
+    got: dict[str, dict[str, list[np.ndarray]]] = {side.name: {} for side in setup.sides}
     failures: list[Failure] = []
     used = 0
-    started = time.perf_counter()
     for batch in batches:
         failures.extend(batch.failures)
         if not len(batch.inputs):
             continue
         used += len(batch.inputs)
-        for stage, value in paddle_side.run(batch.inputs).items():
+        for stage, value in setup.paddle.run(batch.inputs).items():
             ref[stage].append(value)
-        for side in sides:
+        for side in setup.sides:
             for stage, value in side.run(batch.inputs).items():
                 got[side.name].setdefault(stage, []).append(value)
     if not used:
         shown = "; ".join(f"{f.name}: {f.reason}" for f in failures[:5])
         raise DatasetError(f"{inputs.folder}: none of the {len(failures)} images could be read ({shown})")
     reference = {stage: np.concatenate(values) for stage, values in ref.items()}
-    report: dict[str, Any] = {
-        "kind": "locate",
-        "environment": environment(command),
-        "model": source.describe(),
-        "export": {"file": str(path), "sha256": sha256_of(path), "metadata": metadata, "precision": precision},
-        "preprocess": config.to_dict(),
-        "inputs": describe_inputs(inputs, dataset, failures, used),
-        "batch_size": settings.batch_size,
-        "seconds": time.perf_counter() - started,
-        "stages": paddle_side.names,
-        "tolerance": tolerance,
-        "tolerance_source": f"{precision} default" if settings.tolerance is None else "--tolerance",
-        "noise_mean_rel": STAGE_NOISE.get(precision, STAGE_NOISE["fp32"]),
-        "jump_factor": JUMP_FACTOR,
-        "limits": {name: {"kind": limit.kind, "help": limit.help} for name, limit in STAGE_LIMITS.items()},
-        "reference": {"name": "paddle", "describe": paddle_side.describe()},
-        "runtimes": {},
-    }
-    for side in sides:
-        mapping: dict[str, Mapped | str] = {}
-        for stage in paddle_side.names:
-            where = found[stage]
-            if isinstance(where, Unmapped):
-                mapping[stage] = f"not in the graph: {where.reason}"
-            elif stage in side.unavailable:
-                mapping[stage] = side.unavailable[stage]
-            else:
-                mapping[stage] = where
-        values = {stage: np.concatenate(v) for stage, v in got[side.name].items()}
-        compared = _compare(paddle_side.names, reference, values, mapping, tolerance, shapes, report["noise_mean_rel"])
-        change = stage_stats(values["output"], values[_INSTRUMENTED])
-        instrumentation = {"max_abs_change": change["max_abs"], "max_rel_change": change["max_rel"],
-                           "trusted": change["max_rel"] <= MAX_INSTRUMENTATION_REL}  # fmt: skip
-        report["runtimes"][side.name] = {"describe": side.describe(), **compared, "instrumentation": instrumentation}
-    report["passed"] = all(e["first_over"] is None for e in report["runtimes"].values())
-    return report
+    return reference, got, failures, used
+
+
+def _side_result(setup: _Setup, side: ExportStages, reference: dict, got: dict, noise: float) -> LocateRuntime:
+    mapping: dict[str, Mapped | str] = {}
+    for stage in setup.paddle.names:
+        where = setup.found[stage]
+        if isinstance(where, Unmapped):
+            mapping[stage] = f"not in the graph: {where.reason}"
+        else:
+            mapping[stage] = side.unavailable.get(stage, where)
+    values = {stage: np.concatenate(v) for stage, v in got[side.name].items()}
+    compared = _compare(setup.paddle.names, reference, values, mapping, setup.tolerance, setup.shapes, noise)
+    change = stage_stats(values["output"], values[_INSTRUMENTED])
+    instrumentation = {"max_abs_change": change["max_abs"], "max_rel_change": change["max_rel"],
+                       "trusted": change["max_rel"] <= MAX_INSTRUMENTATION_REL}  # fmt: skip
+    return LocateRuntime.from_json({"describe": side.describe(), **compared, "instrumentation": instrumentation})
+
+
+def run_locate(
+    source: ModelSource,
+    inputs: DriftInputs,
+    settings: LocateSettings | None = None,
+    log: Any = print,
+    command: list[str] | None = None,
+) -> LocateReport:
+    """Compare native Paddle with `source`'s ONNX export stage by stage on each runtime; the typed report."""
+    settings = settings or LocateSettings()
+    setup = _open(source, settings, log)
+    config = source.spec.preprocess
+    batches, dataset = _batches(inputs, config, settings)
+    started = time.perf_counter()
+    reference, got, failures, used = _run_all(setup, batches, inputs)
+    noise = STAGE_NOISE.get(setup.precision, STAGE_NOISE["fp32"])
+    path = setup.path
+    return LocateReport(
+        environment=Environment.from_json(environment(command)),
+        model=ModelRecord.from_json(source.describe()) if source.describe() else None,
+        export=ExportRecord(file=str(path), sha256=sha256_of(path), metadata=setup.metadata, precision=setup.precision),
+        preprocess=Preprocessing.from_json(config.to_dict()),
+        inputs=Inputs.from_json(describe_inputs(inputs, dataset, failures, used)),
+        batch_size=settings.batch_size,
+        seconds=time.perf_counter() - started,
+        stages=setup.paddle.names,
+        tolerance=setup.tolerance,
+        tolerance_source=f"{setup.precision} default" if settings.tolerance is None else "--tolerance",
+        noise_mean_rel=noise,
+        jump_factor=JUMP_FACTOR,
+        limits=limit_table(STAGE_LIMITS),
+        reference=Reference(name="paddle", describe=RuntimeRecord.from_json(setup.paddle.describe())),
+        runtimes={side.name: _side_result(setup, side, reference, got, noise) for side in setup.sides},
+    )
 
 
 def _export_metadata(path: Path) -> tuple[dict[str, Any] | None, str]:
