@@ -33,7 +33,7 @@ test: $(VENV)/.test
 # on real photographs.
 SAMPLES := $(OUT)/locate-samples
 locate-samples: $(VENV)/.test
-	$(BIN)/python -m validation.datasets.photos $(SAMPLES)/photos --variants 2
+	$(BIN)/python -m validation photos $(SAMPLES)/photos --variants 2
 	$(BIN)/python -m exporters.onnx --preset lvvit_s --output $(SAMPLES)/
 	$(BIN)/python -m exporters.onnx --preset lvvit_s --precision fp16 --output $(SAMPLES)/
 	# random weights: int8 agrees with Paddle on ~92% of the photos, under the 99% gate; the sample shows where it parts

@@ -1,4 +1,4 @@
-"""`python -m validation.checks.ov_layers`: the per-layer execution report shows which matrix layers ran in int8."""
+"""`python -m validation ov-layers`: the per-layer execution report shows which matrix layers ran in int8."""
 
 from __future__ import annotations
 

@@ -9,6 +9,8 @@ from validation.reports.write import load_report, render
 
 
 def add_parser(subparsers: Any) -> None:
+    from validation.cli.options import add_report_dir
+
     parser = subparsers.add_parser(
         "report",
         help="render the Markdown and HTML pages of a JSON report again",
@@ -16,13 +18,17 @@ def add_parser(subparsers: Any) -> None:
         "JSON report, e.g. after editing the renderer or on another machine.",
     )
     parser.add_argument("json", type=Path, help="a report written by drift, accuracy or bench")
-    parser.add_argument("--output-dir", type=Path, default=None, help="where the pages go (default: beside the JSON)")
+    add_report_dir(parser, default="beside the JSON", old=("--output-dir",))
     parser.set_defaults(func=main)
 
 
 def main(args: Any) -> int:
-    report = load_report(args.json)
-    written = render(report, args.output_dir or args.json.parent, args.json.stem)
+    return run(args.json, args.report_dir)
+
+
+def run(json_file: Path, report_dir: Path | None) -> int:
+    report = load_report(json_file)
+    written = render(report, report_dir or json_file.parent, json_file.stem)
     for kind, path in written.items():
         if not kind.startswith("png:"):
             print(f"wrote {path}")
