@@ -165,7 +165,8 @@ def test_fused_kernels_and_their_plain_expansions_agree(capsys):
         ("BiasGelu", "Add+Gelu"),
     ]
     assert all(t.max_abs_diff < 1e-5 and t.fused_ms > 0 and t.plain_ms > 0 for t in timings)
-    assert main(["ort-fusions", "--batch-size", "1", "--tokens", "4", "--dim", "8", "--hidden", "16", "--repeats", "1"]) == 0
+    argv = ["ort-fusions", "--batch-size", "1", "--tokens", "4", "--dim", "8", "--hidden", "16", "--repeats", "1"]
+    assert main(argv) == 0
     assert "| SkipLayerNormalization [1, 4, 8] |" in capsys.readouterr().out
 
 

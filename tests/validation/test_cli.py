@@ -37,8 +37,9 @@ def test_old_spellings_still_work_with_a_note_and_stay_out_of_help(capsys, argv,
     assert f"{old} " not in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("command", ["drift", "accuracy", "reference", "report", "bench", "locate", "engine-bench",
-                                     "export-memory", "ov-layers", "ort-fusions", "stream-latency", "photos"])  # fmt: skip
+@pytest.mark.parametrize("command", ["drift", "accuracy", "reference", "report", "bench", "locate",
+                                     "engine-bench", "export-memory", "ov-layers", "ort-fusions", "stream-latency",
+                                     "photos"])  # fmt: skip
 def test_help_lists_only_the_new_spellings(capsys, command):
     with pytest.raises(SystemExit):
         _parse(command, "--help")

@@ -36,8 +36,8 @@ def test_digits_folder_is_in_the_imagenet_layout(digits_dir):
 def test_accuracy_cli_on_real_digits_paddle_vs_onnxruntime(digits_dir, digits_onnx, tmp_path):
     """The issue's bar: top-1 >= 90%, ORT within 0.2 points of Paddle, >= 99.5% agreement, and the report says so."""
     run = _cli(
-        "accuracy", "--images", str(digits_dir), *digits.cli_model_args(), "--onnx", str(digits_onnx), "--runtime", "ort",
-        "--report-dir", str(tmp_path), "--name", "digits", "--batch-size", "64", "--no-progress",
+        "accuracy", "--images", str(digits_dir), *digits.cli_model_args(), "--onnx", str(digits_onnx),
+        "--runtime", "ort", "--report-dir", str(tmp_path), "--name", "digits", "--batch-size", "64", "--no-progress",
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     report = json.loads((tmp_path / "digits.json").read_text())
