@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("tlt.models.lvvit")
+tlt_lvvit = pytest.importorskip("tlt.models.lvvit")
 
 
 def build_reference(preset, seed: int = 0):
