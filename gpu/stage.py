@@ -33,9 +33,9 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 from exporters.onnx import FastPath, export_onnx  # noqa: E402
 from lvvit.common.provenance import sha256_of  # noqa: E402
-from lvvit.common.synthetic import synthetic_batch  # noqa: E402
 from lvvit.preprocess import preprocess_batch  # noqa: E402
 from lvvit.presets import TINY_ARCH  # noqa: E402
+from lvvit.synthetic import synthetic_batch  # noqa: E402
 from runtimes import OrtPredictor  # noqa: E402
 
 TINY_RESOLUTION = 64

@@ -12,9 +12,14 @@ import paddle.nn as nn
 from lvvit.errors import ResolutionError
 
 
-def _check_size(img_size: int, patch_size: int) -> None:
+def _grid(layer: nn.Layer, img_size: int, patch_size: int, embed_dim: int) -> None:
+    """Check and record the patch grid every stem shares: sizes, patch count, width."""
     if img_size % patch_size:
         raise ResolutionError(f"input size {img_size} is not divisible by the patch size {patch_size}")
+    layer.img_size = img_size
+    layer.patch_size = patch_size
+    layer.num_patches = (img_size // patch_size) ** 2
+    layer.embed_dim = embed_dim
 
 
 class PatchEmbedNaive(nn.Layer):
@@ -22,11 +27,7 @@ class PatchEmbedNaive(nn.Layer):
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768) -> None:
         super().__init__()
-        _check_size(img_size, patch_size)
-        self.img_size = img_size
-        self.patch_size = patch_size
-        self.num_patches = (img_size // patch_size) ** 2
-        self.embed_dim = embed_dim
+        _grid(self, img_size, patch_size, embed_dim)
         self.proj = nn.Conv2D(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
@@ -48,11 +49,7 @@ class PatchEmbed4_2(nn.Layer):
         stem_channels: int = 64,
     ) -> None:
         super().__init__()
-        _check_size(img_size, patch_size)
-        self.img_size = img_size
-        self.patch_size = patch_size
-        self.num_patches = (img_size // patch_size) ** 2
-        self.embed_dim = embed_dim
+        _grid(self, img_size, patch_size, embed_dim)
         c = stem_channels
         self.conv1 = nn.Conv2D(in_chans, c, kernel_size=7, stride=2, padding=3, bias_attr=False)
         self.bn1 = nn.BatchNorm2D(c)

@@ -134,8 +134,12 @@ def _drop_path(rate: float) -> nn.Layer:
     return DropPath(rate) if rate > 0.0 else nn.Identity()
 
 
-class Block(nn.Layer):
-    """Pre-norm transformer block: `x + attn(norm1(x)) / skip_lam`, then the MLP likewise."""
+class _ResidualBlock(nn.Layer):
+    """The three block kinds share the authors' signature; each builds the halves it has (attention, MLP), in the
+    authors' order, so parameters are created (and randomly initialised) as in their code."""
+
+    has_attn = True
+    has_mlp = True
 
     def __init__(
         self,
@@ -157,73 +161,36 @@ class Block(nn.Layer):
         self.dim = dim
         self.mlp_hidden_dim = int(dim * mlp_ratio)
         self.skip_lam = skip_lam
-        self.norm1 = norm_layer(dim)
-        self.attn = Attention(dim, num_heads, head_dim, qkv_bias, qk_scale, attn_drop, drop)
+        if self.has_attn:
+            self.norm1 = norm_layer(dim)
+            self.attn = Attention(dim, num_heads, head_dim, qkv_bias, qk_scale, attn_drop, drop)
         self.drop_path = _drop_path(drop_path)
-        self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(dim, self.mlp_hidden_dim, act_layer=act_layer, drop=drop, group=group)
+        if self.has_mlp:
+            self.norm2 = norm_layer(dim)
+            self.mlp = Mlp(dim, self.mlp_hidden_dim, act_layer=act_layer, drop=drop, group=group)
+
+
+class Block(_ResidualBlock):
+    """Pre-norm transformer block: `x + attn(norm1(x)) / skip_lam`, then the MLP likewise."""
 
     def forward(self, x: paddle.Tensor, padding_mask: paddle.Tensor | None = None) -> paddle.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x), padding_mask)) / self.skip_lam
         return x + self.drop_path(self.mlp(self.norm2(x))) / self.skip_lam
 
 
-class MHABlock(nn.Layer):
+class MHABlock(_ResidualBlock):
     """Attention-only residual block: `x + attn(norm1(x * skip_lam)) / skip_lam`."""
 
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        head_dim: int | None = None,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = False,
-        qk_scale: float | None = None,
-        drop: float = 0.0,
-        attn_drop: float = 0.0,
-        drop_path: float = 0.0,
-        act_layer: type[nn.Layer] = nn.GELU,
-        norm_layer: type[nn.Layer] = nn.LayerNorm,
-        group: int = 1,
-        skip_lam: float = 1.0,
-    ) -> None:
-        super().__init__()
-        self.dim = dim
-        self.skip_lam = skip_lam
-        self.norm1 = norm_layer(dim)
-        self.attn = Attention(dim, num_heads, head_dim, qkv_bias, qk_scale, attn_drop, drop)
-        self.drop_path = _drop_path(drop_path)
+    has_mlp = False
 
     def forward(self, x: paddle.Tensor, padding_mask: paddle.Tensor | None = None) -> paddle.Tensor:
         return x + self.drop_path(self.attn(self.norm1(x * self.skip_lam), padding_mask)) / self.skip_lam
 
 
-class FFNBlock(nn.Layer):
+class FFNBlock(_ResidualBlock):
     """MLP-only residual block: `x + mlp(norm2(x * skip_lam)) / skip_lam`."""
 
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        head_dim: int | None = None,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = False,
-        qk_scale: float | None = None,
-        drop: float = 0.0,
-        attn_drop: float = 0.0,
-        drop_path: float = 0.0,
-        act_layer: type[nn.Layer] = nn.GELU,
-        norm_layer: type[nn.Layer] = nn.LayerNorm,
-        group: int = 1,
-        skip_lam: float = 1.0,
-    ) -> None:
-        super().__init__()
-        self.dim = dim
-        self.skip_lam = skip_lam
-        self.mlp_hidden_dim = int(dim * mlp_ratio)
-        self.drop_path = _drop_path(drop_path)
-        self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(dim, self.mlp_hidden_dim, act_layer=act_layer, drop=drop, group=group)
+    has_attn = False
 
     def forward(self, x: paddle.Tensor, padding_mask: paddle.Tensor | None = None) -> paddle.Tensor:
         # padding_mask is accepted so every block type has one call signature.

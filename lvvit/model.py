@@ -59,6 +59,27 @@ def _box_mask(height: int, width: int, bbox: BBox) -> paddle.Tensor:
     return paddle.to_tensor(mask)
 
 
+def _patch_embed(
+    stem: str, hybrid_backbone: nn.Layer | None, img_size: int, patch_size: int, in_chans: int, embed_dim: int
+) -> nn.Layer:
+    """The stem: a hybrid CNN backbone when given, else the named convolutional stem."""
+    if hybrid_backbone is not None:
+        return HybridEmbed(hybrid_backbone, img_size=img_size, in_chans=in_chans, embed_dim=embed_dim)
+    if stem not in PATCH_EMBEDS:
+        raise ValueError(f"unknown stem {stem!r}; valid: {', '.join(PATCH_EMBEDS)}")
+    return PATCH_EMBEDS[stem](img_size, patch_size, in_chans, embed_dim)
+
+
+def _blocks(kinds: list[str], rates: Sequence[float], block_args: dict) -> nn.LayerList:
+    """One block per kind ("tr", "mha", "ffn"), each with its own drop-path rate."""
+    unknown = sorted(set(kinds) - set(BLOCK_TYPES))
+    if unknown:
+        raise ValueError(f"unknown block types {unknown} in order; valid: {', '.join(BLOCK_TYPES)}")
+    return nn.LayerList(
+        [BLOCK_TYPES[kind](drop_path=rate, **block_args) for kind, rate in zip(kinds, rates, strict=True)]
+    )
+
+
 class LVViT(nn.Layer):
     """Vision transformer with a convolutional stem, scaled residuals and a dense aux head.
 
@@ -101,42 +122,17 @@ class LVViT(nn.Layer):
         self.num_features = self.embed_dim = embed_dim
         self.img_size = img_size
         self.patch_size = patch_size
-        if hybrid_backbone is not None:
-            self.patch_embed = HybridEmbed(hybrid_backbone, img_size=img_size, in_chans=in_chans, embed_dim=embed_dim)
-        else:
-            if stem not in PATCH_EMBEDS:
-                raise ValueError(f"unknown stem {stem!r}; valid: {', '.join(PATCH_EMBEDS)}")
-            self.patch_embed = PATCH_EMBEDS[stem](img_size, patch_size, in_chans, embed_dim)
+        self.patch_embed = _patch_embed(stem, hybrid_backbone, img_size, patch_size, in_chans, embed_dim)
         num_patches = self.patch_embed.num_patches
-
         trunc = nn.initializer.TruncatedNormal(std=0.02)
         self.cls_token = self.create_parameter([1, 1, embed_dim], default_initializer=trunc)
         self.pos_embed = self.create_parameter([1, num_patches + 1, embed_dim], default_initializer=trunc)
         self.pos_drop = nn.Dropout(drop_rate)
-
         kinds = list(order) if order is not None else ["tr"] * depth
-        unknown = sorted(set(kinds) - set(BLOCK_TYPES))
-        if unknown:
-            raise ValueError(f"unknown block types {unknown} in order; valid: {', '.join(BLOCK_TYPES)}")
         rates = drop_path_rates(drop_path_rate, len(kinds), drop_path_decay)
-        self.blocks = nn.LayerList(
-            [
-                BLOCK_TYPES[kind](
-                    dim=embed_dim,
-                    num_heads=num_heads,
-                    head_dim=head_dim,
-                    mlp_ratio=mlp_ratio,
-                    qkv_bias=qkv_bias,
-                    qk_scale=qk_scale,
-                    drop=drop_rate,
-                    attn_drop=attn_drop_rate,
-                    drop_path=rate,
-                    norm_layer=norm_layer,
-                    skip_lam=skip_lam,
-                )
-                for kind, rate in zip(kinds, rates, strict=True)
-            ]
-        )
+        block_args = dict(dim=embed_dim, num_heads=num_heads, head_dim=head_dim, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias)
+        block_args.update(qk_scale=qk_scale, drop=drop_rate, attn_drop=attn_drop_rate, norm_layer=norm_layer)
+        self.blocks = _blocks(kinds, rates, {**block_args, "skip_lam": skip_lam})
         self.norm = norm_layer(embed_dim)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.return_dense = return_dense

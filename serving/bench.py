@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from lvvit.common.progress import Log, to_stderr
-from lvvit.common.synthetic import synthetic_batch
 from lvvit.presets import PreprocessConfig
+from lvvit.synthetic import synthetic_batch
 from runtimes import PredictorSpec
 
 from .child import ServerProcess

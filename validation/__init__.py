@@ -10,6 +10,9 @@ from `runtimes`), `labelled_folder` / `image_folder` / `stream_batches` (inputs)
 
 from __future__ import annotations
 
+from validation.core.data import Dataset, image_folder, labelled_folder, stream_batches
+from validation.core.gate import raise_if_failed
+from validation.core.runners import ModelSource, Runner, RuntimeOptions, build_runners
 from validation.errors import (
     DatasetError,
     GateFailure,
@@ -20,10 +23,7 @@ from validation.errors import (
 )
 from validation.reports.write import write_reports
 from validation.run.accuracy import run_accuracy
-from validation.run.data import Dataset, image_folder, labelled_folder, stream_batches
 from validation.run.drift import DriftInputs, run_drift
-from validation.run.gate import raise_if_failed
-from validation.run.runners import ModelSource, Runner, RuntimeOptions, build_runners
 
 __all__ = [
     "Dataset",

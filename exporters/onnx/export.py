@@ -30,7 +30,7 @@ from .preflight import (
     weight_bytes,
 )
 from .stream import append_metadata
-from .verify import DriftCheck, Reference, reference_logits, verify_export
+from .verify import DriftCheck, Reference, Tolerance, reference_logits, verify_export
 
 if TYPE_CHECKING:
     import numpy as np
@@ -202,7 +202,6 @@ def export_onnx(
     The file appears at the output path only when conversion and verification
     succeeded; an older file there is otherwise left untouched. Its metadata records the run's peak memory.
     """
-    import onnx
 
     from lvvit import resolve_preset
 
@@ -224,34 +223,55 @@ def export_onnx(
         log(f"[1/3] building {spec.name} at {spec.resolution}px")
         staged = _paddle_side(preset, weights, resolution, checkpoint_key, seed, arch_overrides, verify, batch, opset,
                               fast, Path(workdir), tmp, memory, log)  # fmt: skip
-        metadata = staged.metadata
-        if fast.rewrite:
-            memory.phase("fast path")
-            proto = onnx.load(str(tmp))
-            proto, float_stages = apply_fast_path(
-                proto, spec, fast, log, staged.calibration, staged.images, staged.reference_top1
-            )
-            metadata = replace(metadata, float_stages=float_stages)
-            _stamp(proto, metadata)
-            onnx.save(proto, str(tmp))
-            del proto
-        checks: list[DriftCheck] = []
-        if verify:
-            memory.phase("verify")
-            log(f"[3/3] verifying: onnx.checker, then ONNX Runtime vs Paddle ({tolerance.describe()})")
-            try:
-                checks = verify_export(tmp, staged.references, tolerance, name=str(target))
-            except VerificationError as exc:
-                if not (fast.quantize and exc.checks):
-                    raise
-                _record_memory(tmp, memory, spec, need, log)
-                raise _keep_rejected(tmp, target, exc, fast) from exc
-            for check in checks:
-                log("      " + check.line())
-        else:
+        metadata = _apply_fast(tmp, staged, spec, fast, memory, log) if fast.rewrite else staged.metadata
+        checks = _verify(tmp, target, staged, tolerance, fast, memory, spec, need, log) if verify else []
+        if not verify:
             log("[3/3] verification skipped (--no-verify)")
         record = _record_memory(tmp, memory, spec, need, log)
     return ExportResult(target, metadata, checks, time.perf_counter() - started, [target], record)
+
+
+def _apply_fast(
+    tmp: Path, staged: _Staged, spec: Preset, fast: FastPath, memory: PeakSampler, log: Log
+) -> ModelMetadata:
+    """Rewrite the staged file in place along the fast path (fusion, fp16, int8); its metadata with the float stages."""
+    import onnx
+
+    memory.phase("fast path")
+    proto = onnx.load(str(tmp))
+    proto, float_stages = apply_fast_path(
+        proto, spec, fast, log, staged.calibration, staged.images, staged.reference_top1
+    )
+    metadata = replace(staged.metadata, float_stages=float_stages)
+    _stamp(proto, metadata)
+    onnx.save(proto, str(tmp))
+    return metadata
+
+
+def _verify(
+    tmp: Path,
+    target: Path,
+    staged: _Staged,
+    tolerance: Tolerance,
+    fast: FastPath,
+    memory: PeakSampler,
+    spec: Preset,
+    need: int,
+    log: Log,
+) -> list[DriftCheck]:
+    """onnx.checker, then ONNX Runtime against Paddle; an int8 file under the gate is kept aside as `.rejected`."""
+    memory.phase("verify")
+    log(f"[3/3] verifying: onnx.checker, then ONNX Runtime vs Paddle ({tolerance.describe()})")
+    try:
+        checks = verify_export(tmp, staged.references, tolerance, name=str(target))
+    except VerificationError as exc:
+        if not (fast.quantize and exc.checks):
+            raise
+        _record_memory(tmp, memory, spec, need, log)
+        raise _keep_rejected(tmp, target, exc, fast) from exc
+    for check in checks:
+        log("      " + check.line())
+    return checks
 
 
 def _record_memory(path: Path, memory: PeakSampler, spec: Preset, need: int, log: Log) -> dict:

@@ -150,38 +150,41 @@ def apply_fast_path(
         proto = convert_to_fp16(proto)
         log("      converted to fp16 (LayerNorm, Softmax and the token max kept in fp32)")
     if fast.quantize == "int8":
-        from .quantize import quantize_int8
-
         if calibration is None or images is None or (fast.accuracy_control and reference_top1 is None):
             raise ExportError("int8 needs the calibration images (and, for accuracy control, Paddle's classes)")
-
-        from .int8_target import resolve_int8_target, slower_than_f32_warning
-
-        target, why = resolve_int8_target(fast.int8_target)
-        if fast.quantizer == "nncf":
-            linear = "every linear layer" if target == "vnni" else "the convolutions only (linear layers in f32)"
-            log(f"      int8 for {target}: {linear} ({why})")
-        warning = slower_than_f32_warning(fast.quantizer, target)
-        if warning:
-            log(f"      {warning}")
-        indent = lambda m: log("      " + m)  # noqa: E731
-        if fast.accuracy_control:
-            from .quantize import quantize_int8_accuracy_controlled
-
-            log(
-                f"      accuracy control: top-1 agreement >= {fast.min_int8_agreement:.1%} on {len(images)} images "
-                f"({calibration.held_out} of them held out from calibration), measured on {fast.control_runtime}; "
-                f"{fast.control_stages} stages"
-            )
-            proto, float_stages = quantize_int8_accuracy_controlled(
-                proto, calibration, spec.preprocess, images, reference_top1, fast.min_int8_agreement,
-                fast.max_float_stages, indent, fast.progress, target, fast.control_stages == "fine",
-                fast.control_runtime,
-            )  # fmt: skip
-        else:
-            proto = quantize_int8(proto, calibration, spec.preprocess, fast.quantizer, indent,
-                                  fast.fold_smooth_quant, fast.progress, target)  # fmt: skip
+        proto, float_stages = _quantize(proto, spec, fast, log, calibration, images, reference_top1)
     return proto, float_stages
+
+
+def _quantize(
+    proto, spec: Preset, fast: FastPath, log: Log, calibration: CalibrationSet, images: np.ndarray, reference_top1
+) -> tuple[object, tuple[str, ...]]:
+    """int8 for the CPU at hand (`--int8-target`), plain or under accuracy control; the stages kept in float."""
+    from .int8_target import resolve_int8_target, slower_than_f32_warning
+    from .quantize import quantize_int8, quantize_int8_accuracy_controlled
+
+    target, why = resolve_int8_target(fast.int8_target)
+    if fast.quantizer == "nncf":
+        linear = "every linear layer" if target == "vnni" else "the convolutions only (linear layers in f32)"
+        log(f"      int8 for {target}: {linear} ({why})")
+    warning = slower_than_f32_warning(fast.quantizer, target)
+    if warning:
+        log(f"      {warning}")
+    indent = lambda m: log("      " + m)  # noqa: E731
+    if not fast.accuracy_control:
+        proto = quantize_int8(proto, calibration, spec.preprocess, fast.quantizer, indent,
+                              fast.fold_smooth_quant, fast.progress, target)  # fmt: skip
+        return proto, ()
+    log(
+        f"      accuracy control: top-1 agreement >= {fast.min_int8_agreement:.1%} on {len(images)} images "
+        f"({calibration.held_out} of them held out from calibration), measured on {fast.control_runtime}; "
+        f"{fast.control_stages} stages"
+    )
+    return quantize_int8_accuracy_controlled(
+        proto, calibration, spec.preprocess, images, reference_top1, fast.min_int8_agreement,
+        fast.max_float_stages, indent, fast.progress, target, fast.control_stages == "fine",
+        fast.control_runtime,
+    )  # fmt: skip
 
 
 def tolerance_for(fast: FastPath, atol: float) -> Tolerance:

@@ -10,8 +10,8 @@ import numpy as np
 
 from lvvit.common.gate import DRIFT_LIMITS, check_gate
 from lvvit.common.metrics import DriftStats, drift_stats
-from lvvit.common.synthetic import synthetic_batch
 from lvvit.metadata import INPUT_NAME
+from lvvit.synthetic import synthetic_batch
 
 from ..errors import ConversionError, ExportError, VerificationError
 

@@ -31,34 +31,32 @@ _stoppers: dict[Callable[[], None], None] = {}  # services to stop on an interru
 
 
 @contextlib.contextmanager
+def _registered(registry: dict, item: object) -> Iterator[None]:
+    registry[item] = None
+    try:
+        yield
+    finally:
+        registry.pop(item, None)
+
+
+@contextlib.contextmanager
 def temporary(path: str | Path) -> Iterator[Path]:
     """Within the block, `path` (a temporary file or folder) is removed if the run is interrupted."""
     path = Path(path)
-    _temporary[path] = None
-    try:
+    with _registered(_temporary, path):
         yield path
-    finally:
-        _temporary.pop(path, None)
 
 
 @contextlib.contextmanager
 def child_process(process: subprocess.Popen) -> Iterator[subprocess.Popen]:
     """Within the block, `process` is killed if the run is interrupted."""
-    _children[process] = None
-    try:
+    with _registered(_children, process):
         yield process
-    finally:
-        _children.pop(process, None)
 
 
-@contextlib.contextmanager
-def stopped_on_interrupt(stop: Callable[[], None]) -> Iterator[None]:
+def stopped_on_interrupt(stop: Callable[[], None]) -> contextlib.AbstractContextManager[None]:
     """Within the block, `stop()` runs if the run is interrupted (before the temporary files go)."""
-    _stoppers[stop] = None
-    try:
-        yield
-    finally:
-        _stoppers.pop(stop, None)
+    return _registered(_stoppers, stop)
 
 
 def _clean_up() -> None:

@@ -19,8 +19,8 @@ from exporters.onnx import export_onnx, export_paddle_inference
 from exporters.onnx.preflight import MEMORY_KEY
 from lvvit import ResolutionError, UnknownPresetError, WeightsMismatchError, create_model
 from lvvit.common.atomic import OutputPathError
-from lvvit.common.synthetic import synthetic_batch
 from lvvit.metadata import ModelMetadata
+from lvvit.synthetic import synthetic_batch
 from tests.conftest import ROOT, TINY
 
 RES = 64

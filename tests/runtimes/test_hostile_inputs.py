@@ -27,8 +27,8 @@ from lvvit.metadata import MAX_PROPS_BYTES, MetadataError, ModelMetadata
 from lvvit.preprocess import MAX_IMAGE_PIXELS, MAX_RESIZED_PIXELS, preprocess
 from lvvit.presets import PreprocessConfig
 from tests.bounded import run_bounded
+from validation.core.data import labelled_folder, stream_batches
 from validation.errors import LabelFileError
-from validation.run.data import labelled_folder, stream_batches
 
 CONFIG = PreprocessConfig(input_size=32, crop_pct=0.9)
 # The child imports numpy, PIL and the kit's Paddle-free modules (~200 MB of address space): 1 GiB is far
@@ -150,7 +150,7 @@ def test_running_out_of_memory_on_one_image_is_a_listed_failure(tmp_path):
     code = f"""
         import resource
         from lvvit.presets import PreprocessConfig
-        from validation.run.data import image_folder, stream_batches
+        from validation.core.data import image_folder, stream_batches
         used = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
         resource.setrlimit(resource.RLIMIT_AS, (used + (160 << 20), used + (160 << 20)))  # room for 160 MB more
         dataset = image_folder({str(folder)!r})
@@ -223,7 +223,7 @@ def _walk_bounded(code: str):
     return run_bounded(
         f"""
         import json
-        from validation.run.data import image_folder, labelled_folder
+        from validation.core.data import image_folder, labelled_folder
         dataset = {code}
         skipped = [vars(f) for f in dataset.skipped]
         print(json.dumps({{"samples": [s.name for s in dataset.samples], "skipped": skipped}}))
@@ -323,7 +323,7 @@ def test_a_label_file_that_is_a_fifo_or_too_big_is_refused(tmp_path):
     os.mkfifo(tmp_path / "fifo.txt")
     result = run_bounded(
         f"""
-        from validation.run.data import labelled_folder
+        from validation.core.data import labelled_folder
         labelled_folder({str(tmp_path)!r}, {str(tmp_path / "fifo.txt")!r})
         """,
         memory_limit=SMALL_MEMORY,

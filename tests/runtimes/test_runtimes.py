@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from lvvit import ImageError
-from lvvit.common.synthetic import synthetic_batch, synthetic_image
 from lvvit.metadata import MetadataError
+from lvvit.synthetic import synthetic_batch, synthetic_image
 from runtimes import (
     ConfigurationError,
     InputError,

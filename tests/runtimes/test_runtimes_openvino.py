@@ -8,8 +8,8 @@ import threading
 import numpy as np
 import pytest
 
-from lvvit.common.synthetic import synthetic_batch
 from lvvit.metadata import MetadataError
+from lvvit.synthetic import synthetic_batch
 from runtimes import ConfigurationError, DeviceUnavailableError, ModelFileError, OrtPredictor
 from validation.perf.cpu_floor import has_native_bf16
 

@@ -14,7 +14,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from lvvit.common.synthetic import synthetic_batch
+from lvvit.synthetic import synthetic_batch
 from runtimes import ConfigurationError, DeviceUnavailableError, OrtPredictor
 from runtimes import ort_providers as eps
 from tests.cuda import CUDA_USABLE

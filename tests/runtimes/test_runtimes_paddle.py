@@ -8,8 +8,8 @@ import threading
 import numpy as np
 import pytest
 
-from lvvit.common.synthetic import synthetic_batch
 from lvvit.metadata import MetadataError
+from lvvit.synthetic import synthetic_batch
 from runtimes import ConfigurationError, DeviceUnavailableError, ModelFileError, PaddlePredictor
 from tests.conftest import TINY
 

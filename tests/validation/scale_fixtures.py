@@ -7,8 +7,8 @@ from pathlib import Path
 from exporters.onnx import export_onnx
 from runtimes import PredictorSpec
 from validation import ModelSource, RuntimeOptions
+from validation.core.runners import runner_specs
 from validation.datasets import digits
-from validation.run.runners import runner_specs
 
 TIMING = {"seconds", "images_per_second", "describe", "gate"}
 

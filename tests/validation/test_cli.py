@@ -78,7 +78,7 @@ def test_the_positional_folder_of_accuracy_and_reference_is_a_deprecated_images(
 
 def test_agreement_is_a_fraction_on_both_commands(capsys):
     from validation.cli.accuracy import agreement_as_percent
-    from validation.run import gate
+    from validation.core import gate
 
     assert agreement_as_percent(("agreement=0.995", "top1_diff=0.5")) == ["agreement=99.5", "top1_diff=0.5"]
     assert capsys.readouterr().err == ""

@@ -17,10 +17,10 @@ import pytest
 from tests.bounded import run_bounded
 from tests.conftest import ROOT
 from validation import run_accuracy, write_reports
+from validation.core import gate
+from validation.core.data import labelled_folder
 from validation.datasets import digits
 from validation.errors import ToleranceError
-from validation.run import gate
-from validation.run.data import labelled_folder
 
 
 def _cli(*args: str, **kwargs) -> subprocess.CompletedProcess:

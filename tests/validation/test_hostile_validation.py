@@ -19,13 +19,13 @@ import pytest
 from lvvit.common import versions as version_module
 from tests.validation.scale_fixtures import make_digits_model, numbers, write_digits_subset
 from validation import run_accuracy
+from validation.core.data import Sample, labelled_folder
+from validation.core.runners import ModelSource
 from validation.datasets import digits
 from validation.engines.local import engine_for
 from validation.engines.reference_cache import ReferenceCache, ReferenceCacheError, reference_key
 from validation.engines.shards import ShardError
 from validation.reports.write import write_reports
-from validation.run.data import Sample, labelled_folder
-from validation.run.runners import ModelSource
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +217,7 @@ def _logits_edited(folder):
 
 
 def _logits_nan_resealed(folder):
-    from validation.run.stored import file_sha256, sealed
+    from validation.core.stored import file_sha256, sealed
 
     path = folder / "logits-00000.npy"
     logits = np.load(path)

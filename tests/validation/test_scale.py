@@ -12,11 +12,11 @@ import pytest
 from runtimes import ModelFileError, PredictorSpec, read_model_metadata
 from tests.validation.scale_fixtures import make_digits_model, numbers
 from validation import ModelSource, run_accuracy, run_drift
+from validation.core.data import labelled_folder
 from validation.datasets import digits
 from validation.engines import shards as shard_module
 from validation.engines.local import engine_for
 from validation.engines.shards import ShardError
-from validation.run.data import labelled_folder
 from validation.run.drift import DriftInputs
 
 

@@ -13,11 +13,11 @@ import pytest
 
 from tests.validation.scale_fixtures import make_digits_model, numbers
 from validation import ModelSource, RuntimeOptions, run_accuracy, run_drift
+from validation.core.data import labelled_folder
+from validation.core.runners import runner_specs
 from validation.datasets import digits
 from validation.engines.local import engine_for
-from validation.run.data import labelled_folder
 from validation.run.drift import DriftInputs
-from validation.run.runners import runner_specs
 
 ray = pytest.importorskip("ray")
 

@@ -17,9 +17,9 @@ from lvvit.common.metrics import accuracy_summary, drift_stats, topk
 from lvvit.presets import PreprocessConfig
 from tests.conftest import ROOT
 from validation.cli.options import parse_arch
+from validation.core import gate
+from validation.core.data import Sample, image_folder, labelled_folder, parse_label_file, stream_batches
 from validation.errors import DatasetError, GateFailure, LabelFileError, ToleranceError
-from validation.run import gate
-from validation.run.data import Sample, image_folder, labelled_folder, parse_label_file, stream_batches
 
 CONFIG = PreprocessConfig(input_size=32, crop_pct=0.9)
 
@@ -145,7 +145,7 @@ def test_odd_images_are_listed_and_the_rest_is_kept(tmp_path):
 
 def test_stream_keeps_order_and_reads_a_bounded_number_ahead(tmp_path, monkeypatch):
     """A 5,000-image run never holds more than (prefetch + 1) batches of decoded images."""
-    import validation.run.data as data
+    import validation.core.data as data
 
     lock = threading.Lock()
     started = [0]

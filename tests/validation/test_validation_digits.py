@@ -12,10 +12,10 @@ import pytest
 from tests.conftest import ROOT
 from tests.validation.test_validation import write_odd_images
 from validation import DriftInputs, ModelSource, RuntimeOptions, build_runners, run_accuracy, run_drift, write_reports
+from validation.core.data import image_folder, labelled_folder
 from validation.datasets import digits
 from validation.errors import ModelSourceError
 from validation.perf.cpu_floor import has_native_bf16
-from validation.run.data import image_folder, labelled_folder
 
 QUIET = {"log": lambda message: None}
 
@@ -149,7 +149,7 @@ def test_lvvit_s_drift_report_for_every_runtime(tmp_path):
 
 
 def test_each_precision_has_its_own_default_drift_gate():
-    from validation.run import gate
+    from validation.core import gate
 
     assert gate.default_drift_tolerance("fp32") == gate.default_drift_tolerance(None) == gate.DEFAULT_DRIFT_TOLERANCE
     for reduced in ("bf16", "fp16", "tf32"):
@@ -192,6 +192,6 @@ def test_drift_refuses_openvino_bf16_where_the_cpu_lacks_it(digits_onnx, tmp_pat
 
 
 def gate_defaults(precision: str) -> dict:
-    from validation.run import gate
+    from validation.core import gate
 
     return gate.default_drift_tolerance(precision)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lvvit.common.flags import note_deprecated
-from validation.run import gate
+from validation.core import gate
 from validation.run.accuracy import run_accuracy
 
 if TYPE_CHECKING:
@@ -113,9 +113,9 @@ def main(args: Any) -> int:
 
 def run(options: RunOptions, data: DataOptions, kept: Kept) -> int:
     from validation.cli.options import log, model_source, print_written, specs_and_cache
+    from validation.core.data import labelled_folder
     from validation.engines.local import engine_for
     from validation.reports.write import write_reports
-    from validation.run.data import labelled_folder
 
     opts = options.report
     items = agreement_as_percent(opts.tolerance)

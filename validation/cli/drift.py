@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from lvvit.metadata import OUTPUT_NAME
-from validation.run import gate
+from validation.core import gate
 from validation.run.drift import run_drift
 
 if TYPE_CHECKING:

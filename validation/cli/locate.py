@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from validation.core import gate
 from validation.reports.locate import summary_line
-from validation.run import gate
 from validation.run.locate import (
     DEFAULT_STAGE_TOLERANCE,
     JUMP_FACTOR,

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 from lvvit.common.flags import deprecated_alias, note_deprecated
 from lvvit.presets import get_preset, list_presets
 from runtimes.spec import read_model_metadata
+from validation.core.runners import RUNTIMES, ModelSource, RuntimeOptions, spec_from_metadata
 from validation.engines.reference_cache import ReferenceCache, reference_key
 from validation.errors import DatasetError, ModelSourceError
-from validation.run.runners import RUNTIMES, ModelSource, RuntimeOptions, spec_from_metadata
 
 if TYPE_CHECKING:
     from validation.run.drift import DriftInputs
@@ -526,7 +526,7 @@ def specs_and_cache(
     options: RunOptions, source: ModelSource, log: Callable[[str], None]
 ) -> tuple[dict[str, Any], ReferenceCache | None]:
     """The runtimes' specs of a drift/accuracy command line, and its `--reference-cache` (then without Paddle)."""
-    from validation.run.runners import runner_specs
+    from validation.core.runners import runner_specs
 
     names = list(options.runtimes)
     cache_dir = options.engine.reference_cache

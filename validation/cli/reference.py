@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from validation.core.runners import REFERENCE
 from validation.engines.reference_cache import ReferenceCache, reference_key
-from validation.run.runners import REFERENCE
 
 if TYPE_CHECKING:
     from validation.cli.options import EngineOptions, ModelOptions
@@ -87,9 +87,9 @@ def main(args: Any) -> int:
 
 def run(options: ReferenceOptions) -> int:
     from validation.cli.options import log, model_source
+    from validation.core.data import image_folder
+    from validation.core.runners import RuntimeOptions, runner_specs
     from validation.engines.local import engine_for
-    from validation.run.data import image_folder
-    from validation.run.runners import RuntimeOptions, runner_specs
 
     source = model_source(options.model, Path("build/reports"))  # nothing is exported: native Paddle only
     dataset = image_folder(options.images).limited(options.limit)

@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lvvit.common.synthetic import synthetic_batch
 from lvvit.presets import PreprocessConfig
+from lvvit.synthetic import synthetic_batch
 from runtimes.spec import PredictorSpec
+from validation.core.data import Batch, Failure, Sample, stream_batches
+from validation.core.runners import Participant, Runner, open_runners
 from validation.engines.shards import Engine, ShardLogits, ShardRecords, ShardStore, run_shards
 from validation.errors import EngineError
-from validation.run.data import Batch, Failure, Sample, stream_batches
-from validation.run.runners import Participant, Runner, open_runners
 
 if TYPE_CHECKING:
     from validation.engines.reference_cache import ReferenceCache
@@ -36,7 +36,7 @@ DEFAULT_SHARD_SIZE = 1000  # images per shard: what an interrupted run can lose,
 
 
 def synthetic_samples(count: int, seed: int) -> list[Sample]:
-    """`count` synthetic images as samples: image k is `lvvit.common.synthetic.synthetic_image(seed + k)`."""
+    """`count` synthetic images as samples: image k is `lvvit.synthetic.synthetic_image(seed + k)`."""
     return [Sample(Path(f"synthetic-{seed + k}"), f"synthetic #{seed + k}", synthetic=seed + k) for k in range(count)]
 
 

@@ -45,9 +45,9 @@ from lvvit.common.atomic import process_alive
 from lvvit.common.interrupt import stopped_on_interrupt
 from lvvit.presets import PreprocessConfig
 from runtimes.spec import REFERENCE, PredictorSpec, read_model_metadata
+from validation.core.data import Failure, Sample
 from validation.engines.shards import ShardLogits
 from validation.errors import EngineError
-from validation.run.data import Failure, Sample
 
 EMBEDDED_OBJECT_STORE_BYTES = 256 << 20  # images stream through; a small store leaves the memory to the runtimes
 ACTOR_CPUS = 0.5  # per runtime actor: two runtimes and the readers fit on a 2-core machine
@@ -114,9 +114,9 @@ class ReadImages:
         self.note = Path(reading) / str(os.getpid()) if reading and Path(reading).is_dir() else None
 
     def _one(self, path: str, synthetic: int) -> tuple[np.ndarray, str]:
-        from lvvit.common.synthetic import synthetic_image
         from lvvit.errors import ImageError
         from lvvit.preprocess import preprocess
+        from lvvit.synthetic import synthetic_image
 
         if synthetic >= 0:
             return preprocess(synthetic_image(synthetic), self.config), ""

@@ -9,7 +9,7 @@ SHA-256, the preset, resolution, architecture, preprocessing, kit version, and
 the versions Paddle ran with) and, per shard of images, `logits-NNNNN.npy`
 (float32 [images, classes]) and `images-NNNNN.json` (each image's name, size
 and SHA-256, and the logits file's SHA-256). Every JSON file carries a checksum
-of its content (`validation.run.stored`). It is built in shards, so an interrupted
+of its content (`validation.core.stored`). It is built in shards, so an interrupted
 `reference` run resumes; a stored shard whose images are not this data set's
 (another `--limit`, images changed on disk) or that was made under other
 versions is computed again, with a word on the console. A run that asks for a
@@ -34,11 +34,9 @@ import numpy as np
 from lvvit.common.atomic import atomic_output, sweep_leftovers
 from lvvit.common.versions import KIT_DISTRIBUTION, package_version, tool_versions
 from lvvit.presets import PreprocessConfig
-from validation.engines.shards import MAX_SHARD_FILE_BYTES, Engine, ShardLogits, describe_engine, shard_ranges
-from validation.errors import ValidationError
-from validation.run.data import Sample
-from validation.run.runners import REFERENCE, ModelSource
-from validation.run.stored import (
+from validation.core.data import Sample
+from validation.core.runners import REFERENCE, ModelSource
+from validation.core.stored import (
     changed,
     file_sha256,
     fingerprint,
@@ -49,6 +47,8 @@ from validation.run.stored import (
     unsealed,
     version_changes,
 )
+from validation.engines.shards import MAX_SHARD_FILE_BYTES, Engine, ShardLogits, describe_engine, shard_ranges
+from validation.errors import ValidationError
 
 KEY_FILE = "reference.json"
 MAX_KEY_BYTES = 1 << 20

@@ -31,9 +31,9 @@ import numpy as np
 from lvvit.common.atomic import atomic_output, sweep_leftovers
 from lvvit.common.metrics import HIST_EDGES, TOPK, ComparisonError, ImageErrors, image_errors, top_predictions
 from lvvit.common.regular_files import open_regular
+from validation.core.data import Failure, Sample
+from validation.core.stored import changed, fingerprint, parse_json, read_bounded, say, version_changes
 from validation.errors import ValidationError
-from validation.run.data import Failure, Sample
-from validation.run.stored import changed, fingerprint, parse_json, read_bounded, say, version_changes
 
 RUN_FILE = "run.json"
 MAX_SHARD_FILE_BYTES = 1 << 30  # a shard of 50,000 images with four runtimes is ~100 MB; more is not ours

@@ -108,7 +108,7 @@ def user_file_paths(onnx: Path, preset: Preset, weights: Path | None, threads: i
     """`--onnx FILE`: the user's file on ONNX Runtime and OpenVINO, checked to be the bench's model first."""
     from runtimes.onnx_file import graph_precision
     from runtimes.spec import read_model_metadata
-    from validation.run.runners import ModelSource, check_same_model
+    from validation.core.runners import ModelSource, check_same_model
 
     metadata = read_model_metadata(onnx)
     check_same_model(ModelSource(spec=preset, weights=weights), onnx, metadata)

@@ -39,10 +39,10 @@ def run_engine_bench(
     preset: str, images: int, batch_size: int, shard_size: int, workdir: Path, threads: int | None
 ) -> dict[str, Any]:
     from lvvit import resolve_preset
+    from validation.core.data import labelled_folder
+    from validation.core.runners import ModelSource, RuntimeOptions, runner_specs
     from validation.engines.local import engine_for
     from validation.run.accuracy import run_accuracy
-    from validation.run.data import labelled_folder
-    from validation.run.runners import ModelSource, RuntimeOptions, runner_specs
 
     spec = resolve_preset(preset)
     source = ModelSource(spec=spec, work_dir=workdir / "models")

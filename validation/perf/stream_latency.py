@@ -45,7 +45,7 @@ def compare_streams(
     settle_ms: int = 100,
 ) -> dict[str, Any]:
     """Batch-1 latency, batch-4N throughput and opening memory of each runtime at streams=1 and streams=N."""
-    from lvvit.common.synthetic import synthetic_batch
+    from lvvit.synthetic import synthetic_batch
     from validation.perf.bench import time_interleaved, timing_stats
 
     openers = _openers(model, runtimes, threads, streams)

@@ -19,13 +19,13 @@ import numpy as np
 from lvvit.common.gate import check_gate
 from lvvit.common.metrics import accuracy_summary
 from lvvit.metadata import OUTPUT_NAME
+from validation.core import gate
+from validation.core.data import Dataset
+from validation.core.runners import Participant, num_classes_of
 from validation.engines.local import DEFAULT_SHARD_SIZE, LocalEngine, evaluate
 from validation.engines.shards import Engine, describe_engine, merged_top5, run_description
 from validation.errors import DatasetError
 from validation.provenance import environment
-from validation.run import gate
-from validation.run.data import Dataset
-from validation.run.runners import Participant, num_classes_of
 
 
 def run_accuracy(

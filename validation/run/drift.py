@@ -1,7 +1,7 @@
 """Numeric drift: the same inputs through native Paddle (the reference) and each runtime, compared per output.
 
 Inputs are a folder of images (unreadable ones are listed and skipped) or N
-synthetic photo-like images (`lvvit.common.synthetic`); the report says which. The
+synthetic photo-like images (`lvvit.synthetic`); the report says which. The
 logits of every runtime are kept for the comparison: N x classes x 4 bytes per
 runtime (4 MB for 1,000 ImageNet images), so limit large folders with `limit`.
 """
@@ -16,13 +16,13 @@ from typing import Any
 from lvvit.common.gate import check_gate
 from lvvit.common.metrics import summarize_drift
 from lvvit.metadata import OUTPUT_NAME
+from validation.core import gate
+from validation.core.data import Dataset, Failure, image_folder
+from validation.core.runners import Participant, num_classes_of
 from validation.engines.local import DEFAULT_SHARD_SIZE, LocalEngine, evaluate, synthetic_samples
 from validation.engines.shards import Engine, describe_engine, merged_errors, run_description
 from validation.errors import DatasetError
 from validation.provenance import environment
-from validation.run import gate
-from validation.run.data import Dataset, Failure, image_folder
-from validation.run.runners import Participant, num_classes_of
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ def describe_inputs(inputs: DriftInputs, dataset: Dataset | None, failures: list
             "type": "synthetic",
             "images": used,
             "seed": inputs.seed,
-            "generator": "lvvit.common.synthetic.synthetic_image (gradients, shapes, noise) through lvvit.preprocess",
+            "generator": "lvvit.synthetic.synthetic_image (gradients, shapes, noise) through lvvit.preprocess",
         }
     return {
         "type": "folder",

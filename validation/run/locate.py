@@ -36,14 +36,14 @@ import numpy as np
 from exporters.onnx.stage_map import Mapped, Unmapped, map_stages, stage_names, with_outputs
 from lvvit.common.metrics import drift_stats
 from lvvit.common.provenance import sha256_of
+from validation.core import gate
+from validation.core.data import Dataset, Failure, image_folder, stream_batches
+from validation.core.runners import ModelSource, check_given_files, ensure_onnx
 from validation.engines.local import load_batches, synthetic_samples
 from validation.errors import DatasetError, ModelSourceError
 from validation.provenance import environment
 from validation.reports.locate import MAX_INSTRUMENTATION_REL
-from validation.run import gate
-from validation.run.data import Dataset, Failure, image_folder, stream_batches
 from validation.run.drift import DriftInputs, describe_inputs
-from validation.run.runners import ModelSource, check_given_files, ensure_onnx
 
 RUNTIMES = {"ort": "ONNX Runtime (CPU) on the .onnx file", "openvino": "OpenVINO (CPU, f32) on the .onnx file"}
 # The per-stage limits: those of the drift gate that mean something for any tensor (not top-k or KL).

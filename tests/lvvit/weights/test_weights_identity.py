@@ -13,9 +13,9 @@ from lvvit.weights.state_dict import weights_identity
 from runtimes.spec import read_model_metadata
 from tests.conftest import TINY
 from validation import ModelSource
+from validation.core.runners import check_same_model
 from validation.engines.reference_cache import reference_key
 from validation.errors import ModelSourceError
-from validation.run.runners import check_same_model
 
 pytest.importorskip("paddle")
 RES = 32

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lvvit.common.regular_files import open_regular, read_regular
-from validation.run.data import Sample
+from validation.core.data import Sample
 
 _CHUNK = 1 << 20
 

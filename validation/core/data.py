@@ -49,7 +49,7 @@ class Sample:
     path: Path
     name: str  # as reports show it: the path relative to the data root
     label: int | None = None
-    synthetic: int | None = None  # not a file: `lvvit.common.synthetic.synthetic_image(synthetic)` (drift --synthetic)
+    synthetic: int | None = None  # not a file: `lvvit.synthetic.synthetic_image(synthetic)` (drift --synthetic)
 
 
 @dataclass(frozen=True)
