@@ -50,7 +50,7 @@ def test_help_lists_only_the_new_spellings(capsys, command):
         assert "--no-progress" in text
     if command in ("drift", "accuracy", "locate", "bench", "report"):
         assert "--report-dir" in text
-    if command in ("drift", "accuracy", "locate", "bench"):
+    if command in ("drift", "accuracy", "locate", "bench", "report"):
         assert "--name" in text
 
 

@@ -9,7 +9,7 @@ from validation.reports.write import load_report, render
 
 
 def add_parser(subparsers: Any) -> None:
-    from validation.cli.options import add_report_dir
+    from validation.cli.options import add_report_dir, add_report_name
 
     parser = subparsers.add_parser(
         "report",
@@ -19,16 +19,17 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("json", type=Path, help="a report written by drift, accuracy or bench")
     add_report_dir(parser, default="beside the JSON", old=("--output-dir",))
+    add_report_name(parser, "default: the JSON file's")
     parser.set_defaults(func=main)
 
 
 def main(args: Any) -> int:
-    return run(args.json, args.report_dir)
+    return run(args.json, args.report_dir, args.name)
 
 
-def run(json_file: Path, report_dir: Path | None) -> int:
+def run(json_file: Path, report_dir: Path | None, name: str | None = None) -> int:
     report = load_report(json_file)
-    written = render(report, report_dir or json_file.parent, json_file.stem)
+    written = render(report, report_dir or json_file.parent, name or json_file.stem)
     for kind, path in written.items():
         if not kind.startswith("png:"):
             print(f"wrote {path}")
