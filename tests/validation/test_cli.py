@@ -62,6 +62,13 @@ def test_reference_lists_no_flag_it_ignores(capsys):
     assert not any(flag in text for flag in ("--onnx", "--paddle-inference", "--work-dir", "--report-dir"))
 
 
+def test_locate_lists_no_paddle_inference_file(capsys):
+    with pytest.raises(SystemExit):
+        _parse("locate", "--help")
+    text = capsys.readouterr().out
+    assert "--onnx" in text and "--paddle-inference" not in text  # it compares the .onnx file only
+
+
 def test_the_positional_folder_of_accuracy_and_reference_is_a_deprecated_images(capsys, tmp_path):
     from validation.cli.accuracy import DataOptions
     from validation.cli.reference import ReferenceOptions

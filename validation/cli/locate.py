@@ -36,7 +36,7 @@ def add_parser(subparsers: Any) -> None:
         "reported as doubtful, never blamed.",
     )
     add_image_inputs(parser, default_synthetic=8)
-    add_model_options(parser)
+    add_model_options(parser, paddle_inference=False)  # locate runs the .onnx file only
     group = parser.add_argument_group("export runtimes")
     group.add_argument(
         "--runtime", action="append", choices=list(RUNTIMES), default=None,

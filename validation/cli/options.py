@@ -148,7 +148,7 @@ def add_progress(group: Any, what: str = "no progress bar on stderr") -> None:
     group.add_argument("--no-progress", action="store_true", help=what)
 
 
-def add_model_options(parser: argparse.ArgumentParser, exported: bool = True) -> None:
+def add_model_options(parser: argparse.ArgumentParser, exported: bool = True, paddle_inference: bool = True) -> None:
     """The model: --preset (+ --arch ...), or with `exported` the runtimes' files --onnx / --paddle-inference
     and --work-dir where exports go (reference runs native Paddle only, so it has none of those)."""
     title = "the runtimes load its exported files" if exported else "the only one this command runs"
@@ -172,6 +172,12 @@ def add_model_options(parser: argparse.ArgumentParser, exported: bool = True) ->
         help="exported .onnx for ort/openvino (default: export the preset into --work-dir); "
         "without --preset, the preset, resolution and architecture come from its metadata",
     )
+    if paddle_inference:
+        _add_paddle_inference(group)
+    add_work_dir(group)
+
+
+def _add_paddle_inference(group: Any) -> None:
     group.add_argument(
         "--paddle-inference",
         type=Path,
@@ -179,7 +185,6 @@ def add_model_options(parser: argparse.ArgumentParser, exported: bool = True) ->
         metavar="PATH",
         help="Paddle inference artifact (.json/.pdiparams or its stem) for paddle-inference (default: export it)",
     )
-    add_work_dir(group)
 
 
 def add_runtime_options(parser: argparse.ArgumentParser, batch_size: int) -> None:
