@@ -9,16 +9,21 @@ Every predictor has `predict(images, topk)`, `logits(batch)`, `describe()` and
 `lvvit.preprocess`. Backends load on first use: importing `runtimes` (and
 using `OrtPredictor` or `OpenVinoPredictor`) never imports Paddle, and a
 runtime that is not installed fails only when its predictor is asked for.
+
+The runtimes themselves are rows of `runtimes.registry` (name, predictor
+class, model-file kind, options and their flags, distributions, probe);
+`RUNTIMES` is its name -> description view, and `open_probe` runs a graph with
+extra outputs marked on a runtime that has a probe.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from lvvit.errors import ImageError
 from lvvit.metadata import MetadataError
 
+from . import registry
 from .base import Predictor
 from .errors import (
     BackendNotInstalledError,
@@ -32,19 +37,18 @@ from .errors import (
 )
 from .labels import imagenet_classes
 from .prediction import ImageResult, Prediction
+from .probe import Probe, open_probe
+from .registry import Option, Runtime
 from .spec import RUNTIMES, ModelFile, PredictorSpec, read_model_metadata
 
-# name -> module that defines it; each imports its runtime, so they load lazily.
-_BACKENDS = {
-    "OrtPredictor": ".ort",
-    "PaddlePredictor": ".paddle_native",
-    "OpenVinoPredictor": ".ov",
-}
+# the predictor classes, by the registry's rows: each module imports its runtime, so they load lazily
+_BACKENDS = tuple(dict.fromkeys(row.predictor for row in registry.rows()))
 
 
 def __getattr__(name: str) -> Any:
-    if name in _BACKENDS:
-        return getattr(importlib.import_module(_BACKENDS[name], __name__), name)
+    row = next((row for row in registry.rows() if row.predictor == name), None)
+    if row is not None:  # `from runtimes import OrtPredictor`, and any registered runtime's class
+        return row.predictor_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -58,14 +62,19 @@ __all__ = [
     "MetadataError",
     "ModelFile",
     "ModelFileError",
+    "Option",
     "OutputError",
     "Prediction",
     "Predictor",
     "PredictorClosedError",
     "PredictorError",
     "PredictorSpec",
+    "Probe",
     "RUNTIMES",
+    "Runtime",
     "imagenet_classes",
+    "open_probe",
     "read_model_metadata",
+    "registry",
     *_BACKENDS,
 ]

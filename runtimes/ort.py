@@ -26,7 +26,7 @@ from .model_info import build_model_info
 from .onnx_file import graph_precision, kit_metadata, read_onnx_file
 
 
-def _import_onnxruntime() -> Any:
+def import_onnxruntime() -> Any:
     try:
         import onnxruntime
     except ImportError as exc:
@@ -35,6 +35,57 @@ def _import_onnxruntime() -> Any:
             f"'lvvit-deploy[cpu]' (the onnxruntime wheel) or 'lvvit-deploy[gpu]' (onnxruntime-gpu), one of them ({exc})"
         ) from exc
     return onnxruntime
+
+
+def session_options(
+    ort: Any, threads: int | None = None, *, profile_prefix: str | Path | None = None, optimize: bool = True
+) -> Any:
+    """The kit's `SessionOptions`: `threads` intra-op threads (None: ONNX Runtime's default), the profiler on
+    when `profile_prefix` is given, every graph optimization unless `optimize` is False."""
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(profile_prefix)
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return options
+
+
+def ort_session(
+    model: str | Path | bytes,
+    device: str = "cpu",
+    *,
+    threads: int | None = None,
+    chain: list[tuple[str, dict[str, Any]]] | None = None,
+    profile_prefix: str | Path | None = None,
+    optimize: bool = True,
+    name: str | None = None,
+) -> Any:
+    """An `InferenceSession` configured as every session of the kit is: the explicit provider chain of `device`
+    (`chain` overrides it), the CPU's slow fusions off on the CPU (`ort_providers.CPU_DISABLED_FUSIONS`), no
+    silent fallback to the CPU during a run. `ModelFileError` (naming `name`) when the session cannot be made."""
+    ort = import_onnxruntime()
+    chain = chain if chain is not None else eps.provider_chain(device)
+    disabled = eps.CPU_DISABLED_FUSIONS if device == "cpu" else ()
+    try:
+        session = ort.InferenceSession(
+            str(model) if isinstance(model, Path) else model,
+            sess_options=session_options(ort, threads, profile_prefix=profile_prefix, optimize=optimize),
+            providers=[provider for provider, _ in chain],
+            provider_options=[options for _, options in chain],
+            disabled_optimizers=list(disabled),
+        )
+    except Exception as exc:  # onnxruntime raises its own classes straight from C++
+        what = name or (model if not isinstance(model, bytes) else "this graph")
+        raise ModelFileError(
+            f"{what}: onnxruntime cannot create a {device} session for this model ({type(exc).__name__}: {exc})"
+        ) from exc
+    # Otherwise `run` answers a GPU provider's failure (EPFail) by printing it and re-running on the CPU for
+    # the rest of the session's life, while `providers` still names the GPU.
+    session.disable_fallback()
+    return session
 
 
 class OrtPredictor(Predictor):
@@ -59,7 +110,7 @@ class OrtPredictor(Predictor):
         io_binding: feed inputs/outputs through I/O binding (default: on for GPU devices).
     """
 
-    runtime = "onnxruntime"
+    runtime = "ort"
 
     def __init__(
         self,
@@ -84,7 +135,7 @@ class OrtPredictor(Predictor):
         per_stream = check_threads_and_streams(threads, streams, os.cpu_count())
         if streams > 1 and device != "cpu":
             raise ConfigurationError(f"streams apply to device='cpu' only, not {device!r}")
-        ort = _import_onnxruntime()
+        ort = import_onnxruntime()
         path, props = read_onnx_file(model_path)
         metadata = kit_metadata(props, path)
         self._ort = ort
@@ -152,10 +203,6 @@ class OrtPredictor(Predictor):
         metadata: ModelMetadata | None,
         threads: int | None,
     ) -> Any:
-        ort = self._ort
-        options = ort.SessionOptions()
-        if threads is not None:
-            options.intra_op_num_threads = threads
         profile = None
         if device == "tensorrt" and metadata is not None and metadata.batch is None:
             size, most = metadata.resolution, batch_size or DEFAULT_BATCH_SIZE
@@ -165,22 +212,7 @@ class OrtPredictor(Predictor):
             cache.mkdir(parents=True, exist_ok=True)
         chain = eps.provider_chain(device, self._device_id, self._tf32, self._tensorrt["fp16"], cache, profile)
         self._disabled_fusions = eps.CPU_DISABLED_FUSIONS if device == "cpu" else ()
-        try:
-            session = ort.InferenceSession(
-                str(path),
-                sess_options=options,
-                providers=[name for name, _ in chain],
-                provider_options=[opts for _, opts in chain],
-                disabled_optimizers=list(self._disabled_fusions),
-            )
-        except Exception as exc:  # onnxruntime raises its own classes straight from C++
-            raise ModelFileError(
-                f"{path}: onnxruntime cannot create a {device} session for this model ({type(exc).__name__}: {exc})"
-            ) from exc
-        # Otherwise `run` answers a GPU provider's failure (EPFail) by printing it and re-running on the CPU for
-        # the rest of the session's life, while `providers` still names the GPU.
-        session.disable_fallback()
-        return session
+        return ort_session(path, device, threads=threads, chain=chain)
 
     @property
     def session(self) -> Any:

@@ -47,6 +47,44 @@ def _import_openvino() -> Any:
     return openvino
 
 
+def compile_config(
+    device: str = "CPU",
+    precision: str = "f32",
+    threads: int | None = None,
+    streams: int = 1,
+    *,
+    perf_counters: bool = False,
+) -> dict[str, Any]:
+    """The kit's OpenVINO compile settings: the inference precision asked for (never the plugin's own pick),
+    `streams` streams, `threads` CPU threads in all (None: OpenVINO's default), per-layer counters on request."""
+    if precision not in PRECISIONS:
+        raise ConfigurationError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": _OV_TYPE[PRECISIONS[precision]], "NUM_STREAMS": streams}
+    if threads is not None and device.upper().startswith("CPU"):
+        config["INFERENCE_NUM_THREADS"] = threads  # OpenVINO splits the threads between its streams
+    if perf_counters:
+        config["PERF_COUNT"] = True
+    return config
+
+
+def compile_checked(core: Any, model: Any, device: str, config: dict[str, Any], name: str) -> Any:
+    """`core.compile_model`, refused (`DeviceUnavailableError`) when it fails or when the plugin compiled another
+    precision than the one `config` asks for."""
+    wanted = config["INFERENCE_PRECISION_HINT"]
+    try:
+        compiled = core.compile_model(model, device, config)
+    except Exception as exc:
+        raise DeviceUnavailableError(f"OpenVINO cannot compile {name} for {device} at {wanted} ({exc})") from exc
+    actual = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    if actual != wanted:
+        capabilities = _capabilities(core, device)
+        raise DeviceUnavailableError(
+            f"precision={wanted!r}: OpenVINO's {device} plugin compiled {name} at {actual} instead "
+            f"(device capabilities: {', '.join(capabilities) or 'unknown'}); choose a precision it supports"
+        )
+    return compiled
+
+
 def _dims(partial_shape: Any) -> list[int | None]:
     return [d.get_length() if d.is_static else None for d in partial_shape]
 
@@ -128,24 +166,8 @@ class OpenVinoPredictor(Predictor):
 
     def _compile(self, core: Any, model: Any, path: Path, precision: str, threads: int | None, streams: int) -> Any:
         """The compiled model, refused when the plugin compiled another precision than the one asked for."""
-        device = self.device
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": _OV_TYPE[self._hint], "NUM_STREAMS": streams}
-        if threads is not None and device.startswith("CPU"):
-            config["INFERENCE_NUM_THREADS"] = threads  # OpenVINO splits the threads between its streams
-        try:
-            compiled = core.compile_model(model, device, config)
-        except Exception as exc:
-            raise DeviceUnavailableError(
-                f"OpenVINO cannot compile {path.name} for {device} at {precision} ({exc})"
-            ) from exc
-        actual = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-        if actual != _OV_TYPE[self._hint]:
-            capabilities = _capabilities(core, device)
-            raise DeviceUnavailableError(
-                f"precision={precision!r}: OpenVINO's {device} plugin compiled {path.name} at {actual} instead "
-                f"(device capabilities: {', '.join(capabilities) or 'unknown'}); choose a precision it supports"
-            )
-        return compiled
+        return compile_checked(core, model, self.device, compile_config(self.device, precision, threads, streams),
+                               path.name)  # fmt: skip
 
     @property
     def precision(self) -> str:

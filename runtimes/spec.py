@@ -35,16 +35,10 @@ from lvvit.common.provenance import sha256_of
 from lvvit.metadata import ModelMetadata
 from lvvit.presets import Preset
 
+from . import registry
 from .base import Predictor
 from .errors import ConfigurationError, ModelFileError
-
-REFERENCE = "paddle"  # native Paddle, eager: what every other runtime is measured against
-RUNTIMES = {
-    "paddle": "native Paddle, eager (the reference)",
-    "ort": "ONNX Runtime on the exported .onnx",
-    "openvino": "OpenVINO on the exported .onnx",
-    "paddle-inference": "paddle.inference on the exported Paddle inference artifact",
-}
+from .registry import REFERENCE, RUNTIMES  # noqa: F401 (RUNTIMES: public here since before the registry)
 
 
 def read_model_metadata(path: str | Path) -> ModelMetadata | None:
@@ -64,17 +58,8 @@ def read_model_metadata(path: str | Path) -> ModelMetadata | None:
 
 
 def model_files(runtime: str, path: str | Path) -> list[Path]:
-    """The files a runtime loads for the model at `path`, the one to open first."""
-    if runtime in ("ort", "openvino"):
-        from .onnx_file import read_onnx_file
-
-        return [read_onnx_file(path)[0]]
-    if runtime == "paddle-inference":
-        from .paddle_native import find_artifact
-
-        program, params, sidecar = find_artifact(path)
-        return [params, program] + ([sidecar] if sidecar.is_file() else [])
-    raise ConfigurationError(f"runtime {runtime!r} takes no model file; valid: ort, openvino, paddle-inference")
+    """The files a runtime loads for the model at `path`, the one to open first (see `registry.model_files`)."""
+    return registry.model_files(runtime, path)
 
 
 @dataclass(frozen=True)
@@ -125,16 +110,15 @@ class PredictorSpec:
 
     def check(self) -> None:
         """`ConfigurationError` or `ModelFileError` for a spec this module would not make (one from elsewhere)."""
-        if not isinstance(self.runtime, str) or self.runtime not in RUNTIMES:
-            raise ConfigurationError(f"unknown runtime {str(self.runtime)[:80]!r}; valid: {', '.join(RUNTIMES)}")
+        row = registry.get(self.runtime)
         if not isinstance(self.files, tuple):
             raise ConfigurationError(f"a spec's files must be a tuple, got {type(self.files).__name__}")
         for file in self.files:
             _check_file(file)
-        if self.runtime != REFERENCE and not self.files:
+        if row.model_kind is not None and not self.files:
             raise ConfigurationError(f"this {self.runtime} spec names no model file")
-        if self.runtime == REFERENCE and not isinstance(self.preset, Preset):
-            raise ConfigurationError("an eager Paddle spec needs its preset")
+        if row.model_kind is None and not isinstance(self.preset, Preset):
+            raise ConfigurationError(f"an eager {self.runtime} spec needs its preset")
         if not isinstance(self.options, tuple) or not all(
             isinstance(o, tuple) and len(o) == 2 and isinstance(o[0], str) for o in self.options
         ):
@@ -144,21 +128,24 @@ class PredictorSpec:
 
     @classmethod
     def for_model(cls, runtime: str, path: str | Path, **options: Any) -> PredictorSpec:
-        """A spec for an exported model (`runtime` one of ort, openvino, paddle-inference)."""
+        """A spec for an exported model (`runtime`: a registered runtime that loads a model file)."""
         files = model_files(runtime, path)
         described = tuple(ModelFile(f.name, f.stat().st_size, sha256_of(f)) for f in files)
         return cls(runtime, described, tuple(sorted(options.items())), str(files[0].parent))
 
     @classmethod
-    def eager(cls, preset: Preset, weights: str | Path | None = None, **options: Any) -> PredictorSpec:
-        """The eager Paddle model of `preset` with `weights` (or a random initialisation: `seed` in options)."""
+    def eager(
+        cls, preset: Preset, weights: str | Path | None = None, *, runtime: str = REFERENCE, **options: Any
+    ) -> PredictorSpec:
+        """The eager model of `preset` with `weights` (or a random initialisation: `seed` in options), on
+        `runtime` (one without a model file: native Paddle)."""
         files: tuple[ModelFile, ...] = ()
         folder = None
         if weights is not None:
             path = Path(weights)
             files = (ModelFile(path.name, path.stat().st_size, sha256_of(path)),)
             folder = str(path.parent)
-        return cls(REFERENCE, files, tuple(sorted(options.items())), folder, preset)
+        return cls(runtime, files, tuple(sorted(options.items())), folder, preset)
 
     @property
     def option_dict(self) -> dict[str, Any]:
@@ -229,25 +216,11 @@ class PredictorSpec:
     def open(self) -> Predictor:
         """Check the files, then build the predictor (this is where the runtime is imported)."""
         self.check_files()
-        options = self.option_dict
-        if self.runtime == REFERENCE:
-            from .paddle_native import PaddlePredictor
-
+        row = registry.get(self.runtime)
+        predictor = row.predictor_class()
+        if row.model_kind is None:  # the eager model: from its preset, with the weights file when there is one
             if self.preset is None:
-                raise ConfigurationError("an eager Paddle spec needs its preset")
+                raise ConfigurationError(f"an eager {self.runtime} spec needs its preset")
             weights = self._path(self.files[0]) if self.files else None
-            return PaddlePredictor.from_preset(self.preset, weights, **options)
-        path = self._path(self.files[0])
-        if self.runtime == "ort":
-            from .ort import OrtPredictor
-
-            return OrtPredictor(path, **options)
-        if self.runtime == "openvino":
-            from .ov import OpenVinoPredictor
-
-            return OpenVinoPredictor(path, **options)
-        if self.runtime == "paddle-inference":
-            from .paddle_native import PaddlePredictor
-
-            return PaddlePredictor(path, **options)
-        raise ConfigurationError(f"unknown runtime {self.runtime!r}; valid: {', '.join(RUNTIMES)}")
+            return predictor.from_preset(self.preset, weights, **self.option_dict)
+        return predictor(self._path(self.files[0]), **self.option_dict)

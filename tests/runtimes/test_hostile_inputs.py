@@ -423,7 +423,7 @@ HOSTILE_PROPS = {
     "batch zero": ({**_good_props(), "lvvit.batch": "0"}, "lvvit.batch must be an integer in 1..4096"),
     "classes": ({**_good_props(), "lvvit.num_classes": "-1"}, "lvvit.num_classes must be an integer"),
     "huge int": ({**_good_props(), "lvvit.opset": "9" * 5000}, "lvvit.opset is not valid JSON"),
-    "no versions": ({k: v for k, v in _good_props().items() if k != "lvvit.versions"}, "no lvvit.common.versions"),
+    "no versions": ({k: v for k, v in _good_props().items() if k != "lvvit.versions"}, "no lvvit.versions"),
 }
 
 

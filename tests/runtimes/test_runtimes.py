@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,6 @@ from runtimes import (
     ModelFileError,
     OrtPredictor,
     Prediction,
-    PredictorClosedError,
     imagenet_classes,
 )
 from runtimes.labels import resolve_labels
@@ -167,12 +165,6 @@ def test_predict_points_float_batches_to_logits(ort_tiny):
         ort_tiny.predict(synthetic_batch(2, ort_tiny.preprocess_config))
 
 
-@pytest.mark.parametrize("topk", [0, 11, 2.0])
-def test_topk_is_checked(ort_tiny, topk):
-    with pytest.raises(ConfigurationError, match=r"topk must be an integer in 1\.\.10"):
-        ort_tiny.predict(synthetic_image(0), topk=topk)
-
-
 def test_large_lists_run_in_batches(tiny, photos, monkeypatch):
     images = photos + photos[:2]  # 7 images
     with OrtPredictor(tiny.onnx, batch_size=3) as small, OrtPredictor(tiny.onnx, batch_size=16) as big:
@@ -213,41 +205,7 @@ def test_fixed_batch_model_pads_the_last_chunk(tiny, photos):
         OrtPredictor(tiny.onnx_fixed, batch_size=4)
 
 
-# -- logits: input checks ---------------------------------------------------------------------------------------
-
-
-def test_logits_shape(ort_tiny):
-    out = ort_tiny.logits(synthetic_batch(3, ort_tiny.preprocess_config))
-    assert out.shape == (3, 10) and out.dtype == np.float32
-
-
-@pytest.mark.parametrize(
-    ("batch", "message"),
-    [
-        (
-            np.zeros((2, 3, 32, 32), np.float32),
-            r"expected shape \[N, 3, 64, 64\] float32 \(NCHW\), got \[2, 3, 32, 32\]",
-        ),
-        (np.zeros((3, 64, 64), np.float32), r"expected shape \[N, 3, 64, 64\].*got \[3, 64, 64\]$"),
-        (np.zeros((1, 64, 64, 3), np.float32), r"got \[1, 64, 64, 3\]; it looks like NHWC, transpose to NCHW"),
-        (np.zeros((0, 3, 64, 64), np.float32), r"got \[0, 3, 64, 64\]"),
-        (np.zeros((1, 3, 64, 64), np.float64), r"expected dtype float32 for shape \[N, 3, 64, 64\].*got float64"),
-        (np.zeros((1, 3, 64, 64), np.uint8), r"expected dtype float32.*got uint8"),
-        ([[0.0]], r"takes a numpy array of shape \[N, 3, 64, 64\] float32 \(NCHW\), got a list"),
-    ],
-)
-def test_logits_rejects_wrong_inputs(ort_tiny, batch, message):
-    with pytest.raises(InputError, match=message):
-        ort_tiny.logits(batch)
-
-
-def test_logits_reports_nan_and_inf(ort_tiny):
-    x = synthetic_batch(4, ort_tiny.preprocess_config)
-    x[1, 0, 3, 3] = np.nan
-    x[3, 2, 0, 0] = np.inf
-    x[3, 2, 0, 1] = -np.inf
-    with pytest.raises(InputError, match=r"1 NaN and 2 inf values \(samples \[1, 3\]\)"):
-        ort_tiny.logits(x)
+# -- logits (the input checks: tests/test_predictor_contract.py, for every runtime) ----------------------------
 
 
 def test_non_contiguous_batches_are_fine(ort_tiny):
@@ -295,35 +253,11 @@ def test_tiny_models_get_generic_or_given_labels(tiny):
 
 def test_describe_records_what_runs(ort_tiny):
     info = ort_tiny.describe()
-    assert info["runtime"] == "onnxruntime" and info["device"] == "cpu" and info["precision"] == "fp32"
+    assert info["runtime"] == "ort" and info["device"] == "cpu" and info["precision"] == "fp32"
     assert info["providers"] == ["CPUExecutionProvider"] and info["threads"] == 1
     assert info["input"] == {"name": "image", "shape": ["batch", 3, 64, 64], "dtype": "float32"}
     assert info["weights"]["source"] == "random-init" and info["graph"] == "exported"
     assert {"onnxruntime", "numpy", "python", "kit"} <= set(info["versions"])
-
-
-def test_closed_predictor_refuses(tiny):
-    with OrtPredictor(tiny.onnx) as predictor:
-        predictor.predict(synthetic_image(0))
-    with pytest.raises(PredictorClosedError, match=r"OrtPredictor for .*tiny\.onnx is closed"):
-        predictor.predict(synthetic_image(0))
-    predictor.close()  # idempotent
-
-
-def test_concurrent_predict_matches_serial(ort_tiny, photos):
-    jobs = [photos[i:] + photos[:i] for i in range(len(photos))] * 2
-    serial = [ort_tiny.predict(job) for job in jobs]
-    results: list = [None] * len(jobs)
-
-    def work(i: int) -> None:
-        results[i] = ort_tiny.predict(jobs[i])
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert results == serial
 
 
 def test_onnx_runtimes_do_not_import_paddle(tiny):
@@ -352,23 +286,6 @@ print("ok")
     assert done.stdout.strip() == "ok"
 
 
-@pytest.mark.parametrize("runtime", ["ort", "openvino", "paddle"])
-def test_streams_split_a_batch_without_changing_the_answers(tiny, runtime):
-    if runtime == "openvino":
-        pytest.importorskip("openvino")
-    from runtimes import OpenVinoPredictor, OrtPredictor, PaddlePredictor
-
-    make = {
-        "ort": lambda **kw: OrtPredictor(tiny.onnx, threads=2, **kw),
-        "openvino": lambda **kw: OpenVinoPredictor(tiny.onnx, threads=2, **kw),
-        "paddle": lambda **kw: PaddlePredictor(tiny.paddle, threads=2, **kw),
-    }[runtime]
-    x = np.random.default_rng(4).standard_normal((5, 3, RESOLUTION, RESOLUTION)).astype(np.float32)
-    with make() as one, make(streams=2) as two:
-        np.testing.assert_allclose(two.logits(x), one.logits(x), atol=1e-5)
-        assert two.describe()["streams"] == 2
-
-
 def test_streams_are_checked(tiny):
     from runtimes import ConfigurationError, OrtPredictor
 
@@ -378,39 +295,6 @@ def test_streams_are_checked(tiny):
         OrtPredictor(tiny.onnx_fixed, threads=2, streams=2)
 
 
-def _make(tiny, runtime: str):
-    if runtime == "openvino":
-        pytest.importorskip("openvino")
-    from runtimes import OpenVinoPredictor, OrtPredictor, PaddlePredictor
-
-    return {
-        "ort": lambda **kw: OrtPredictor(tiny.onnx, threads=2, **kw),
-        "openvino": lambda **kw: OpenVinoPredictor(tiny.onnx, threads=2, **kw),
-        "paddle": lambda **kw: PaddlePredictor(tiny.paddle, threads=2, **kw),
-    }[runtime]
-
-
-@pytest.mark.parametrize("runtime", ["ort", "openvino", "paddle"])
-def test_streams_run_a_batch_too_small_to_split_whole(tiny, runtime, monkeypatch):
-    # A predictor opened for throughput (streams=2) must not run a single image on half the threads.
-    make = _make(tiny, runtime)
-    rng = np.random.default_rng(5)
-    one_image = rng.standard_normal((1, 3, RESOLUTION, RESOLUTION)).astype(np.float32)
-    four = rng.standard_normal((4, 3, RESOLUTION, RESOLUTION)).astype(np.float32)
-    with make() as one, make(streams=2) as two:
-        calls: list[tuple[str, int]] = []
-        whole, part = two._logits_whole, two._logits_impl
-        monkeypatch.setattr(two, "_logits_whole", lambda b: calls.append(("whole", len(b))) or whole(b))
-        monkeypatch.setattr(two, "_logits_impl", lambda b: calls.append(("stream", len(b))) or part(b))
-        np.testing.assert_allclose(two.logits(one_image), one.logits(one_image), atol=1e-5)
-        assert calls == [("whole", 1)]
-        calls.clear()
-        np.testing.assert_allclose(two.logits(four), one.logits(four), atol=1e-5)
-        assert sorted(calls) == [("stream", 2), ("stream", 2)]
-        assert "smaller batches run whole on a session with all the threads" in two.describe()["stream_policy"]
-        assert "stream_policy" not in one.describe()
-
-
 def test_the_whole_batch_session_has_all_the_threads(tiny):
     from runtimes import OrtPredictor
 
@@ -418,33 +302,3 @@ def test_the_whole_batch_session_has_all_the_threads(tiny):
         assert two._session.get_session_options().intra_op_num_threads == 1  # each stream's share
         assert two._whole_session.get_session_options().intra_op_num_threads == 2
 
-
-@pytest.mark.parametrize("runtime", ["ort", "openvino", "paddle"])
-def test_close_while_other_threads_run_only_raises_closed(tiny, runtime):
-    from runtimes import PredictorClosedError
-
-    predictor = _make(tiny, runtime)(streams=2)
-    x = np.random.default_rng(6).standard_normal((3, 3, RESOLUTION, RESOLUTION)).astype(np.float32)
-    started, errors, closed = threading.Barrier(5), [], []
-
-    def work() -> None:
-        started.wait()
-        for _ in range(500):
-            try:
-                predictor.logits(x)
-            except PredictorClosedError:
-                closed.append(True)
-                return
-            except Exception as exc:  # anything else is the race this test is about
-                errors.append(exc)
-                return
-
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for t in threads:
-        t.start()
-    started.wait()
-    predictor.close()
-    for t in threads:
-        t.join(timeout=60)
-    assert not errors, errors
-    assert len(closed) == 4  # every caller saw the close, as PredictorClosedError

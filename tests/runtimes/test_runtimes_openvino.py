@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import threading
 
 import numpy as np
 import pytest
@@ -107,18 +106,3 @@ def test_bad_arguments(tiny, tmp_path):
     with pytest.raises(ModelFileError, match=r"cut\.onnx: truncated ONNX file"):
         OpenVinoPredictor(tmp_path / "cut.onnx")
 
-
-def test_concurrent_predict_matches_serial(ov_tiny, photos):
-    jobs = [photos[i:] + photos[:i] for i in range(len(photos))]
-    serial = [ov_tiny.predict(job) for job in jobs]
-    results: list = [None] * len(jobs)
-
-    def work(i: int) -> None:
-        results[i] = ov_tiny.predict(jobs[i])
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert results == serial

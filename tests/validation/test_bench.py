@@ -306,10 +306,10 @@ def test_stream_latency_compares_each_runtime_with_one_stream(tiny, tmp_path, ca
     report = json.loads(out.read_text())
     table = capsys.readouterr().out
     assert list(report["paths"]) == [
-        "onnxruntime streams=1", "onnxruntime streams=2", "openvino streams=1", "openvino streams=2"
+        "ort streams=1", "ort streams=2", "openvino streams=1", "openvino streams=2"
     ]  # fmt: skip
     assert all(p["batch1"]["median_ms"] > 0 and p["batch8"]["images_per_s"] > 0 for p in report["paths"].values())
-    assert "| onnxruntime streams=2 |" in table and "batch 1 vs streams=1" in table
+    assert "| ort streams=2 |" in table and "batch 1 vs streams=1" in table
 
 
 def test_the_bench_names_the_fastest_path_that_meets_the_agreement_gate():

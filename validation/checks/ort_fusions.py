@@ -30,10 +30,11 @@ class FusionTiming:
 
 
 def _session(nodes, inputs: dict[str, tuple[int, ...]], weights: dict[str, np.ndarray], threads: int):
-    import onnxruntime as ort
+    """A probe of a graph of `nodes`, on the CPU as the kit's sessions run (the slow fusions off: otherwise the plain
+    graph would be fused again)."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from runtimes.ort_providers import CPU_DISABLED_FUSIONS
+    from runtimes.probe import ort_probe
 
     graph = helper.make_graph(
         nodes,
@@ -43,14 +44,7 @@ def _session(nodes, inputs: dict[str, tuple[int, ...]], weights: dict[str, np.nd
         [numpy_helper.from_array(value, name) for name, value in weights.items()],
     )
     opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    return ort.InferenceSession(
-        helper.make_model(graph, opset_imports=opsets).SerializeToString(),
-        options,
-        providers=["CPUExecutionProvider"],
-        disabled_optimizers=list(CPU_DISABLED_FUSIONS),  # or the plain graph would be fused again
-    )
+    return ort_probe(helper.make_model(graph, opset_imports=opsets), threads=threads)
 
 
 def _pairs(tokens: int, dim: int, hidden: int):
@@ -93,12 +87,12 @@ def compare_fusions(
         feeds = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in shapes.items()}
         fused = _session(fused_nodes, shapes, weights, threads)
         plain = _session(plain_nodes, shapes, weights, threads)
-        diff = float(np.abs(fused.run(None, feeds)[0] - plain.run(None, feeds)[0]).max())
+        diff = float(np.abs(fused.run(feeds)["y"] - plain.run(feeds)["y"]).max())
         seconds: dict[str, list[float]] = {"fused": [], "plain": []}
         for _ in range(repeats):
             for name, session in (("fused", fused), ("plain", plain)):
                 start = time.perf_counter()
-                session.run(None, feeds)
+                session.run(feeds)
                 seconds[name].append(time.perf_counter() - start)
         ms = {name: float(np.median(s)) * 1e3 for name, s in seconds.items()}
         results.append(

@@ -46,45 +46,32 @@ class Layer:
 def openvino_layers(path: str | Path, batch: int = 8, threads: int = 2, runs: int = 3) -> list[Layer]:
     """Every executed node of `path` compiled by OpenVINO for the CPU (f32 inference precision, one stream, so
     int8 is what the file's QDQ asks for and nothing else), with its kernel and mean time over `runs` runs."""
-    import openvino as ov
+    from runtimes.probe import openvino_probe
 
-    core = ov.Core()
-    config = {"PERF_COUNT": True, "INFERENCE_PRECISION_HINT": ov.Type.f32, "NUM_STREAMS": 1,
-              "INFERENCE_NUM_THREADS": threads}  # fmt: skip
-    compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
-    request = compiled.create_infer_request()
-    x = _batch(compiled.input(0).get_partial_shape().rank.get_length(), batch, compiled.input(0))
-    request.infer({0: x})  # warm-up: first-run allocations are no layer's cost
-    totals: dict[str, float] = defaultdict(float)
-    kinds: dict[str, tuple[str, str]] = {}
-    for _ in range(runs):
-        request.infer({0: x})
-        for info in request.get_profiling_info():
-            if str(info.status).endswith("EXECUTED") and not str(info.status).endswith("NOT_RUN"):
-                totals[info.node_name] += info.real_time.total_seconds() * 1e3
-                kinds[info.node_name] = (info.node_type, info.exec_type)
+    with openvino_probe(str(path), threads=threads, precision="f32", streams=1, perf_counters=True) as probe:
+        x = _batch(probe, batch)
+        probe.run(x)  # warm-up: first-run allocations are no layer's cost
+        totals: dict[str, float] = defaultdict(float)
+        kinds: dict[str, tuple[str, str]] = {}
+        for _ in range(runs):
+            probe.run(x)
+            for info in probe.profiling_info():
+                if str(info.status).endswith("EXECUTED") and not str(info.status).endswith("NOT_RUN"):
+                    totals[info.node_name] += info.real_time.total_seconds() * 1e3
+                    kinds[info.node_name] = (info.node_type, info.exec_type)
     return [Layer(name, *kinds[name], ms / runs) for name, ms in totals.items()]
 
 
 def ort_layers(path: str | Path, batch: int = 8, threads: int = 2, runs: int = 3) -> list[Layer]:
     """Every node ONNX Runtime's CPU provider ran for `path` (the kit's session options), from its profiler."""
-    import onnxruntime as ort
-
-    from runtimes.ort_providers import CPU_DISABLED_FUSIONS
+    from runtimes.probe import ort_probe
 
     with tempfile.TemporaryDirectory(prefix="lvvit-ort-profile-") as work:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.enable_profiling = True
-        options.profile_file_prefix = str(Path(work) / "profile")
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
-                                       disabled_optimizers=list(CPU_DISABLED_FUSIONS))  # fmt: skip
-        x = _batch(len(session.get_inputs()[0].shape), batch, session.get_inputs()[0])
-        name = session.get_inputs()[0].name
-        session.run(None, {name: x})  # warm-up, as for OpenVINO
-        for _ in range(runs):
-            session.run(None, {name: x})
-        events = json.loads(Path(session.end_profiling()).read_text())
+        with ort_probe(str(path), threads=threads, profile_prefix=Path(work) / "profile") as probe:
+            x = _batch(probe, batch)
+            for _ in range(runs + 1):  # a warm-up, as for OpenVINO, then the runs
+                probe.run(x)
+            events = json.loads(probe.end_profiling().read_text())
     totals: dict[str, float] = defaultdict(float)
     kinds: dict[str, str] = {}
     for event in events[1:]:  # the first event is the session's initialisation, the rest each node per run
@@ -97,10 +84,9 @@ def ort_layers(path: str | Path, batch: int = 8, threads: int = 2, runs: int = 3
     return [Layer(node, kinds[node], kinds[node], ms / (runs + 1)) for node, ms in totals.items()]
 
 
-def _batch(rank: int, batch: int, port) -> np.ndarray:
-    """Random images of the model's input shape (the values do not change which kernels run)."""
-    shape = port.get_partial_shape() if hasattr(port, "get_partial_shape") else port.shape
-    dims = [int(str(d)) if str(d).isdigit() else None for d in shape] if rank else []
+def _batch(probe, batch: int) -> np.ndarray:
+    """Random images of the model's first input's shape (the values do not change which kernels run)."""
+    dims = next(iter(probe.input_shapes.values()))
     dims = [batch, *(d if isinstance(d, int) else 224 for d in dims[1:])]
     return np.random.default_rng(0).normal(0, 1, dims).astype(np.float32)
 

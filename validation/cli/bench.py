@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runtimes import registry
 from validation.perf.bench import DEFAULT_SETTLE_MS, run_bench
 from validation.reports.bench import BASELINE
 
@@ -70,6 +71,7 @@ def _add_timing(parser: argparse.ArgumentParser) -> None:
 def _add_paths(parser: argparse.ArgumentParser) -> None:
     from validation.cli.options import positive
 
+    onnx_runtimes = registry.with_model_files(["onnx"])
     parser.add_argument(
         "--paths",
         default=None,
@@ -77,14 +79,15 @@ def _add_paths(parser: argparse.ArgumentParser) -> None:
         "openvino-f32, openvino-bf16, ort-int8, openvino-int8 (default: all), and, exported only when listed "
         "here, openvino-int8-ac (int8 with accuracy control, fine stages), openvino-int8-ac-whole (whole stages), "
         "openvino-int8-unfolded (nncf int8 with SmoothQuant's Multiply nodes left, to compare with the folded "
-        "file) and openvino-int8-vnni (every linear layer in int8, whatever this CPU's --int8-target)",
+        "file) and openvino-int8-vnni (every linear layer in int8, whatever this CPU's --int8-target); with --onnx, "
+        f"{', '.join(f'file-{name}' for name in onnx_runtimes)}",
     )
     parser.add_argument(
         "--onnx",
         type=Path,
         default=None,
-        help="your own exported .onnx file of this preset and weights, timed on ONNX Runtime and OpenVINO "
-        "(rows file-ort, file-openvino) beside the bench's exports",
+        help="your own exported .onnx file of this preset and weights, timed on every runtime that loads one "
+        f"(rows {', '.join(f'file-{name}' for name in onnx_runtimes)}) beside the bench's exports",
     )
     parser.add_argument(
         "--max-float-stages",

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from runtimes import registry
 from validation.core import gate
 from validation.reports.locate import summary_line
 from validation.run.locate import (
     DEFAULT_STAGE_TOLERANCE,
     JUMP_FACTOR,
-    RUNTIMES,
     STAGE_LIMITS,
     STAGE_TOLERANCE_BY_PRECISION,
     LocateSettings,
@@ -39,9 +39,9 @@ def add_parser(subparsers: Any) -> None:
     add_model_options(parser, paddle_inference=False)  # locate runs the .onnx file only
     group = parser.add_argument_group("export runtimes")
     group.add_argument(
-        "--runtime", action="append", choices=list(RUNTIMES), default=None,
-        help="runtime that runs the export, repeatable (default: ort); "
-        + "; ".join(f"{k}: {v}" for k, v in RUNTIMES.items()),
+        "--runtime", action="append", choices=registry.with_extra_outputs(), default=None,
+        help="runtime that runs the export with its stages as outputs, repeatable (default: ort); "
+        + "; ".join(f"{name}: {registry.get(name).description}" for name in registry.with_extra_outputs()),
     )  # fmt: skip
     group.add_argument("--batch-size", type=positive, default=8, help="images per run (default 8)")
     group.add_argument("--threads", type=positive, default=None, help="runtime threads (default: each runtime's own)")

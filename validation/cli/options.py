@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 from lvvit.common.flags import deprecated_alias, note_deprecated
 from lvvit.presets import get_preset, list_presets
+from runtimes import registry
 from runtimes.spec import read_model_metadata
-from validation.core.runners import RUNTIMES, ModelSource, RuntimeOptions, spec_from_metadata
+from validation.core.runners import ModelSource, RuntimeOptions, spec_from_metadata
 from validation.engines.reference_cache import ReferenceCache, reference_key
 from validation.errors import DatasetError, ModelSourceError
 
@@ -169,7 +170,8 @@ def add_model_options(parser: argparse.ArgumentParser, exported: bool = True, pa
         "--onnx",
         type=Path,
         default=None,
-        help="exported .onnx for ort/openvino (default: export the preset into --work-dir); "
+        help=f"exported .onnx for {'/'.join(registry.with_model_files(['onnx']))} (default: export the preset into "
+        "--work-dir); "
         "without --preset, the preset, resolution and architecture come from its metadata",
     )
     if paddle_inference:
@@ -188,21 +190,20 @@ def _add_paddle_inference(group: Any) -> None:
 
 
 def add_runtime_options(parser: argparse.ArgumentParser, batch_size: int) -> None:
+    """--runtime (the registered runtimes), --batch-size, --threads, and each runtime's own flags (generated from
+    its `runtimes.registry` row: `--ort-device`, `--openvino-precision`, ...)."""
     group = parser.add_argument_group("runtimes")
     group.add_argument(
         "--runtime",
         action="append",
-        choices=list(RUNTIMES),
+        choices=registry.names(),
         default=None,
-        help="runtime to validate, repeatable (default: ort); " + "; ".join(f"{k}: {v}" for k, v in RUNTIMES.items()),
+        help="runtime to validate, repeatable (default: ort); "
+        + "; ".join(f"{row.name}: {row.description}" for row in registry.rows()),
     )
     group.add_argument("--batch-size", type=positive, default=batch_size, help=f"images per run (default {batch_size})")
     group.add_argument("--threads", type=positive, default=None, help="runtime threads (default: each runtime's own)")
-    group.add_argument(
-        "--ort-device", default="cpu", help="ONNX Runtime device: cpu, cuda, tensorrt, auto (default cpu)"
-    )
-    group.add_argument("--openvino-device", default="CPU", help="OpenVINO device (default CPU)")
-    group.add_argument("--openvino-precision", default="f32", help="OpenVINO inference precision: f32, bf16, f16")
+    registry.add_runtime_arguments(group)
 
 
 def add_report_dir(group: Any, default: str = "build/reports", old: tuple[str, ...] = ()) -> None:
@@ -468,13 +469,8 @@ def model_source(model: ModelOptions, report_dir: Path) -> ModelSource:
 
 
 def runtime_options(args: argparse.Namespace) -> RuntimeOptions:
-    return RuntimeOptions(
-        batch_size=args.batch_size,
-        threads=args.threads,
-        ort_device=args.ort_device,
-        openvino_device=args.openvino_device,
-        openvino_precision=args.openvino_precision,
-    )
+    own = {name: registry.options_from(args, name) for name in registry.names()}
+    return RuntimeOptions(batch_size=args.batch_size, threads=args.threads, own=own)
 
 
 def export_tags(onnx: Path | None) -> list[str]:

@@ -8,7 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-STREAM_RUNTIMES = ("onnxruntime", "openvino")
+DEFAULT_RUNTIMES = "ort,openvino"
+
+
+def stream_runtimes() -> list[str]:
+    """The runtimes that load an .onnx file, from the runtime registry."""
+    from runtimes import registry
+
+    return registry.with_model_files(["onnx"])
 
 
 def add_parser(subparsers: Any) -> None:
@@ -23,8 +30,8 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("model", type=Path, help="an exported .onnx file (e.g. build/lvvit_s.onnx from `make run`)")
     parser.add_argument(
         "--runtimes",
-        default=",".join(STREAM_RUNTIMES),
-        help=f"comma-separated: {', '.join(STREAM_RUNTIMES)} (default both)",
+        default=DEFAULT_RUNTIMES,
+        help=f"comma-separated: {', '.join(stream_runtimes())} (default {DEFAULT_RUNTIMES})",
     )
     parser.add_argument("--threads", type=positive, default=None, help="threads in all (default: all cores)")
     parser.add_argument("--streams", type=positive, default=None, help="N (default: the thread count)")
@@ -44,12 +51,14 @@ class StreamOptions:
 
 
 def main(args: Any) -> int:
+    from runtimes import registry
     from validation.errors import ValidationError
 
-    runtimes = tuple(args.runtimes.split(","))
-    unknown = set(runtimes) - set(STREAM_RUNTIMES)
+    runtimes = tuple(registry.canonical(name) for name in args.runtimes.split(","))  # onnxruntime: ort's old name
+    valid = stream_runtimes()
+    unknown = set(runtimes) - set(valid)
     if unknown:
-        raise ValidationError(f"--runtimes: unknown {sorted(unknown)}; valid: {', '.join(STREAM_RUNTIMES)}")
+        raise ValidationError(f"--runtimes: unknown {sorted(unknown)}; valid: {', '.join(valid)}")
     threads = args.threads or len(os.sched_getaffinity(0))
     streams = args.streams or threads
     if streams < 2:

@@ -12,7 +12,7 @@ given file must say (in its metadata) it was made from the same weights.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -23,6 +23,7 @@ from lvvit.common.provenance import RANDOM_INIT, sha256_of
 from lvvit.metadata import ModelMetadata
 from lvvit.presets import ArchConfig, PreprocessConfig, Preset, get_preset
 from lvvit.weights.state_dict import weights_identity
+from runtimes import registry
 from runtimes.spec import REFERENCE, RUNTIMES, PredictorSpec, read_model_metadata
 from validation.errors import ModelSourceError
 
@@ -83,13 +84,16 @@ class PredictorRunner:
 
 @dataclass(frozen=True)
 class RuntimeOptions:
-    """Per-runtime settings, recorded in every report."""
+    """Settings of every runtime (batch size, threads), and each runtime's own options (`runtimes.registry` rows:
+    runtime name -> option -> value; an option not given takes its row's default). Recorded in every report."""
 
     batch_size: int = 16
     threads: int | None = None
-    ort_device: str = "cpu"
-    openvino_device: str = "CPU"
-    openvino_precision: str = "f32"
+    own: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def of(self, name: str) -> dict[str, Any]:
+        """Runtime `name`'s own options: its row's defaults, with those given here over them."""
+        return {**registry.get(name).defaults(), **self.own.get(name, {})}
 
 
 @dataclass
@@ -216,30 +220,31 @@ def ensure_paddle_inference(source: ModelSource, log: Log) -> Path:
     return result.path
 
 
+# a runtime's model-file kind (`runtimes.registry.MODEL_KINDS`) -> the file of `source`, exported when not given
+MODEL_FILES = {"onnx": ensure_onnx, "paddle-inference": ensure_paddle_inference}
+
+
 def _stem(spec: Preset) -> str:
     return f"{spec.name}_{spec.resolution}"
 
 
 def runner_spec(name: str, source: ModelSource, options: RuntimeOptions, log: Log) -> PredictorSpec:
-    """The spec of the runner called `name` (see `RUNTIMES`), exporting its model file first when none was given."""
-    common = {"threads": options.threads, "batch_size": options.batch_size}
-    if name == "ort":
-        return PredictorSpec.for_model(name, ensure_onnx(source, log), device=options.ort_device, **common)
-    if name == "openvino":
-        path = ensure_onnx(source, log)
-        precision, device = options.openvino_precision, options.openvino_device
-        return PredictorSpec.for_model(name, path, precision=precision, device=device, **common)
-    if name == "paddle-inference":
-        return PredictorSpec.for_model(name, ensure_paddle_inference(source, log), **common)
-    if name == REFERENCE:
+    """The spec of the runner called `name` (a `runtimes.registry` row), exporting its model file first when none
+    was given."""
+    row = registry.get(name)
+    if row.model_kind is None:  # the eager model: the preset and its weights, no file
         return PredictorSpec.eager(
             source.spec,
             source.weights,
+            runtime=name,
             checkpoint_key=source.checkpoint_key,
             seed=source.seed,
             batch_size=options.batch_size,
         )
-    raise ModelSourceError(f"unknown runtime {name!r}; valid: {', '.join(RUNTIMES)}")
+    path = MODEL_FILES[row.model_kind](source, log)
+    return PredictorSpec.for_model(
+        name, path, threads=options.threads, batch_size=options.batch_size, **options.of(name)
+    )
 
 
 def runner_specs(

@@ -22,6 +22,7 @@ import numpy as np
 from lvvit.common.metrics import image_errors, summarize_drift
 from lvvit.common.provenance import RANDOM_INIT, sha256_of
 from lvvit.presets import Preset
+from runtimes import registry
 from runtimes.spec import PredictorSpec
 from validation.reports.bench import BASELINE
 
@@ -32,7 +33,7 @@ class BenchPath:
 
     name: str
     what: str
-    runtime: str  # a `runtimes.RUNTIMES` name; "paddle" is the eager model
+    runtime: str  # a `runtimes.registry` name; "paddle" is the eager model
     artifact: str | None  # the `Artifacts` field of its file (None: the eager model, from the preset)
     options: dict[str, Any] = field(default_factory=dict)
     precision: str = "fp32"
@@ -105,7 +106,8 @@ def bench_paths(threads: int, streams: int, include: set[str] | None) -> list[Be
 
 
 def user_file_paths(onnx: Path, preset: Preset, weights: Path | None, threads: int, streams: int) -> list[BenchPath]:
-    """`--onnx FILE`: the user's file on ONNX Runtime and OpenVINO, checked to be the bench's model first."""
+    """`--onnx FILE`: the user's file on every registered runtime that loads an `.onnx` (rows `file-<runtime>`),
+    checked to be the bench's model first."""
     from runtimes.onnx_file import graph_precision
     from runtimes.spec import read_model_metadata
     from validation.core.runners import ModelSource, check_same_model
@@ -115,12 +117,9 @@ def user_file_paths(onnx: Path, preset: Preset, weights: Path | None, threads: i
     precision = graph_precision(metadata)  # the floor of its precision, as the predictors call it
     run = {"threads": threads, "streams": streams}
     return [
-        BenchPath("file-ort", f"ONNX Runtime on {onnx.name}", "ort", None, run, precision, file=onnx),
-        BenchPath(
-            "file-openvino", f"OpenVINO on {onnx.name}", "openvino", None, {"precision": "f32", **run}, precision,
-            file=onnx,
-        ),
-    ]  # fmt: skip
+        BenchPath(f"file-{name}", f"{registry.get(name).label} on {onnx.name}", name, None, run, precision, file=onnx)
+        for name in registry.with_model_files(["onnx"])
+    ]
 
 
 def fastest_meeting_gate(results: list[PathResult], batch: int, gate: float) -> dict[str, Any] | None:

@@ -249,8 +249,9 @@ class SgemmProbe:
 
     def __init__(self, threads: int, size: int = 1536) -> None:
         import numpy as np
-        import onnxruntime as ort
         from onnx import TensorProto, helper, numpy_helper
+
+        from runtimes.probe import ort_probe
 
         rng = np.random.default_rng(0)
         self.size = size
@@ -264,15 +265,13 @@ class SgemmProbe:
             [numpy_helper.from_array(b, "b")],
         )
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        self._session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        self._session.run(None, {"a": self._a})  # weight prepacking happens on the first run
+        self._session = ort_probe(model, threads=threads)
+        self._session.run(self._a)  # weight prepacking happens on the first run
 
     def gfma_per_s(self) -> float:
         """GFMA/s of one multiply."""
         import time
 
         start = time.perf_counter()
-        self._session.run(None, {"a": self._a})
+        self._session.run(self._a)
         return self.size**3 / (time.perf_counter() - start) / 1e9

@@ -23,14 +23,14 @@ def _rss_bytes() -> int:
 
 
 def _openers(model: Path, runtimes: list[str], threads: int, streams: int) -> dict[str, Any]:
-    from runtimes import OpenVinoPredictor, OrtPredictor
+    from runtimes import registry
 
-    make = {"onnxruntime": OrtPredictor, "openvino": OpenVinoPredictor}
     openers = {}
     for runtime in runtimes:
+        make = registry.get(runtime).predictor_class()
         for n in (1, streams):
             openers[f"{runtime} streams={n}"] = (
-                lambda cls=make[runtime], n=n: cls(model, threads=threads, streams=n)  # noqa: B023 (bound by default)
+                lambda make=make, n=n: make(model, threads=threads, streams=n)  # noqa: B023 (bound by default)
             )
     return openers
 

@@ -36,6 +36,7 @@ import numpy as np
 from exporters.onnx.stage_map import Mapped, Unmapped, map_stages, stage_names, with_outputs
 from lvvit.common.metrics import drift_stats
 from lvvit.common.provenance import sha256_of
+from runtimes import Probe, open_probe, registry
 from validation.core import gate
 from validation.core.data import Dataset, Failure, image_folder, stream_batches
 from validation.core.runners import ModelSource, check_given_files, ensure_onnx
@@ -45,7 +46,6 @@ from validation.provenance import environment
 from validation.reports.locate import MAX_INSTRUMENTATION_REL
 from validation.run.drift import DriftInputs, describe_inputs
 
-RUNTIMES = {"ort": "ONNX Runtime (CPU) on the .onnx file", "openvino": "OpenVINO (CPU, f32) on the .onnx file"}
 # The per-stage limits: those of the drift gate that mean something for any tensor (not top-k or KL).
 STAGE_LIMITS = {name: gate.DRIFT_LIMITS[name] for name in ("max_abs", "mean_abs", "p99_abs", "max_rel", "min_cosine")}
 DEFAULT_STAGE_TOLERANCE = {"max_rel": 1e-3}
@@ -129,109 +129,66 @@ class PaddleStages:
 
 
 class ExportStages:
-    """The exported graph on one runtime, with the mapped stages' tensors added as outputs."""
+    """The exported graph on one runtime's probe (`runtimes.probe`), with the mapped stages' tensors as outputs.
+
+    The stem is read from a graph of its own: with the stem of an NNCF int8 file as an extra output, OpenVINO
+    2026.4 computed every later stage wrongly (cosine ~0 to Paddle, the logits moved by 0.8 relative), while the
+    same stages exposed without it matched ONNX Runtime exactly. The graph as it ships runs beside them.
+    """
 
     def __init__(
         self, runtime: str, path: Path, proto: Any, mapped: dict[str, Mapped], threads: int | None, precision: str
     ) -> None:
-        if runtime not in RUNTIMES:
-            raise ModelSourceError(f"locate runs on {', '.join(RUNTIMES)}, not {runtime!r}")
+        runtimes = registry.with_extra_outputs()
+        if runtime not in runtimes:
+            raise ModelSourceError(f"locate runs on {', '.join(runtimes)}, not {runtime!r}")
         self.name, self.path, self.threads, self.precision = runtime, path, threads, precision
         self.tensors = {stage: m.tensor for stage, m in mapped.items()}
         self.unavailable: dict[str, str] = {}
+        groups = [[s for s in self.tensors if s not in ("output", "stem")], [s for s in self.tensors if s == "stem"]]
         try:
-            self._run = self._open_ort(proto) if runtime == "ort" else self._open_openvino()
-        except Exception as exc:  # both runtimes raise their own classes straight from C++
+            self._plain = open_probe(proto, runtime, threads=threads)
+            self._probes = [self._instrumented(proto, stages) for stages in groups if stages]
+        except Exception as exc:  # the runtimes raise their own classes straight from C++
             raise ModelSourceError(
-                f"{path}: {RUNTIMES[runtime]} cannot load this graph with its stages as outputs "
+                f"{path}: {registry.get(runtime).description} cannot load this graph with its stages as outputs "
                 f"({type(exc).__name__}: {str(exc)[:500]})"
             ) from exc
 
-    def _open_ort(self, proto: Any):
-        import onnxruntime as ort
-
-        from runtimes.ort_providers import CPU_DISABLED_FUSIONS
-
-        copy = with_outputs(proto, self.tensors.values())
-        options = ort.SessionOptions()
-        if self.threads:
-            options.intra_op_num_threads = self.threads
-        session = ort.InferenceSession(
-            copy.SerializeToString(), options, providers=["CPUExecutionProvider"],
-            disabled_optimizers=list(CPU_DISABLED_FUSIONS),  # as OrtPredictor runs it on the CPU
-        )  # fmt: skip
-        plain = ort.InferenceSession(
-            proto.SerializeToString(), options, providers=["CPUExecutionProvider"],
-            disabled_optimizers=list(CPU_DISABLED_FUSIONS),
-        )  # fmt: skip
-        names = list(dict.fromkeys(self.tensors.values()))
-        self._versions = {"onnxruntime": ort.__version__}
-        self._details = {"providers": session.get_providers(), "disabled_fusions": list(CPU_DISABLED_FUSIONS)}
-
-        def run(batch: np.ndarray) -> dict[str, np.ndarray]:
-            feed = {session.get_inputs()[0].name: batch}
-            values = dict(zip(names, session.run(names, feed), strict=True))
-            found = {stage: values[tensor] for stage, tensor in self.tensors.items() if stage != "output"}
-            return {**found, "output": plain.run(None, feed)[0], _INSTRUMENTED: values[self.tensors["output"]]}
-
-        return run
-
-    def _open_openvino(self):
-        import openvino as ov
-
-        core = ov.Core()
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32"}
-        if self.threads:
-            config["INFERENCE_NUM_THREADS"] = self.threads
-        # The stem is read from a compile of its own: with the stem of an NNCF int8 file as an extra output,
-        # OpenVINO 2026.4 computes every later stage wrongly (cosine ~0 to Paddle, the logits moved by 0.8
-        # relative), while the same stages exposed without it match ONNX Runtime exactly.
-        groups = [[s for s in self.tensors if s not in ("output", "stem")], [s for s in self.tensors if s == "stem"]]
-        requests = [self._instrumented(core, stages, config) for stages in groups if stages]
-        plain = core.compile_model(str(self.path), "CPU", config).create_infer_request()
-        self._versions = {"openvino": ov.__version__}
-        self._details = {"device": "CPU", "inference_precision_hint": "fp32", "stem_compiled_apart": True}
-
-        def run(batch: np.ndarray) -> dict[str, np.ndarray]:
-            plain.infer({0: batch})
-            output = np.array(plain.get_output_tensor(0).data)
-            found = {}
-            for request in requests:
-                request.infer({0: batch})
-                for stage, tensor in self.tensors.items():
-                    port = next((o for o in request.model_outputs[1:] if tensor in o.get_names()), None)
-                    if stage != "output" and port is not None:
-                        found[stage] = np.array(request.get_tensor(port).data)
-            # the blocks' compile is the instrumented graph whose logits are checked against the plain one
-            instrumented = np.array(requests[0].get_output_tensor(0).data) if requests else output
-            return {**found, "output": output, _INSTRUMENTED: instrumented}
-
-        return run
-
-    def _instrumented(self, core: Any, stages: list[str], config: dict[str, Any]) -> Any:
-        """An infer request of the file with `stages`' tensors added as outputs (those OpenVINO lacks: unavailable)."""
-        model = core.read_model(str(self.path))
+    def _instrumented(self, proto: Any, stages: list[str]) -> tuple[Probe, dict[str, str]]:
+        """A probe of the graph with `stages`' tensors as outputs, and those stages (any it lacks: unavailable)."""
+        probe = open_probe(with_outputs(proto, [self.tensors[s] for s in stages]), self.name, threads=self.threads)
+        kept = {}
         for stage in stages:
-            tensor = self.tensors[stage]
-            try:
-                model.add_outputs([tensor])
-            except RuntimeError as exc:  # the tensor was folded away by OpenVINO's frontend
-                self.unavailable[stage] = f"OpenVINO has no tensor {tensor!r} ({str(exc).splitlines()[-1]})"
-                del self.tensors[stage]
-        return core.compile_model(model, "CPU", config).create_infer_request()
+            if probe.has(self.tensors[stage]):
+                kept[stage] = self.tensors[stage]
+            else:  # folded away by the runtime
+                self.unavailable[stage] = f"{self.name} has no tensor {self.tensors[stage]!r} among its outputs"
+        return probe, kept
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        return self._run(batch)
+        output = self._plain.run(batch)[self._plain.outputs[0]]
+        found: dict[str, np.ndarray] = {}
+        instrumented = output
+        for k, (probe, stages) in enumerate(self._probes):
+            head = probe.outputs[0]
+            values = probe.run(batch, list(dict.fromkeys([head, *stages.values()])))
+            found.update({stage: values[tensor] for stage, tensor in stages.items()})
+            if k == 0:  # the blocks' graph: the instrumented one whose logits are checked against the plain one
+                instrumented = values[head]
+        return {**found, "output": output, _INSTRUMENTED: instrumented}
 
     def describe(self) -> dict[str, Any]:
+        details = self._plain.describe()
         return {
             "name": self.name,
-            "runtime": RUNTIMES[self.name],
+            "runtime": registry.get(self.name).description,
             "threads": self.threads,
             "precision": self.precision,
-            **self._details,
+            **{k: v for k, v in details.items() if k not in ("runtime", "versions")},
+            "stem_compiled_apart": True,
             "model_files": {str(self.path): sha256_of(self.path)},
-            "versions": self._versions,
+            "versions": details.get("versions", {}),
         }
 
 
@@ -369,9 +326,10 @@ def run_locate(
     from lvvit import create_model
 
     settings = settings or LocateSettings()
-    unknown = [r for r in settings.runtimes if r not in RUNTIMES]
+    runtimes = registry.with_extra_outputs()
+    unknown = [r for r in settings.runtimes if r not in runtimes]
     if unknown or not settings.runtimes:
-        raise ModelSourceError(f"locate runs on {', '.join(RUNTIMES)}; got {list(settings.runtimes) or 'none'}")
+        raise ModelSourceError(f"locate runs on {', '.join(runtimes)}; got {list(settings.runtimes) or 'none'}")
     check_given_files(source)
     model = create_model(source.spec, weights=source.weights, checkpoint_key=source.checkpoint_key, seed=source.seed)
     paddle_side = PaddleStages(model)
