@@ -33,14 +33,14 @@ test: $(VENV)/.test
 # on real photographs.
 SAMPLES := $(OUT)/locate-samples
 locate-samples: $(VENV)/.test
-	$(BIN)/python -m validation.datasets.photos $(SAMPLES)/photos --variants 2
+	$(BIN)/python -m validation photos $(SAMPLES)/photos --variants 2
 	$(BIN)/python -m exporters.onnx --preset lvvit_s --output $(SAMPLES)/
 	$(BIN)/python -m exporters.onnx --preset lvvit_s --precision fp16 --output $(SAMPLES)/
 	# random weights: int8 agrees with Paddle on ~92% of the photos, under the 99% gate; the sample shows where it parts
-	$(BIN)/python -m exporters.onnx --preset lvvit_s --quantize int8 --calibration $(SAMPLES)/photos --output $(SAMPLES)/ \
+	$(BIN)/python -m exporters.onnx --preset lvvit_s --quantize int8 --images $(SAMPLES)/photos --output $(SAMPLES)/ \
 	  --min-int8-agreement 0
 	# int8 with accuracy control: the stages it keeps in float show no int8 error in its sample
-	$(BIN)/python -m exporters.onnx --preset lvvit_s --quantize int8 --calibration $(SAMPLES)/photos --output $(SAMPLES)/ \
+	$(BIN)/python -m exporters.onnx --preset lvvit_s --quantize int8 --images $(SAMPLES)/photos --output $(SAMPLES)/ \
 	  --accuracy-control
 	for p in "" _fp16 _int8 _int8_ac; do \
 	  $(BIN)/python -m validation locate --preset lvvit_s --onnx $(SAMPLES)/lvvit_s$$p.onnx --images $(SAMPLES)/photos \

@@ -136,14 +136,40 @@ def ort_bound_step(predictor: OrtPredictor, batch: np.ndarray, device: str) -> C
 
 
 def torch_model(manifest_model: dict, stage: Path, device: str):
-    """tlt's LV_ViT with the staged model's architecture (random weights: only the speed is measured)."""
+    """tlt's LV_ViT with the staged model's architecture, its own random initialisation (only the speed is
+    measured), in eval mode."""
+    import torch
+
+    from lvvit.authors import authors_model
     from runtimes.onnx_file import kit_metadata, read_onnx_file
-    from tests.tlt_oracle import build_reference
 
     path, props = read_onnx_file(stage / manifest_model["fp32"])
     meta = kit_metadata(props, path)
     preset = at_resolution(replace(get_preset(meta.preset), arch=ArchConfig(**meta.arch)), meta.resolution)
-    return build_reference(preset).to(device), meta
+    torch.manual_seed(0)
+    return authors_model(preset).eval().to(device), meta
+
+
+def torch_settings(device: str) -> tuple[Callable[[], Any], Any]:
+    """(the call that waits for the device, the autocast dtype); TF32 off on CUDA."""
+    import torch
+
+    if device != "cuda":
+        return (lambda: None), torch.bfloat16
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32, as the ORT fp32 session (use_tf32=0)
+    torch.backends.cudnn.allow_tf32 = False
+    return torch.cuda.synchronize, torch.float16
+
+
+def eager_step(net: Any, x: Any, device: str, amp_dtype: Any, amp: bool) -> Callable[[], Any]:
+    """One forward pass of the PyTorch model, in autocast when `amp`."""
+    import torch
+
+    def step():
+        with torch.inference_mode(), torch.autocast(device, dtype=amp_dtype, enabled=amp):
+            return net(x)
+
+    return step
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -154,13 +180,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     staged = manifest["models"][args.model]
     model, meta = torch_model(staged, args.stage, args.device)
     name = device_name(args.device)
-    if args.device == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32, as the ORT fp32 session (use_tf32=0)
-        torch.backends.cudnn.allow_tf32 = False
-        sync = torch.cuda.synchronize
-    else:
-        sync = lambda: None  # noqa: E731
-    amp_dtype = torch.float16 if args.device == "cuda" else torch.bfloat16
+    sync, amp_dtype = torch_settings(args.device)
     rng = np.random.default_rng(0)
     size = meta.resolution
     rows: list[Row] = []
@@ -185,11 +205,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     amp_name = str(amp_dtype).replace("torch.", "")
 
     def eager(x, amp: bool, net=model) -> Callable[[], Any]:
-        def step():
-            with torch.inference_mode(), torch.autocast(args.device, dtype=amp_dtype, enabled=amp):
-                return net(x)
-
-        return step
+        return eager_step(net, x, args.device, amp_dtype, amp)
 
     def bench_batch(batch_size: int) -> None:
         batch = rng.standard_normal((batch_size, 3, size, size), dtype=np.float32)
@@ -207,9 +223,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ort_fp32 = OrtPredictor(args.stage / staged["fp32"], device=args.device)
     for batch_size in args.batch_sizes:
         bench_batch(batch_size)
+    ort_settings = {"ort_providers_fp16": ort_fp16.providers,
+                    "ort_provider_options_fp32": ort_fp32.describe()["provider_options"]}  # fmt: skip
     ort_fp16.close()
     ort_fp32.close()
+    return _record(args, manifest, meta, name, rows, ort_settings) | {
+        "not_run_for_budget": skipped_budget,
+        "wall_s": round(time.perf_counter() - started, 1),
+        "rows": [asdict(r) for r in rows],
+    }
 
+
+def _record(
+    args: argparse.Namespace, manifest: dict, meta: Any, name: str, rows: list[Row], ort_settings: dict
+) -> dict[str, Any]:
+    """The result around the rows: ratios over torch eager AMP, the best row against the fp16 peak, the goal,
+    the settings and versions."""
+    import onnxruntime as ort
+    import torch
+
+    size = meta.resolution
     amp = {r.batch: r.images_per_s for r in rows if r.path == "torch eager AMP" and r.images_per_s}
     for r in rows:
         if r.images_per_s and r.batch in amp:
@@ -223,8 +256,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if GOAL["path"] in goal_rows and GOAL["over"] in goal_rows
         else None
     )
-    import onnxruntime as ort
-
     return {
         "device": args.device,
         "device_name": name,
@@ -252,8 +283,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "round_s": args.round_s,
             "compile_batch_sizes": args.compile_batch_sizes,
             "torch_tf32": False,
-            "ort_providers_fp16": ort_fp16.providers,
-            "ort_provider_options_fp32": ort_fp32.describe()["provider_options"],
+            **ort_settings,
         },
         "versions": {
             "python": platform.python_version(),
@@ -263,9 +293,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "onnxruntime_from": ort.__file__,
             "numpy": np.__version__,
         },
-        "not_run_for_budget": skipped_budget,
-        "wall_s": round(time.perf_counter() - started, 1),
-        "rows": [asdict(r) for r in rows],
     }
 
 

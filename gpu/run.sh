@@ -18,13 +18,13 @@ import glob, os, nvidia
 print(":".join(sorted({os.path.dirname(p) for root in nvidia.__path__ for p in glob.glob(root + "/**/lib*.so*", recursive=True)})))
 ') || nvidia_libs=""
 export LD_LIBRARY_PATH=${nvidia_libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-export LVVIT_GPU_REQUIRE=1   # tests/test_gpu.py fails, naming what is missing, where it would skip for want of CUDA
+export LVVIT_GPU_REQUIRE=1   # tests/gpu/test_gpu.py fails, naming what is missing, where it would skip for want of CUDA
 export LVVIT_GPU_STAGE=/tmp/lvvit-gpu/payload
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/lvvit-gpu/site "$LVVIT_GPU_STAGE"/wheels/*.whl || exit 3
 export PYTHONPATH=$PYTHONPATH:/tmp/lvvit-gpu/site   # tlt, the authors' model (timm and torch are in the image)
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit --format=csv | tee "$out/nvidia-smi.txt"
 
-python3 -m pytest tests/test_gpu.py -m gpu -v -rA -p no:cacheprovider --junitxml="$out/gpu_tests.xml" 2>&1 | tee "$out/gpu_tests.log"
+python3 -m pytest tests/gpu/test_gpu.py -m gpu -v -rA -p no:cacheprovider --junitxml="$out/gpu_tests.xml" 2>&1 | tee "$out/gpu_tests.log"
 tests=${PIPESTATUS[0]}
 # BENCH_ARGS: extra gpu/bench.py flags (e.g. --batch-sizes 1,128 to fit a shorter lease)
 timeout 300 python3 gpu/bench.py --stage "$LVVIT_GPU_STAGE" --out "$out" ${BENCH_ARGS:-} 2>&1 | tee "$out/bench.log"

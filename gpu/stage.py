@@ -1,9 +1,9 @@
 """Stage what the GPU machine needs and cannot make: exported models, real photographs, CPU reference logits.
 
 The lent GPU machine has no Paddle (so no exporter), no scikit-image photographs of the kit's choosing and
-no network. This writes, here, everything `tests/test_gpu.py` and `gpu/bench.py` read there:
+no network. This writes, here, everything `tests/gpu/test_gpu.py` and `gpu/bench.py` read there:
 
-- `tiny.onnx` / `tiny_fp16.onnx`: a tiny LV-ViT (tests.conftest.TINY at 64 px), its fixed synthetic inputs
+- `tiny.onnx` / `tiny_fp16.onnx`: a tiny LV-ViT (`lvvit.presets.TINY_ARCH` at 64 px), its fixed synthetic inputs
   and the CPU fp32 logits of ONNX Runtime on them (`tiny_inputs.npy`, `tiny_cpu_logits.npy`);
 - `<preset>.onnx` / `<preset>_fp16.onnx` (`--optimize --precision fp16`), the bundled photographs and crops
   of them as JPEG (`photos/`), and the CPU fp32 logits of `<preset>.onnx` on them (`<preset>_cpu_logits.npy`);
@@ -34,9 +34,9 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 from exporters.onnx import FastPath, export_onnx  # noqa: E402
 from lvvit.common.provenance import sha256_of  # noqa: E402
 from lvvit.preprocess import preprocess_batch  # noqa: E402
+from lvvit.presets import TINY_ARCH  # noqa: E402
 from lvvit.synthetic import synthetic_batch  # noqa: E402
 from runtimes import OrtPredictor  # noqa: E402
-from tests.conftest import TINY  # noqa: E402
 
 TINY_RESOLUTION = 64
 TINY_INPUTS = 8
@@ -64,7 +64,7 @@ def _cpu_reference(model: Path, inputs: np.ndarray) -> tuple[np.ndarray, dict]:
 
 
 def stage_tiny(out: Path) -> dict:
-    files = _export_pair(out, "tiny", "lvvit_s", resolution=TINY_RESOLUTION, **TINY)
+    files = _export_pair(out, "tiny", "lvvit_s", resolution=TINY_RESOLUTION, **TINY_ARCH)
     with OrtPredictor(out / files["fp32"]) as probe:
         inputs = synthetic_batch(TINY_INPUTS, probe.preprocess_config)
     logits, described = _cpu_reference(out / files["fp32"], inputs)

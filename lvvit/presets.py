@@ -106,6 +106,10 @@ _PRESETS: dict[str, Preset] = {
     )
 }
 
+# A tiny architecture (an `lvvit_s` override): small enough for a 2-core CI machine and a GPU smoke run, big enough
+# to exercise every path. The tests' models and `gpu/stage.py`'s tiny model use it.
+TINY_ARCH: dict[str, int] = {"embed_dim": 64, "depth": 2, "num_heads": 4, "num_classes": 10}
+
 
 def list_presets() -> list[str]:
     """Names of the registered presets, smallest model first."""

@@ -32,7 +32,7 @@ AUTO_ORDER = ("cuda", "cpu")
 # 2.39 ms against 1.04 ms for Add+Add+LayerNorm, BiasGelu 2.85 ms against 2.32 ms for Add+Gelu), so CPU
 # sessions run without them; `exporters.onnx --optimize` writes its fp32 graph the same way. The
 # attention fusion stays. GPU providers keep every fusion: their fused kernels are the fast ones.
-# Re-check after an ONNX Runtime upgrade: `python -m validation.checks.ort_fusions`.
+# Re-check after an ONNX Runtime upgrade: `python -m validation ort-fusions`.
 CPU_DISABLED_FUSIONS = ("SkipLayerNormFusion", "BiasGeluFusion")
 
 _LIBRARY = {

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from lvvit.presets import TINY_ARCH
+
 # the tiny exported models and the photographs, shared by the runtime, serving and validation tests
 pytest_plugins = ["tests.runtime_fixtures"]
 
@@ -15,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-# Small enough for a 2-core CI machine, big enough to exercise every path.
-TINY = {"embed_dim": 64, "depth": 2, "num_heads": 4, "num_classes": 10}
+# Small enough for a 2-core CI machine, big enough to exercise every path (shared with gpu/stage.py).
+TINY = dict(TINY_ARCH)
 
 # Stored /proc/cpuinfo of each CPU kind the kit runs on; the kit's CPU detection reads the file named by
 # LVVIT_CPUINFO (its one override), so every branch is checked on any machine.

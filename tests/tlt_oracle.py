@@ -7,34 +7,20 @@ the authors' release files are saved (`.pth.tar`, optionally wrapped).
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import pytest
 
 torch = pytest.importorskip("torch")
-tlt_lvvit = importlib.import_module("tlt.models.lvvit")
+tlt_lvvit = pytest.importorskip("tlt.models.lvvit")
 
 
 def build_reference(preset, seed: int = 0):
     """tlt's LV_ViT with `preset`'s architecture and input size, non-trivial weights, eval mode."""
-    arch = preset.arch
+    from lvvit.authors import authors_model
+
     torch.manual_seed(seed)
-    model = tlt_lvvit.LV_ViT(
-        img_size=preset.resolution,
-        patch_size=arch.patch_size,
-        num_classes=arch.num_classes,
-        embed_dim=arch.embed_dim,
-        depth=arch.depth,
-        num_heads=arch.num_heads,
-        mlp_ratio=arch.mlp_ratio,
-        qkv_bias=arch.qkv_bias,
-        p_emb=arch.stem,
-        skip_lam=arch.skip_lam,
-        order=list(arch.order) if arch.order else None,
-        return_dense=arch.return_dense,
-        mix_token=arch.mix_token,
-    )
+    model = authors_model(preset)
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, tensor in model.state_dict().items():

@@ -1,7 +1,7 @@
 """Validation of exported LV-ViT models: numeric drift and accuracy against native Paddle, with reports.
 
     python -m validation drift --preset lvvit_s --weights W --runtime ort --runtime openvino --synthetic 32
-    python -m validation accuracy DATA_DIR --preset lvvit_s --weights W --runtime ort
+    python -m validation accuracy --images DATA_DIR --preset lvvit_s --weights W --runtime ort
 
 Library: `run_drift`, `run_accuracy` (typed reports, `validation.reports.types`; `bool()` the verdict), `write_reports`
 (JSON + Markdown + HTML), `build_runners` (native Paddle reference + runtimes

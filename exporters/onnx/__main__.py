@@ -1,4 +1,4 @@
-"""`python -m exporters.onnx --preset NAME [...]`: parse, call the library, print the result."""
+"""`python -m exporters.onnx --preset NAME [...]` (or `lvvit-export`): parse, call the library, print the result."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from lvvit.common.flags import deprecated_alias
 from lvvit.common.interrupt import interrupts_exit
 from lvvit.common.memory import MemoryBudgetError, parse_size
 from lvvit.errors import LvvitError
@@ -75,6 +76,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export an LV-ViT preset to a self-describing ONNX file (or a Paddle inference artifact) "
         "and verify it against native Paddle.",
     )
+    _add_model(parser)
+    _add_output(parser)
+    fast = parser.add_argument_group("fast paths")
+    _add_fast_paths(fast)
+    _add_int8(fast)
+    _add_accuracy_control(fast)
+    _add_limits(parser)
+    return parser
+
+
+def _add_model(parser: argparse.ArgumentParser) -> None:
+    """The model: preset, weights, resolution, batch, opset, seed."""
     parser.add_argument("--preset", metavar="NAME", help=f"model to export: {', '.join(list_presets())}")
     parser.add_argument("--list-presets", action="store_true", help="list the presets with their settings and exit")
     parser.add_argument(
@@ -109,6 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET}: native LayerNormalization)",
     )
     parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the random initialisation and the verification inputs (default 0)"
+    )
+
+
+def _add_output(parser: argparse.ArgumentParser) -> None:
+    """Where the file goes, its format, and its verification."""
+    parser.add_argument(
         "--output",
         default=None,
         help="file, or folder for <preset>.onnx (default: ./<preset>.onnx; <preset>_<res>.onnx at another resolution)",
@@ -128,7 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_ATOL,
         help=f"verification tolerance: max abs error vs Paddle, finite and >= 0 (default {DEFAULT_ATOL:g})",
     )
-    fast = parser.add_argument_group("fast paths")
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars on stderr (int8 calibration passes, accuracy control's runs)",
+    )
+
+
+def _add_fast_paths(fast: argparse._ArgumentGroup) -> None:
     fast.add_argument(
         "--optimize",
         action="store_true",
@@ -146,8 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--quantize",
         choices=("int8",),
         default=None,
-        help="static int8 (QDQ) quantization of the portable graph, calibrated on --calibration images",
+        help="static int8 (QDQ) quantization of the portable graph, calibrated on the --images folder",
     )
+
+
+def _add_int8(fast: argparse._ArgumentGroup) -> None:
+    """int8: the quantizer, its calibration images and gate, the target CPU."""
     fast.add_argument(
         "--quantizer",
         choices=QUANTIZERS,
@@ -155,7 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="int8 quantizer: nncf (default; transformer scheme with SmoothQuant, needs the [int8] extra) "
         "or ort (ONNX Runtime's quantize_static)",
     )
-    fast.add_argument("--calibration", type=Path, default=None, help="folder of real images for int8 calibration")
+    images = fast.add_argument(
+        "--images",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="with --quantize int8: the folder of real images to calibrate on and to measure the int8 gate on",
+    )
+    deprecated_alias(fast, "--calibration", images)
     fast.add_argument(
         "--calibration-count", type=_count, default=32, help="images used for calibration (default 32, sorted by path)"
     )
@@ -163,18 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-int8-agreement",
         type=_fraction,
         default=INT8_MIN_AGREEMENT,
-        help=f"int8 accuracy gate: least top-1 agreement with Paddle fp32 on the calibration images "
+        help=f"int8 accuracy gate: least top-1 agreement with Paddle fp32 on the held-out --images, a fraction "
         f"(default {INT8_MIN_AGREEMENT})",
-    )
-    fast.add_argument(
-        "--accuracy-control",
-        action="store_true",
-        help="with --quantize int8 (nncf): keep stages (stem, a block, the head) in float, the one that adds the "
-        "most error by itself first, re-quantizing each time, until top-1 agreement with Paddle fp32 on the "
-        "calibration folder's images reaches --min-int8-agreement; file <preset>_int8_ac.onnx; each step is "
-        "printed, the stages kept in float are recorded in the metadata (lvvit.float_stages) and, with the "
-        "layers, in the graph's doc string. A step costs one calibration and three runs over the images "
-        "(about 35 s for lvvit_s on 2 cores)",
     )
     fast.add_argument(
         "--keep-smooth-quant-muls",
@@ -184,9 +212,26 @@ def build_parser() -> argparse.ArgumentParser:
         "file <preset>_int8_unfolded.onnx",
     )
     fast.add_argument(
-        "--no-progress",
+        "--int8-target",
+        choices=INT8_TARGETS,
+        default="auto",
+        help="with --quantize int8 (nncf): the CPU the file is for. vnni: every linear layer and convolution in "
+        "int8 (OpenVINO's int8 linear layers need VNNI / AMX to beat f32); avx2: the convolutions only, the "
+        "linear layers in f32 (on AVX2 without VNNI OpenVINO's int8 GEMM is no faster than its f32 one); auto "
+        "(default): the CPU at hand's, printed. Files: <preset>_int8.onnx, or _int8_vnni / _int8_avx2 when given",
+    )
+
+
+def _add_accuracy_control(fast: argparse._ArgumentGroup) -> None:
+    fast.add_argument(
+        "--accuracy-control",
         action="store_true",
-        help="no progress bars on stderr (int8 calibration passes, accuracy control's runs)",
+        help="with --quantize int8 (nncf): keep stages (stem, a block, the head) in float, the one that adds the "
+        "most error by itself first, re-quantizing each time, until top-1 agreement with Paddle fp32 on the "
+        "--images folder reaches --min-int8-agreement; file <preset>_int8_ac.onnx; each step is "
+        "printed, the stages kept in float are recorded in the metadata (lvvit.float_stages) and, with the "
+        "layers, in the graph's doc string. A step costs one calibration and three runs over the images "
+        "(about 35 s for lvvit_s on 2 cores)",
     )
     fast.add_argument(
         "--control-stages",
@@ -203,21 +248,15 @@ def build_parser() -> argparse.ArgumentParser:
         "shipped: ort (default; the export's gate runs it too) or openvino (the runtime that ships the nncf file)",
     )
     fast.add_argument(
-        "--int8-target",
-        choices=INT8_TARGETS,
-        default="auto",
-        help="with --quantize int8 (nncf): the CPU the file is for. vnni: every linear layer and convolution in "
-        "int8 (OpenVINO's int8 linear layers need VNNI / AMX to beat f32); avx2: the convolutions only, the "
-        "linear layers in f32 (on AVX2 without VNNI OpenVINO's int8 GEMM is no faster than its f32 one); auto "
-        "(default): the CPU at hand's, printed. Files: <preset>_int8.onnx, or _int8_vnni / _int8_avx2 when given",
-    )
-    fast.add_argument(
         "--max-float-stages",
         type=_count,
         default=None,
         help="with --accuracy-control: stop after keeping this many stages in float, even below the target "
         "(the gate then fails the export); default: until the target is met or every stage is float",
     )
+
+
+def _add_limits(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-memory",
         type=_memory_size,
@@ -227,10 +266,6 @@ def build_parser() -> argparse.ArgumentParser:
         "(RSS of the exporter and its converter child, measured per preset); the run's peak is printed and "
         "recorded in the file's metadata either way",
     )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the random initialisation and the verification inputs (default 0)"
-    )
-    return parser
 
 
 def _print_presets() -> None:
@@ -280,7 +315,7 @@ def _export(args: argparse.Namespace, common: dict):
         optimize=args.optimize,
         precision=args.precision,
         quantize=args.quantize,
-        calibration=args.calibration,
+        calibration=args.images,
         quantizer=args.quantizer,
         calibration_count=args.calibration_count,
         min_int8_agreement=args.min_int8_agreement,

@@ -53,7 +53,7 @@ class FastPath:
         if self.quantize not in (None, "int8"):
             raise ExportError(f"--quantize supports int8 only, got {self.quantize!r}")
         if self.quantize and self.calibration is None:
-            raise ExportError("--quantize int8 needs --calibration DIR: a folder of real images to calibrate on")
+            raise ExportError("--quantize int8 needs --images DIR: a folder of real images to calibrate on")
         if self.calibration_count < 1:
             raise ExportError(f"--calibration-count must be at least 1, got {self.calibration_count}")
         if not 0.0 <= self.min_int8_agreement <= 1.0:  # NaN fails this too

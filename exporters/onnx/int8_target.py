@@ -1,6 +1,6 @@
 """Which int8 kernels the CPU has, and so which layers of an NNCF int8 file pay in int8 on OpenVINO.
 
-Measured with `python -m validation.checks.ov_layers` on an AMD EPYC Zen 3 (AVX2, no VNNI), OpenVINO 2026.4, lvvit_s at
+Measured with `python -m validation ov-layers` on an AMD EPYC Zen 3 (AVX2, no VNNI), OpenVINO 2026.4, lvvit_s at
 batch 8: OpenVINO runs every int8 linear layer with oneDNN's `jit_gemm_i8` kernel, which is no faster than the
 `gemm_mlas_f32` kernel it uses for the same layer in f32 (a [1576, 384] x [384, 1152] layer: 0.92x; ONNX Runtime's
 MLAS int8 kernel does the same layer 1.99x faster than its f32 on the same CPU). Its int8 convolutions

@@ -1,7 +1,7 @@
 """What an export needs, checked before any work: the optional packages its options use, and memory.
 
 Memory is estimated from the preset's weight bytes with factors measured on this kit's exports (the peak
-RSS of the exporter's process tree: `python -m validation.perf.export_memory`, docs/export-memory.md), and the
+RSS of the exporter's process tree: `python -m validation export-memory`, docs/export-memory.md), and the
 run's own peak is recorded in the file's metadata (`lvvit.export_memory`) and printed.
 """
 

@@ -84,7 +84,7 @@ def find_calibration_images(folder: str | Path, config: PreprocessConfig, limit:
     device, a broken link or a loop), are listed, not fatal."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise ExportError(f"--calibration {folder}: not a folder of images")
+        raise ExportError(f"--images {folder}: not a folder of images")
     if limit < 1:
         raise ExportError(f"--calibration-count must be at least 1, got {limit}")
     files, odd = walk_regular_files(folder)
@@ -101,7 +101,7 @@ def find_calibration_images(folder: str | Path, config: PreprocessConfig, limit:
             continue
         readable.append(path)
     if not readable:
-        raise ExportError(f"--calibration {folder}: no readable images found ({len(skipped)} unreadable)")
+        raise ExportError(f"--images {folder}: no readable images found ({len(skipped)} unreadable)")
     return CalibrationSet(folder, readable[:limit], readable, skipped)
 
 

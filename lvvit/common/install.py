@@ -30,7 +30,7 @@ def _source() -> tuple[str, bool] | None:
 def install_command(extra: str) -> str:
     """`pip install -e '/path/to/kit[extra]'` for a source checkout (this one, or the folder pip installed
     from), else `pip install 'lvvit-deploy[extra]'` (an index that serves the kit)."""
-    checkout = Path(__file__).resolve().parents[1]
+    checkout = Path(__file__).resolve().parents[2]  # lvvit/common/install.py -> the checkout
     if (checkout / "pyproject.toml").is_file():  # running from a source tree: install into it, editable
         return f"pip install -e {shlex.quote(f'{checkout}[{extra}]')}"
     source = _source()

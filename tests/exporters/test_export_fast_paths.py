@@ -105,7 +105,7 @@ def test_onnx_runtime_quantizer_is_available_too(tmp_path, photo_folder):
 
 
 def test_fast_path_options_are_checked():
-    with pytest.raises(ExportError, match="--quantize int8 needs --calibration DIR"):
+    with pytest.raises(ExportError, match="--quantize int8 needs --images DIR"):
         FastPath(quantize="int8")
     with pytest.raises(ExportError, match="--precision must be one of fp32, fp16"):
         FastPath(precision="bf16")

@@ -176,7 +176,7 @@ def test_max_memory_with_room_exports_and_records_the_peak(tmp_path):
 
 
 def test_an_int8_budget_is_refused_as_not_estimated(tmp_path):
-    run = _run_cli("--preset", "lvvit_s", "--quantize", "int8", "--calibration", str(tmp_path), "--max-memory", "8GiB",
+    run = _run_cli("--preset", "lvvit_s", "--quantize", "int8", "--images", str(tmp_path), "--max-memory", "8GiB",
                    "--output", str(tmp_path))  # fmt: skip
     assert run.returncode == 2
     assert "error: --max-memory is not estimated for --quantize int8: NNCF's calibration memory grows" in run.stderr

@@ -30,7 +30,7 @@ def test_the_install_command_installs_into_this_checkout():
 
 def test_missing_nncf_is_named_before_any_work(tmp_path):
     code = "from exporters.onnx.__main__ import main; sys.exit(main(sys.argv[1:]))"
-    args = ["--preset", "lvvit_l_448", "--quantize", "int8", "--calibration", str(tmp_path), "--output", str(tmp_path)]
+    args = ["--preset", "lvvit_l_448", "--quantize", "int8", "--images", str(tmp_path), "--output", str(tmp_path)]
     started = time.perf_counter()
     run = subprocess.run([*_hidden("nncf", code), *args], capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 2, run.stderr
@@ -109,7 +109,7 @@ def test_a_failed_gate_keeps_the_file_as_rejected_and_says_what_next(tmp_path, p
 
 
 def test_sample_photos_without_scikit_image_name_the_extra(tmp_path):
-    code = "from validation.datasets.photos import main; sys.exit(main(sys.argv[1:]))"
+    code = "from validation.cli import main; sys.exit(main(['photos', *sys.argv[1:]]))"
     run = subprocess.run([*_hidden("skimage", code), str(tmp_path / "photos")], capture_output=True, text=True,
                          cwd=ROOT)  # fmt: skip
     assert run.returncode == 2

@@ -87,3 +87,15 @@ def test_the_fp16_peak_is_chosen_by_the_device_name(monkeypatch):
         "NVIDIA H200 NVL": 835.5,
         "NVIDIA A100": None,  # not in the table: the share is not reported rather than guessed
     }
+
+
+def test_the_gpu_scripts_import_no_test_code():
+    """gpu/ runs on a machine that has the kit, not its tests: the tiny architecture is `lvvit.presets.TINY_ARCH`
+    and the authors' model is `lvvit.authors.authors_model`."""
+    import ast
+
+    for script in sorted((ROOT / "gpu").glob("*.py")):
+        tree = ast.parse(script.read_text())
+        imported = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        imported += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        assert not [m for m in imported if m == "tests" or m.startswith("tests.")], script.name

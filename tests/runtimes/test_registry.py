@@ -193,7 +193,8 @@ def test_accuracy_runs_a_registered_runtime(standin_row, tiny, tmp_path):
         (tmp_path / "data" / label).mkdir(parents=True)
         for k in range(2):
             synthetic_image(k + 3 * len(label)).save(tmp_path / "data" / label / f"{k}.png")
-    argv = ["accuracy", str(tmp_path / "data"), *TINY_MODEL, "--onnx", str(tiny.onnx), "--runtime", standin.NAME]
+    argv = ["accuracy", "--images", str(tmp_path / "data"), *TINY_MODEL, "--onnx", str(tiny.onnx)]
+    argv += ["--runtime", standin.NAME]
     assert _validate(*argv, "--report-dir", str(tmp_path / "reports"), "--no-progress") == 0
     (written,) = (tmp_path / "reports").glob("accuracy_*.json")
     entry = json.loads(written.read_text())["runtimes"][standin.NAME]

@@ -19,7 +19,7 @@ QUIET = {"log": lambda message: None}
 def digits_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("digits")
     run = subprocess.run(
-        [sys.executable, "-m", "validation.datasets.digits", "--out", str(out)],
+        [sys.executable, "-m", "validation", "digits", "--out", str(out)],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -156,7 +156,8 @@ def test_bench_options_parse():
 
 
 def test_fused_kernels_and_their_plain_expansions_agree(capsys):
-    from validation.checks.ort_fusions import compare_fusions, main
+    from validation.checks.ort_fusions import compare_fusions
+    from validation.cli import main
 
     timings = compare_fusions(batch=2, tokens=5, dim=16, hidden=32, repeats=2)
     assert [(t.fused, t.plain) for t in timings] == [
@@ -164,7 +165,8 @@ def test_fused_kernels_and_their_plain_expansions_agree(capsys):
         ("BiasGelu", "Add+Gelu"),
     ]
     assert all(t.max_abs_diff < 1e-5 and t.fused_ms > 0 and t.plain_ms > 0 for t in timings)
-    assert main(["--batch", "1", "--tokens", "4", "--dim", "8", "--hidden", "16", "--repeats", "1"]) == 0
+    argv = ["ort-fusions", "--batch-size", "1", "--tokens", "4", "--dim", "8", "--hidden", "16", "--repeats", "1"]
+    assert main(argv) == 0
     assert "| SkipLayerNormalization [1, 4, 8] |" in capsys.readouterr().out
 
 
@@ -192,7 +194,7 @@ def test_bench_cli_on_a_tiny_model(tmp_path):
     (mine,) = (tmp_path / "mine").glob("*.onnx")
     result = subprocess.run(
         [sys.executable, "-m", "validation", "bench", "--preset", "lvvit_s", "--resolution", "64",
-         "--batch-sizes", "1,4", "--repeats", "2", "--warmup", "1", "--settle-ms", "100", "--workdir", str(tmp_path),
+         "--batch-sizes", "1,4", "--repeats", "2", "--warmup", "1", "--settle-ms", "100", "--work-dir", str(tmp_path),
          "--paths", "ort-fp32,ort-int8", "--onnx", str(mine)],
         capture_output=True, text=True, cwd=ROOT,
     )  # fmt: skip
@@ -227,7 +229,7 @@ def test_bench_cli_on_a_tiny_model(tmp_path):
     assert by_name["ort-fp32"]["timings"]["1"]["x_floor"] > 0 and by_name["ort-int8"]["timings"]["1"]["x_floor"] > 0
     assert "timed in the same rounds" in table and "100 ms apart" in table
     again = subprocess.run(
-        [sys.executable, "-m", "validation", "report", str(tmp_path / "bench.json"), "--output-dir",
+        [sys.executable, "-m", "validation", "report", str(tmp_path / "bench.json"), "--report-dir",
          str(tmp_path / "r")],
         capture_output=True, text=True, cwd=ROOT,
     )  # fmt: skip
@@ -293,7 +295,7 @@ def test_paths_within_the_runs_noise_are_not_ranked():
 def test_a_user_file_of_another_model_is_refused_before_any_export(tiny, tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "validation", "bench", "--preset", "lvvit_s", "--resolution", "64", "--onnx",
-         str(tiny.onnx), "--workdir", str(tmp_path / "work")], capture_output=True, text=True, cwd=ROOT,
+         str(tiny.onnx), "--work-dir", str(tmp_path / "work")], capture_output=True, text=True, cwd=ROOT,
     )  # fmt: skip
     assert run.returncode == 2 and "tiny.onnx: architecture" in run.stderr, run.stderr[-2000:]
     assert not (tmp_path / "work").exists()  # refused before the minutes of exports
@@ -301,10 +303,10 @@ def test_a_user_file_of_another_model_is_refused_before_any_export(tiny, tmp_pat
 
 def test_stream_latency_compares_each_runtime_with_one_stream(tiny, tmp_path, capsys):
     pytest.importorskip("openvino")
-    from validation.perf.stream_latency import main
+    from validation.cli import main
 
     out = tmp_path / "streams.json"
-    assert main([str(tiny.onnx), "--threads", "2", "--repeats", "2", "--json", str(out)]) == 0
+    assert main(["stream-latency", str(tiny.onnx), "--threads", "2", "--repeats", "2", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     table = capsys.readouterr().out
     assert list(report["paths"]) == [

@@ -197,9 +197,9 @@ def test_an_interrupted_accuracy_run_exits_cleanly_and_keeps_the_older_reports(
     tmpdir.mkdir()
     older = _older_set(reports, "run")
     process = subprocess.Popen(
-        [sys.executable, "-m", "validation", "accuracy", str(digits_dir), *digits.cli_model_args(), "--onnx",
-         str(digits_onnx), "--runtime", "ort", "--report-dir", str(reports), "--name", "run", "--batch-size", "1",
-         "--workers", "1"],
+        [sys.executable, "-m", "validation", "accuracy", "--images", str(digits_dir), *digits.cli_model_args(),
+         "--onnx", str(digits_onnx), "--runtime", "ort", "--report-dir", str(reports), "--name", "run",
+         "--batch-size", "1", "--workers", "1"],
         cwd=ROOT,
         env=dict(os.environ, TMPDIR=str(tmpdir)),
         stdout=subprocess.PIPE,

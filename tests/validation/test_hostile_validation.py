@@ -544,7 +544,7 @@ def test_an_interrupted_ray_run_leaves_no_ray_process(model, tmp_path):
     from tests.conftest import ROOT
 
     onnx, data, _ = model
-    command = [sys.executable, "-m", "validation", "accuracy", str(data), *digits.cli_model_args()]
+    command = [sys.executable, "-m", "validation", "accuracy", "--images", str(data), *digits.cli_model_args()]
     command += ["--onnx", str(onnx), "--engine", "ray", "--shard-size", "5", "--batch-size", "1"]
     command += ["--report-dir", str(tmp_path)]
     run = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

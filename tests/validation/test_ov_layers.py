@@ -1,4 +1,4 @@
-"""`python -m validation.checks.ov_layers`: the per-layer execution report shows which matrix layers ran in int8."""
+"""`python -m validation ov-layers`: the per-layer execution report shows which matrix layers ran in int8."""
 
 from __future__ import annotations
 
@@ -44,8 +44,8 @@ def test_openvino_report_shows_the_linear_layers_in_int8_or_in_f32_by_target(int
 
 def test_the_cli_profiles_both_runtimes_and_writes_every_layer(int8_files, tmp_path):
     out = tmp_path / "layers.json"
-    cmd = [sys.executable, "-m", "validation.checks.ov_layers", str(int8_files["vnni"]), "--runtime", "openvino",
-           "--runtime", "ort", "--batch", "2", "--threads", "1", "--runs", "1", "--json", str(out)]  # fmt: skip
+    cmd = [sys.executable, "-m", "validation", "ov-layers", str(int8_files["vnni"]), "--runtime", "openvino",
+           "--runtime", "ort", "--batch-size", "2", "--threads", "1", "--repeats", "1", "--json", str(out)]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert f"### {int8_files['vnni'].name} on openvino" in proc.stdout and "on ort:" in proc.stdout
@@ -54,6 +54,6 @@ def test_the_cli_profiles_both_runtimes_and_writes_every_layer(int8_files, tmp_p
     ort_types = {layer["node_type"] for layer in report["layers"][f"ort:{int8_files['vnni']}"]}
     assert ort_types & {"MatMulIntegerToFloat", "QLinearMatMul", "QLinearConv", "DynamicQuantizeMatMul",
                         "QuantizeLinear", "DequantizeLinear", "MatMul"}  # fmt: skip
-    missing = subprocess.run([sys.executable, "-m", "validation.checks.ov_layers", str(tmp_path / "nope.onnx")],
+    missing = subprocess.run([sys.executable, "-m", "validation", "ov-layers", str(tmp_path / "nope.onnx")],
                              cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert missing.returncode == 2 and "no such file: " in missing.stderr

@@ -189,21 +189,23 @@ def test_reference_and_accuracy_command_lines_with_a_cache(digits_model, tmp_pat
     def cli(*args):
         return subprocess.run([sys.executable, "-m", "validation", *args], capture_output=True, text=True, cwd=ROOT)
 
-    made = cli("reference", str(data), *digits.cli_model_args(), "--cache", str(tmp_path / "c"), "--shard-size", "20")
+    cache = ("--cache", str(tmp_path / "c"))
+    made = cli("reference", "--images", str(data), *digits.cli_model_args(), *cache, "--shard-size", "20")
     assert made.returncode == 0, made.stderr
     assert "logits of 45 images (3 shard(s) computed now)" in made.stdout
-    run = cli("accuracy", str(data), *model, "--reference-cache", str(tmp_path / "c"), "--report-dir", str(tmp_path))
+    reused = ("--reference-cache", str(tmp_path / "c"), "--report-dir", str(tmp_path))
+    run = cli("accuracy", "--images", str(data), *model, *reused)
     assert run.returncode == 0, run.stderr
     report = json.loads((tmp_path / "accuracy_lvvit_s_32.json").read_text())
     assert report["reference"]["describe"]["cached"] == str(tmp_path / "c") and report["passed"]
-    again = cli("accuracy", str(data), *model, "--reference-cache", str(tmp_path / "c"), "--report-dir", str(tmp_path))
+    again = cli("accuracy", "--images", str(data), *model, *reused)
     resumed = json.loads((tmp_path / "accuracy_lvvit_s_32.json").read_text())
     assert again.returncode == 0 and resumed["shards"]["computed"] == 0  # the same command: every shard was done
     markdown = (tmp_path / "accuracy_lvvit_s_32.md").read_text()
     assert "engine: local; 1 shard(s) of 1000 images, 0 computed in this run, the others resumed from" in markdown
     assert "(Paddle was not run)" in markdown
     assert numbers(resumed["runtimes"]["ort"]) == numbers(report["runtimes"]["ort"])
-    stale = cli("accuracy", str(data), "--onnx", str(onnx), "--reference-cache", str(tmp_path / "c"))
+    stale = cli("accuracy", "--images", str(data), "--onnx", str(onnx), "--reference-cache", str(tmp_path / "c"))
     assert stale.returncode == 2 and "differs in" in stale.stderr and "weights_tensors_sha256" in stale.stderr
 
 

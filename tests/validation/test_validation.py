@@ -265,7 +265,8 @@ def test_cli_help_and_usage_errors():
     )
     assert run.returncode == 2 and "cannot read the JSON report" in run.stderr
     run = subprocess.run(
-        [sys.executable, "-m", "validation", "accuracy", str(ROOT), "--preset", "lvvit_s", "--arch", "depth=x2"],
+        [sys.executable, "-m", "validation", "accuracy", "--images", str(ROOT), "--preset", "lvvit_s"]
+        + ["--arch", "depth=x2"],
         capture_output=True,
         text=True,
         cwd=ROOT,

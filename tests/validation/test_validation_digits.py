@@ -36,8 +36,8 @@ def test_digits_folder_is_in_the_imagenet_layout(digits_dir):
 def test_accuracy_cli_on_real_digits_paddle_vs_onnxruntime(digits_dir, digits_onnx, tmp_path):
     """The issue's bar: top-1 >= 90%, ORT within 0.2 points of Paddle, >= 99.5% agreement, and the report says so."""
     run = _cli(
-        "accuracy", str(digits_dir), *digits.cli_model_args(), "--onnx", str(digits_onnx), "--runtime", "ort",
-        "--report-dir", str(tmp_path), "--name", "digits", "--batch-size", "64", "--no-progress",
+        "accuracy", "--images", str(digits_dir), *digits.cli_model_args(), "--onnx", str(digits_onnx),
+        "--runtime", "ort", "--report-dir", str(tmp_path), "--name", "digits", "--batch-size", "64", "--no-progress",
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     report = json.loads((tmp_path / "digits.json").read_text())
@@ -117,7 +117,7 @@ def test_drift_cli_gate_fails_with_the_numbers_and_still_writes_the_report(digit
     assert 0 < stats["max_abs"] < 1e-3 and stats["top1_agreement"] == 1.0 and stats["min_cosine"] > 0.99999
     assert "**FAIL**: ort" in (tmp_path / "drift_lvvit_s_32.md").read_text()
     assert "SYNTHETIC" in (tmp_path / "drift_lvvit_s_32.html").read_text()
-    rerender = _cli("report", str(tmp_path / "drift_lvvit_s_32.json"), "--output-dir", str(tmp_path / "again"))
+    rerender = _cli("report", str(tmp_path / "drift_lvvit_s_32.json"), "--report-dir", str(tmp_path / "again"))
     assert rerender.returncode == 0 and (tmp_path / "again" / "drift_lvvit_s_32.html").is_file()
 
 
@@ -129,7 +129,7 @@ def test_a_model_file_from_other_weights_is_refused(digits_dir, digits_onnx, tmp
     from lvvit.weights.state_dict import save_state_dict
 
     untrained = save_state_dict(create_model(digits.digits_spec(), seed=1), tmp_path / "untrained.safetensors")
-    run = _cli("accuracy", str(digits_dir), "--onnx", str(digits_onnx), "--weights", str(untrained))
+    run = _cli("accuracy", "--images", str(digits_dir), "--onnx", str(digits_onnx), "--weights", str(untrained))
     assert run.returncode == 2
     assert re.search(r"was exported from digits_lvvit.safetensors \(sha256 [0-9a-f]{64}\), not from", run.stderr)
 

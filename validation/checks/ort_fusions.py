@@ -1,4 +1,4 @@
-"""`python -m validation.checks.ort_fusions`: ONNX Runtime's fused CPU kernels against the plain ops they replace.
+"""`python -m validation ort-fusions`: ONNX Runtime's fused CPU kernels against the plain ops they replace.
 
 The kit's CPU sessions disable SkipLayerNormFusion and BiasGeluFusion
 (`runtimes.ort_providers.CPU_DISABLED_FUSIONS`) because these kernels measured
@@ -9,7 +9,6 @@ give the same numbers.
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import dataclass
 
@@ -102,30 +101,12 @@ def compare_fusions(
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
-    import onnxruntime
-
-    from validation.cli.options import positive
-
-    parser = argparse.ArgumentParser(prog="python -m validation.checks.ort_fusions", description=__doc__)
-    parser.add_argument("--batch", type=positive, default=8, help="images per run (default 8)")
-    parser.add_argument("--tokens", type=positive, default=197, help="sequence length (default 197: lvvit_s at 224)")
-    parser.add_argument("--dim", type=positive, default=384, help="embedding width (default 384: lvvit_s)")
-    parser.add_argument("--hidden", type=positive, default=1152, help="MLP width (default 1152: lvvit_s)")
-    parser.add_argument("--threads", type=positive, default=2, help="intra-op threads (default 2)")
-    parser.add_argument("--repeats", type=positive, default=50, help="timed runs of each (default 50)")
-    args = parser.parse_args(argv)
-    timings = compare_fusions(args.batch, args.tokens, args.dim, args.hidden, args.threads, args.repeats)
-    print(f"ONNX Runtime {onnxruntime.__version__}, CPU, {args.threads} threads, median of {args.repeats} runs")
-    print("| fused kernel | ms | plain ops | ms | plain is faster by | max abs diff |")
-    print("|---|---|---|---|---|---|")
+def render(timings: list[FusionTiming]) -> list[str]:
+    """The Markdown table of `compare_fusions`'s pairs."""
+    lines = ["| fused kernel | ms | plain ops | ms | plain is faster by | max abs diff |", "|---|---|---|---|---|---|"]
     for t in timings:
-        print(
+        lines.append(
             f"| {t.fused} {list(t.shape)} | {t.fused_ms:.3f} | {t.plain} | {t.plain_ms:.3f} | "
             f"{t.plain_speedup:.2f}x | {t.max_abs_diff:.1e} |"
         )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return lines

@@ -1,4 +1,4 @@
-"""`python -m validation.checks.ov_layers FILE [FILE ...]`: where each runtime spends its time, layer by layer.
+"""`python -m validation ov-layers FILE [FILE ...]`: where each runtime spends its time, layer by layer.
 
 OpenVINO's per-layer performance counters (`PERF_COUNT`, `InferRequest.get_profiling_info()`) name the kernel
 each node ran (`exec_type`, e.g. `brgemm_avx2_I8`, `jit_avx2_FP32`, `ref_any_FP32`) and its time; ONNX Runtime's
@@ -10,7 +10,6 @@ OpenVINO or ONNX Runtime, or on another CPU.
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 from collections import defaultdict
@@ -150,34 +149,14 @@ def render(summaries: list[Summary], top: int = 12) -> str:
 RUNTIMES = {"openvino": openvino_layers, "ort": ort_layers}
 
 
-def main(argv: list[str] | None = None) -> int:
-    from validation.cli.options import positive
-
-    parser = argparse.ArgumentParser(prog="python -m validation.checks.ov_layers", description=__doc__)
-    parser.add_argument("files", nargs="+", type=Path, help="ONNX files to profile (e.g. the fp32 and int8 exports)")
-    parser.add_argument("--runtime", action="append", choices=sorted(RUNTIMES), default=None,
-                        help="openvino (default) and/or ort; repeatable")  # fmt: skip
-    parser.add_argument("--batch", type=positive, default=8, help="images per run (default 8)")
-    parser.add_argument("--threads", type=positive, default=2, help="threads (default 2)")
-    parser.add_argument("--runs", type=positive, default=3, help="profiled runs after one warm-up (default 3)")
-    parser.add_argument("--json", type=Path, default=None, help="also write every layer and the summaries here")
-    parser.add_argument("--top", type=positive, default=12, help="node types listed per file (default 12)")
-    args = parser.parse_args(argv)
-    missing = [str(f) for f in args.files if not f.is_file()]
-    if missing:
-        parser.error(f"no such file: {', '.join(missing)}")
+def profile(
+    files: Iterable[Path], runtimes: Iterable[str] = ("openvino",), batch: int = 8, threads: int = 2, runs: int = 3
+) -> tuple[list[Summary], dict[str, list[dict]]]:
+    """Each runtime's layers on each file: the summaries, and every layer as plain data keyed `runtime:file`."""
     summaries, layers = [], {}
-    for runtime in args.runtime or ["openvino"]:
-        for path in args.files:
-            found = RUNTIMES[runtime](path, args.batch, args.threads, args.runs)
+    for runtime in runtimes:
+        for path in files:
+            found = RUNTIMES[runtime](path, batch, threads, runs)
             layers[f"{runtime}:{path}"] = [asdict(layer) for layer in found]
             summaries.append(summarize(str(path), runtime, found))
-    print(render(summaries, args.top))
-    if args.json is not None:
-        args.json.write_text(json.dumps({"summaries": [s.to_dict() for s in summaries], "layers": layers}, indent=1))
-        print(f"wrote {args.json}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return summaries, layers

@@ -1,9 +1,12 @@
-"""`python -m validation {drift,accuracy,report,bench,locate} ...`: one module per subcommand, registered by name.
+"""`python -m validation COMMAND ...` (or `lvvit-validate COMMAND ...`): one module per subcommand, registered by name.
 
-A subcommand module exposes `add_parser(subparsers)`, which adds its parser
-and sets `func` (args -> exit code) as a default. To add one, append its
-module name to `COMMANDS`. Exit codes: 0 passed, 1 a runtime is outside the
-tolerance (the reports are written first), 2 a usage or input error, 128 + N stopped by signal N.
+A subcommand module `validation/cli/<module>.py` exposes `add_parser(subparsers)`,
+which adds its parser and sets `func` (args -> exit code) as a default, and a
+`main(args)` that reads the `argparse.Namespace` once into typed options and calls
+the library with them; nothing below `validation.cli` reads a Namespace. To add a
+command, write that module and append its name to `COMMANDS`. Exit codes: 0
+passed, 1 a runtime is outside the tolerance (the reports are written first), 2 a
+usage or input error, 128 + N stopped by signal N.
 """
 
 from __future__ import annotations
@@ -16,7 +19,22 @@ import sys
 from lvvit.errors import LvvitError
 from validation.errors import GateFailure
 
-COMMANDS = ("drift", "accuracy", "reference", "report", "bench", "locate")
+# The validation commands, then the tools (measurements, checks and data sets): module names in validation/cli.
+COMMANDS = (
+    "drift",
+    "accuracy",
+    "reference",
+    "report",
+    "bench",
+    "locate",
+    "engine_bench",
+    "stream_latency",
+    "export_memory",
+    "ov_layers",
+    "ort_fusions",
+    "photos",
+    "digits",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,8 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GLOG_minloglevel", "2")  # Paddle's C++ info logs drown the progress lines
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
-    args.argv = ["python", "-m", "validation", *argv]
+    parser = build_parser()
+    parser.set_defaults(argv=("python", "-m", "validation", *argv))  # the command line, recorded in the reports
+    args = parser.parse_args(argv)
     try:
         return args.func(args)
     except GateFailure as exc:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from runtimes import registry
 from validation.perf.bench import DEFAULT_SETTLE_MS, run_bench
 from validation.reports.bench import BASELINE
 
 
-def add_parser(subparsers) -> None:
-    from validation.cli.options import add_preset_options, non_negative, positive, positive_list
+def add_parser(subparsers: Any) -> None:
+    from validation.cli.options import add_preset_options
 
     parser = subparsers.add_parser(
         "bench",
@@ -18,7 +21,16 @@ def add_parser(subparsers) -> None:
         description=__doc__,
     )
     add_preset_options(parser, required=True)
-    onnx_runtimes = registry.with_model_files(["onnx"])
+    _add_inputs(parser)
+    _add_timing(parser)
+    _add_paths(parser)
+    _add_outputs(parser)
+    parser.set_defaults(func=main)
+
+
+def _add_inputs(parser: argparse.ArgumentParser) -> None:
+    from validation.cli.options import add_limit, deprecated_alias
+
     parser.add_argument(
         "--images",
         type=Path,
@@ -26,6 +38,13 @@ def add_parser(subparsers) -> None:
         help="folder of real images for int8 calibration and drift "
         "(default: scikit-image's sample photographs and crops)",
     )
+    limit = add_limit(parser, "measure drift on the first N images only (the large presets run Paddle eager slowly)")
+    deprecated_alias(parser, "--limit-images", limit)
+
+
+def _add_timing(parser: argparse.ArgumentParser) -> None:
+    from validation.cli.options import non_negative, positive, positive_list
+
     parser.add_argument(
         "--batch-sizes", type=positive_list, default=(1, 8, 32), help="comma-separated batch sizes (default 1,8,32)"
     )
@@ -47,6 +66,12 @@ def add_parser(subparsers) -> None:
         help="pause before each timed run, so that the previous path's spinning threads have stopped "
         f"(default {DEFAULT_SETTLE_MS}; Paddle's OpenMP spins 200 ms)",
     )
+
+
+def _add_paths(parser: argparse.ArgumentParser) -> None:
+    from validation.cli.options import positive
+
+    onnx_runtimes = registry.with_model_files(["onnx"])
     parser.add_argument(
         "--paths",
         default=None,
@@ -70,48 +95,75 @@ def add_parser(subparsers) -> None:
         default=None,
         help="openvino-int8-ac: the export's --max-float-stages (default: until the target or every stage is float)",
     )
-    parser.add_argument(
-        "--limit-images",
-        type=positive,
-        default=None,
-        help="measure drift on the first N images only (the large presets run Paddle eager slowly)",
-    )
-    parser.add_argument(
-        "--workdir",
-        type=Path,
-        default=Path("build/bench"),
-        help="where the exported files are made and reused (default build/bench)",
-    )
-    parser.add_argument(
-        "--output",
-        type=Path,
-        default=None,
-        help="folder for bench.json, bench.md and bench.html (default: the workdir)",
-    )
-    parser.set_defaults(func=_main)
 
 
-def _main(args) -> int:
+def _add_outputs(parser: argparse.ArgumentParser) -> None:
+    from validation.cli.options import add_progress, add_report_dir, add_report_name, add_work_dir
+
+    add_work_dir(
+        parser, Path("build/bench"), "build/bench", "where the exported files are made and reused", ("--workdir",)
+    )
+    add_report_dir(parser, "the work dir", old=("--output",))
+    add_report_name(parser, "default bench: bench.json, bench.md, bench.html")
+    add_progress(parser, "no progress lines on stderr")
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """`bench`'s command line, typed."""
+
+    preset: str
+    weights: Path | None
+    resolution: int | None
+    images: Path | None
+    limit: int | None
+    batch_sizes: tuple[int, ...]
+    threads: int | None
+    streams: int | None
+    warmup: int
+    repeats: int
+    settle_ms: int
+    paths: tuple[str, ...] | None
+    onnx: Path | None
+    max_float_stages: int | None
+    work_dir: Path
+    report_dir: Path | None
+    name: str
+    progress: bool
+
+    @classmethod
+    def from_args(cls, args: Any) -> BenchOptions:
+        fields = {f: getattr(args, f) for f in cls.__dataclass_fields__ if f not in ("paths", "name", "progress")}
+        paths = tuple(args.paths.split(",")) if args.paths else None
+        return cls(**fields, paths=paths, name=args.name or "bench", progress=not args.no_progress)
+
+
+def main(args: Any) -> int:
+    return run(BenchOptions.from_args(args))
+
+
+def run(options: BenchOptions) -> int:
     import sys
 
-    include = set(args.paths.split(",")) if args.paths else None
+    include = set(options.paths) if options.paths else None
     if include:
         include.add(BASELINE)  # the ratios' baseline
     if include and "paddle-eager" not in include:
         include.add("paddle-eager")  # drift needs it
+    o = options
     report = run_bench(
-        args.preset, args.weights, args.resolution, args.workdir, args.images,
-        args.batch_sizes, args.threads, args.streams, args.warmup, args.repeats,
+        o.preset, o.weights, o.resolution, o.work_dir, o.images,
+        o.batch_sizes, o.threads, o.streams, o.warmup, o.repeats,
         include,
-        log=lambda m: print(m, file=sys.stderr, flush=True),
-        limit_images=args.limit_images,
-        settle_ms=args.settle_ms,
-        max_float_stages=args.max_float_stages,
-        onnx=args.onnx,
+        log=(lambda m: print(m, file=sys.stderr, flush=True)) if o.progress else (lambda m: None),
+        limit_images=o.limit,
+        settle_ms=o.settle_ms,
+        max_float_stages=o.max_float_stages,
+        onnx=o.onnx,
     )  # fmt: skip
     from validation.reports.write import write_reports
 
-    written = write_reports(report, args.output or args.workdir, "bench")
+    written = write_reports(report, o.report_dir or o.work_dir, o.name)
     print(written["markdown"].read_text(encoding="utf-8"))
     print(f"wrote {written['json']}, {written['markdown']} and {written['html']}")
     return 0

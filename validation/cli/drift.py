@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from validation.core import gate
-from validation.errors import DatasetError
-from validation.run.drift import DriftInputs, run_drift
+from validation.run.drift import run_drift
+
+if TYPE_CHECKING:
+    from validation.cli.options import ImageOptions, Kept, RunOptions
 
 
 def add_parser(subparsers: Any) -> None:
@@ -44,46 +45,49 @@ def add_parser(subparsers: Any) -> None:
 
 
 def main(args: Any) -> int:
-    from validation.cli.options import interruptible
+    from validation.cli.options import ImageOptions, RunOptions, interruptible
 
-    return interruptible(_main, args)
+    options = RunOptions.from_args(args)
+    images = ImageOptions.from_args(args)
+    report = options.report
+    return interruptible(lambda kept: run(options, images, kept), report.report_dir, options.model.work_dir)
 
 
-def _main(args: Any, written: dict[str, Path]) -> int:
-    from validation.cli.options import log, model_source, print_written, report_stem, specs_and_cache
+def run(options: RunOptions, images: ImageOptions, kept: Kept) -> int:
+    from validation.cli.options import log, model_source, print_written, specs_and_cache
     from validation.engines.local import engine_for
     from validation.reports.write import write_reports
 
+    opts = options.report
     # no --tolerance: each runtime gets the default of its precision (see lvvit.common.gate.default_drift_tolerance)
     tolerance = None
-    if args.tolerance:
-        tolerance = gate.parse_tolerance(args.tolerance, gate.DRIFT_LIMITS, gate.DEFAULT_DRIFT_TOLERANCE)
-    if args.limit is not None and args.images is None:
-        raise DatasetError("--limit applies to --images")
-    synthetic = args.synthetic if args.images is not None or args.synthetic is not None else 16
-    inputs = DriftInputs(args.images, None if args.images else synthetic, args.seed, args.limit)
-    source = model_source(args)
-    stem = report_stem(args, "drift", source)
-    args.shard_dir = args.report_dir / f"{stem}.shards"  # kept on an interrupt: the same command resumes
-    specs, cache = specs_and_cache(args, source, log)
-    engine_options = {"batch_size": args.batch_size, "workers": args.workers}
-    running = engine_for(specs, args.engine, ray_address=args.ray_address, reference_cache=cache, **engine_options)
-    with running as (reference, runners, engine):
+    if opts.tolerance:
+        tolerance = gate.parse_tolerance(opts.tolerance, gate.DRIFT_LIMITS, gate.DEFAULT_DRIFT_TOLERANCE)
+    inputs = images.inputs(options.model.seed, default_synthetic=16)
+    source = model_source(options.model, opts.report_dir)
+    stem = opts.stem("drift", source)
+    kept.shards = opts.report_dir / f"{stem}.shards"  # kept on an interrupt: the same command resumes
+    specs, cache = specs_and_cache(options, source, log)
+    batch_size, workers = options.runtime.batch_size, images.workers
+    engine_options = {"batch_size": batch_size, "workers": workers}
+    engine = options.engine
+    running = engine_for(specs, engine.engine, ray_address=engine.ray_address, reference_cache=cache, **engine_options)
+    with running as (reference, runners, engine_run):
         report = run_drift(
             reference,
             runners,
             inputs,
             tolerance,
-            batch_size=args.batch_size,
-            workers=args.workers,
-            progress=not args.no_progress,
+            batch_size=batch_size,
+            workers=workers,
+            progress=opts.progress,
             model=source.describe(),
-            command=args.argv,
-            engine=engine,
-            shard_dir=args.shard_dir,
-            shard_size=args.shard_size,
+            command=list(opts.command),
+            engine=engine_run,
+            shard_dir=kept.shards,
+            shard_size=engine.shard_size,
         )
-    written.update(write_reports(report, args.report_dir, stem))
+    kept.written.update(write_reports(report, opts.report_dir, stem))
     for name in report.runtimes:
         stats = report.stats(name)
         print(
@@ -91,7 +95,7 @@ def _main(args: Any, written: dict[str, Path]) -> int:
             f"min cosine {stats.min_cosine:.9f}, top-1 agreement {stats.top1_agreement:.2%}, "
             f"top-5 overlap {stats.top5_overlap:.2%}, max KL {stats.max_kl:.3g}"
         )
-    print_written(written)
+    print_written(kept.written)
     gate.raise_if_failed(report)
     print("PASSED: every runtime is within the tolerance")
     return 0

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runtimes import registry
 from validation.core import gate
-from validation.errors import DatasetError
 from validation.reports.locate import summary_line
-from validation.run.drift import DriftInputs
 from validation.run.locate import (
     DEFAULT_STAGE_TOLERANCE,
     JUMP_FACTOR,
@@ -17,6 +15,9 @@ from validation.run.locate import (
     LocateSettings,
     run_locate,
 )
+
+if TYPE_CHECKING:
+    from validation.cli.options import ImageOptions, ModelOptions, ReportOptions
 
 
 def add_parser(subparsers: Any) -> None:
@@ -35,7 +36,7 @@ def add_parser(subparsers: Any) -> None:
         "reported as doubtful, never blamed.",
     )
     add_image_inputs(parser, default_synthetic=8)
-    add_model_options(parser)
+    add_model_options(parser, paddle_inference=False)  # locate runs the .onnx file only
     group = parser.add_argument_group("export runtimes")
     group.add_argument(
         "--runtime", action="append", choices=registry.with_extra_outputs(), default=None,
@@ -56,23 +57,32 @@ def add_parser(subparsers: Any) -> None:
 
 
 def main(args: Any) -> int:
-    from validation.cli.options import log, model_source, print_written, report_stem
+    from validation.cli.options import ImageOptions, ModelOptions, ReportOptions
+
+    settings = (tuple(args.runtime or ["ort"]), args.batch_size, args.threads)
+    return run(ModelOptions.from_args(args), ImageOptions.from_args(args), ReportOptions.from_args(args), *settings)
+
+
+def run(
+    model: ModelOptions,
+    images: ImageOptions,
+    opts: ReportOptions,
+    runtimes: tuple[str, ...],
+    batch_size: int,
+    threads: int | None,
+) -> int:
+    from validation.cli.options import log, model_source, print_written
     from validation.reports.write import write_reports
 
     # no --tolerance: the per-stage default of the file's precision (STAGE_TOLERANCE_BY_PRECISION)
     tolerance = None
-    if args.tolerance:
-        tolerance = gate.parse_tolerance(args.tolerance, STAGE_LIMITS, DEFAULT_STAGE_TOLERANCE)
-    if args.limit is not None and args.images is None:
-        raise DatasetError("--limit applies to --images")
-    synthetic = args.synthetic if args.images is not None or args.synthetic is not None else 8
-    inputs = DriftInputs(args.images, None if args.images else synthetic, args.seed, args.limit)
-    source = model_source(args)
-    settings = LocateSettings(
-        tuple(args.runtime or ["ort"]), tolerance, args.batch_size, args.threads, args.workers, not args.no_progress
-    )
-    report = run_locate(source, inputs, settings, log, args.argv)
-    written = write_reports(report, args.report_dir, report_stem(args, "locate", source))
+    if opts.tolerance:
+        tolerance = gate.parse_tolerance(opts.tolerance, STAGE_LIMITS, DEFAULT_STAGE_TOLERANCE)
+    inputs = images.inputs(model.seed, default_synthetic=8)
+    source = model_source(model, opts.report_dir)
+    settings = LocateSettings(runtimes, tolerance, batch_size, threads, images.workers, opts.progress)
+    report = run_locate(source, inputs, settings, log, list(opts.command))
+    written = write_reports(report, opts.report_dir, opts.stem("locate", source))
     for name in report.runtimes:
         print(f"{name}: " + summary_line(report, name))
     print_written(written)

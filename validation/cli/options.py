@@ -6,15 +6,20 @@ import argparse
 import re
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from lvvit.common.flags import deprecated_alias, note_deprecated
 from lvvit.presets import get_preset, list_presets
 from runtimes import registry
 from runtimes.spec import read_model_metadata
 from validation.core.runners import ModelSource, RuntimeOptions, spec_from_metadata
 from validation.engines.reference_cache import ReferenceCache, reference_key
-from validation.errors import ModelSourceError
+from validation.errors import DatasetError, ModelSourceError
+
+if TYPE_CHECKING:
+    from validation.run.drift import DriftInputs
 
 
 def log(message: str) -> None:
@@ -96,12 +101,59 @@ def add_image_inputs(parser: argparse.ArgumentParser, default_synthetic: int) ->
     source.add_argument("--images", type=Path, default=None, help="a folder of images (searched recursively)")
     synthetic_help = f"N synthetic images (default {default_synthetic})"
     source.add_argument("--synthetic", type=positive, default=None, metavar="N", help=synthetic_help)
-    inputs.add_argument("--limit", type=positive, default=None, help="only the first N images of --images")
-    inputs.add_argument("--workers", type=at_most(64), default=4, help="threads reading images, 1..64 (default 4)")
+    add_limit(inputs, "only the first N images of --images")
+    add_workers(inputs)
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model (native Paddle is the reference; the runtimes load its exported files)")
+def add_images_folder(parser: argparse.ArgumentParser, what: str) -> None:
+    """--images DIR, required, for the commands that read a folder (accuracy, reference); the old positional
+    DATA still works, with a deprecation note (`images_folder`)."""
+    parser.add_argument("--images", type=Path, default=None, metavar="DIR", help=what + " (required)")
+    parser.add_argument("data", type=Path, nargs="?", default=None, help=argparse.SUPPRESS)
+
+
+def images_folder(args: argparse.Namespace) -> Path:
+    """--images, or the deprecated positional DATA of accuracy and reference."""
+    if args.data is not None:
+        if args.images is not None:
+            raise DatasetError(f"give the folder once: --images {args.images} (the positional {args.data} is old)")
+        note_deprecated(f"python -m validation {args.command}", "the positional DATA", "--images DATA")
+        return args.data
+    if args.images is None:
+        raise DatasetError(f"{args.command} needs --images DIR")
+    return args.images
+
+
+def add_limit(group: Any, what: str = "only the first N images") -> argparse.Action:
+    return group.add_argument("--limit", type=positive, default=None, metavar="N", help=what)
+
+
+def add_workers(group: Any, what: str = "threads reading images") -> None:
+    group.add_argument("--workers", type=at_most(64), default=4, help=f"{what}, 1..64 (default 4)")
+
+
+def add_work_dir(
+    group: Any,
+    default: Path | None = None,
+    shown: str = "REPORT_DIR/models",
+    what: str = "where exported models go",
+    old: tuple[str, ...] = (),
+) -> None:
+    """--work-dir; `old`: the command's former spellings (--workdir, --work), hidden."""
+    action = group.add_argument("--work-dir", type=Path, default=default, help=f"{what} (default {shown})")
+    for spelling in old:
+        deprecated_alias(group, spelling, action)
+
+
+def add_progress(group: Any, what: str = "no progress bar on stderr") -> None:
+    group.add_argument("--no-progress", action="store_true", help=what)
+
+
+def add_model_options(parser: argparse.ArgumentParser, exported: bool = True, paddle_inference: bool = True) -> None:
+    """The model: --preset (+ --arch ...), or with `exported` the runtimes' files --onnx / --paddle-inference
+    and --work-dir where exports go (reference runs native Paddle only, so it has none of those)."""
+    title = "the runtimes load its exported files" if exported else "the only one this command runs"
+    group = parser.add_argument_group(f"model (native Paddle is the reference; {title})")
     add_preset_options(group)
     group.add_argument(
         "--arch",
@@ -112,6 +164,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--checkpoint-key", default=None, help="entry of a wrapped checkpoint")
     group.add_argument("--seed", type=int, default=0, help="seed of a random initialisation and of synthetic inputs")
+    if not exported:
+        return
     group.add_argument(
         "--onnx",
         type=Path,
@@ -120,15 +174,18 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         "--work-dir); "
         "without --preset, the preset, resolution and architecture come from its metadata",
     )
+    if paddle_inference:
+        _add_paddle_inference(group)
+    add_work_dir(group)
+
+
+def _add_paddle_inference(group: Any) -> None:
     group.add_argument(
         "--paddle-inference",
         type=Path,
         default=None,
         metavar="PATH",
         help="Paddle inference artifact (.json/.pdiparams or its stem) for paddle-inference (default: export it)",
-    )
-    group.add_argument(
-        "--work-dir", type=Path, default=None, help="where exported models go (default REPORT_DIR/models)"
     )
 
 
@@ -149,33 +206,50 @@ def add_runtime_options(parser: argparse.ArgumentParser, batch_size: int) -> Non
     registry.add_runtime_arguments(group)
 
 
+def add_report_dir(group: Any, default: str = "build/reports", old: tuple[str, ...] = ()) -> None:
+    """--report-dir, the folder of the reports of every command; `old`: the command's former spellings, hidden.
+
+    A `default` that is not a path ("the work dir", "beside the JSON") leaves it None for the command to fill.
+    """
+    default_path = Path(default) if default == "build/reports" else None
+    action = group.add_argument(
+        "--report-dir", type=Path, default=default_path, help=f"folder of the reports (default {default})"
+    )
+    for spelling in old:
+        deprecated_alias(group, spelling, action)
+
+
+def add_report_name(group: Any, default: str) -> None:
+    group.add_argument(
+        "--name", type=report_name, default=None, help=f"file stem of the reports, without path separators ({default})"
+    )
+
+
 def add_report_options(parser: argparse.ArgumentParser, tolerance_help: str) -> None:
     group = parser.add_argument_group("report")
-    group.add_argument(
-        "--report-dir", type=Path, default=Path("build/reports"), help="folder of the reports (default build/reports)"
-    )
-    group.add_argument(
-        "--name",
-        type=report_name,
-        default=None,
-        help="file stem of the reports, without path separators (default: <command>_<preset>_<res>, then the "
-        "export's precision and graph kind where not fp32 / exported, e.g. drift_lvvit_s_224_int8)",
+    add_report_dir(group)
+    add_report_name(
+        group,
+        "default: <command>_<preset>_<res>, then the export's precision and graph kind where not fp32 / exported, "
+        "e.g. drift_lvvit_s_224_int8",
     )
     group.add_argument(
         "--tolerance", action="append", default=[], metavar="NAME=VALUE", help=tolerance_help + " (repeatable)"
     )
-    group.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_progress(group)
 
 
 def add_engine_options(parser: argparse.ArgumentParser, reference_cache: bool = True) -> None:
-    """--engine, --ray-address, --shard-size; and --reference-cache for the commands that compare with Paddle."""
+    """--engine (the engine registry's names), --ray-address, --shard-size; and --reference-cache for the commands
+    that compare with Paddle."""
+    from validation.engines.local import ENGINES
+
     group = parser.add_argument_group("engine (validation at scale)")
     group.add_argument(
         "--engine",
-        choices=("local", "ray"),
+        choices=list(ENGINES),
         default="local",
-        help="local: threads in this process; ray: Ray Data with an actor pool per runtime (pip install "
-        "'lvvit-deploy[ray]'), embedded on this machine unless --ray-address (default local)",
+        help="; ".join(f"{kind.name}: {kind.help}" for kind in ENGINES.values()) + " (default local)",
     )
     group.add_argument(
         "--ray-address",
@@ -198,6 +272,126 @@ def add_engine_options(parser: argparse.ArgumentParser, reference_cache: bool = 
             metavar="DIR",
             help="native Paddle's logits stored by 'python -m validation reference': Paddle is not run; a cache made "
             "with other weights or preprocessing is refused",
+        )
+
+
+# -- the typed options: the command line read once, in `<Kind>Options.from_args`; nothing below reads `args` --
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """The model of a command line: a preset (+ overrides) or the metadata of an exported file."""
+
+    preset: str | None = None
+    resolution: int | None = None
+    weights: Path | None = None
+    arch: tuple[str, ...] = ()
+    checkpoint_key: str | None = None
+    seed: int = 0
+    onnx: Path | None = None
+    paddle_inference: Path | None = None
+    work_dir: Path | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ModelOptions:
+        given = vars(args)
+        return cls(
+            preset=args.preset,
+            resolution=args.resolution,
+            weights=args.weights,
+            arch=tuple(given.get("arch", ())),
+            checkpoint_key=given.get("checkpoint_key"),
+            seed=given.get("seed", 0),
+            onnx=given.get("onnx"),
+            paddle_inference=given.get("paddle_inference"),
+            work_dir=given.get("work_dir"),
+        )
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """drift's and locate's inputs: --images or --synthetic, --limit, --workers."""
+
+    images: Path | None
+    synthetic: int | None
+    limit: int | None
+    workers: int
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ImageOptions:
+        return cls(args.images, args.synthetic, args.limit, args.workers)
+
+    def inputs(self, seed: int, default_synthetic: int) -> DriftInputs:
+        from validation.run.drift import DriftInputs
+
+        if self.limit is not None and self.images is None:
+            raise DatasetError("--limit applies to --images")
+        synthetic = self.synthetic if self.images is not None or self.synthetic is not None else default_synthetic
+        return DriftInputs(self.images, None if self.images else synthetic, seed, self.limit)
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """Where the reports go and what they are called, the tolerance items, progress, and the command line."""
+
+    report_dir: Path
+    name: str | None = None
+    tolerance: tuple[str, ...] = ()
+    progress: bool = True
+    command: tuple[str, ...] = ()
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ReportOptions:
+        given = vars(args)
+        return cls(
+            report_dir=args.report_dir,
+            name=given.get("name"),
+            tolerance=tuple(given.get("tolerance", ())),
+            progress=not given.get("no_progress", False),
+            command=tuple(args.argv),
+        )
+
+    def stem(self, command: str, source: ModelSource) -> str:
+        """--name, or `<command>_<preset>_<res>` and what sets the export apart: its precision and graph kind where
+        they are not fp32 and "exported" (`drift_lvvit_s_224_int8`), so runs on an fp32 and an int8 file of one
+        model in one report folder keep apart."""
+        return self.name or "_".join(
+            [command, source.spec.name, str(source.spec.resolution), *export_tags(source.onnx)]
+        )
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """--engine, --ray-address, --shard-size and --reference-cache."""
+
+    engine: str = "local"
+    ray_address: str | None = None
+    shard_size: int = 1000
+    reference_cache: Path | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> EngineOptions:
+        return cls(args.engine, args.ray_address, args.shard_size, vars(args).get("reference_cache"))
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """drift's and accuracy's command line, typed: the model, the runtimes, the engine and the report."""
+
+    model: ModelOptions
+    runtimes: tuple[str, ...]
+    runtime: RuntimeOptions
+    engine: EngineOptions
+    report: ReportOptions
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> RunOptions:
+        return cls(
+            ModelOptions.from_args(args),
+            tuple(args.runtime or ["ort"]),
+            runtime_options(args),
+            EngineOptions.from_args(args),
+            ReportOptions.from_args(args),
         )
 
 
@@ -239,25 +433,25 @@ def _check_arch_types(preset: str, arch: dict[str, Any]) -> None:
             raise ModelSourceError(f"--arch {key}={value!r}: expected {expected.__name__}, like {current!r}")
 
 
-def model_source(args: argparse.Namespace) -> ModelSource:
+def model_source(model: ModelOptions, report_dir: Path) -> ModelSource:
     """The model the arguments describe: `--preset` (+ overrides), or the metadata of `--onnx`/`--paddle-inference`."""
-    arch = parse_arch(args.arch)
-    if args.preset:
+    arch = parse_arch(list(model.arch))
+    if model.preset:
         from lvvit import resolve_preset
 
-        _check_arch_types(args.preset, arch)
+        _check_arch_types(model.preset, arch)
         try:
-            spec = resolve_preset(args.preset, args.resolution, **arch)
+            spec = resolve_preset(model.preset, model.resolution, **arch)
         except TypeError as exc:  # an unknown architecture field
             raise ModelSourceError(f"--arch: {exc}") from None
     else:
-        exported = args.onnx or args.paddle_inference
+        exported = model.onnx or model.paddle_inference
         if exported is None:
             raise ModelSourceError(
                 "say which model: --preset NAME (with --weights), or an exported --onnx / --paddle-inference file "
                 "whose metadata names it"
             )
-        if args.resolution is not None or arch:
+        if model.resolution is not None or arch:
             raise ModelSourceError("--resolution and --arch need --preset (an exported file's metadata has its own)")
         metadata = read_model_metadata(exported)
         if metadata is None:
@@ -265,25 +459,18 @@ def model_source(args: argparse.Namespace) -> ModelSource:
         spec = spec_from_metadata(metadata)
     return ModelSource(
         spec=spec,
-        weights=args.weights,
-        checkpoint_key=args.checkpoint_key,
-        seed=args.seed,
-        onnx=args.onnx,
-        paddle_inference=args.paddle_inference,
-        work_dir=args.work_dir or args.report_dir / "models",
+        weights=model.weights,
+        checkpoint_key=model.checkpoint_key,
+        seed=model.seed,
+        onnx=model.onnx,
+        paddle_inference=model.paddle_inference,
+        work_dir=model.work_dir or report_dir / "models",
     )
 
 
 def runtime_options(args: argparse.Namespace) -> RuntimeOptions:
     own = {name: registry.options_from(args, name) for name in registry.names()}
     return RuntimeOptions(batch_size=args.batch_size, threads=args.threads, own=own)
-
-
-def report_stem(args: argparse.Namespace, command: str, source: ModelSource) -> str:
-    """--name, or `<command>_<preset>_<res>` and what sets the export apart: its precision and graph kind where
-    they are not fp32 and "exported" (`drift_lvvit_s_224_int8`), so runs on an fp32 and an int8 file of one model
-    in one report folder keep apart."""
-    return args.name or "_".join([command, source.spec.name, str(source.spec.resolution), *export_tags(source.onnx)])
 
 
 def export_tags(onnx: Path | None) -> list[str]:
@@ -298,28 +485,36 @@ def export_tags(onnx: Path | None) -> list[str]:
     return [re.sub(r"[^A-Za-z0-9.-]", "-", tag)[:32] for tag in tags if tag not in ("fp32", "exported")]
 
 
-def interruptible(run: Callable[[argparse.Namespace, dict[str, Path]], int], args: argparse.Namespace) -> int:
-    """`run(args, written)`, ended cleanly by SIGINT or SIGTERM with one line saying what was kept.
+@dataclass
+class Kept:
+    """What a run has put on disk so far, for the line an interrupt prints: the reports, the shards' folder."""
 
-    `run` fills `written` once the report set is in place (it is written as a unit, so it is all there or not).
+    written: dict[str, Path] = field(default_factory=dict)
+    shards: Path | None = None
+
+
+def interruptible(run: Callable[[Kept], int], report_dir: Path, work_dir: Path | None) -> int:
+    """`run(kept)`, ended cleanly by SIGINT or SIGTERM with one line saying what was kept.
+
+    `run` fills `kept.written` once the report set is in place (it is written as a unit, so it is all there or not)
+    and `kept.shards` once it runs in shards.
     """
     from lvvit.common.interrupt import interrupts_exit
 
-    written: dict[str, Path] = {}
+    kept = Kept()
 
-    def kept() -> str:
-        if written:
-            return f"the reports were written ({written['json']})"
-        work_dir = args.work_dir or args.report_dir / "models"
-        shards = getattr(args, "shard_dir", None)  # set by commands that run in shards
+    def line() -> str:
+        if kept.written:
+            return f"the reports were written ({kept.written['json']})"
+        shards = kept.shards
         return (
-            f"no report written (older reports in {args.report_dir} are untouched); "
-            f"models exported before the interrupt stay in {work_dir}"
+            f"no report written (older reports in {report_dir} are untouched); "
+            f"models exported before the interrupt stay in {work_dir or report_dir / 'models'}"
             + (f"; finished shards stay in {shards}, for the same command to resume" if shards else "")
         )
 
-    with interrupts_exit(kept):
-        return run(args, written)
+    with interrupts_exit(line):
+        return run(kept)
 
 
 def print_written(written: dict[str, Path]) -> None:
@@ -328,12 +523,15 @@ def print_written(written: dict[str, Path]) -> None:
             print(f"wrote {path}")
 
 
-def specs_and_cache(args: Any, source: ModelSource, log: Any) -> tuple[dict[str, Any], ReferenceCache | None]:
+def specs_and_cache(
+    options: RunOptions, source: ModelSource, log: Callable[[str], None]
+) -> tuple[dict[str, Any], ReferenceCache | None]:
     """The runtimes' specs of a drift/accuracy command line, and its `--reference-cache` (then without Paddle)."""
     from validation.core.runners import runner_specs
 
-    names = args.runtime or ["ort"]
-    if args.reference_cache is None:
-        return runner_specs(names, source, runtime_options(args), log), None
-    cache = ReferenceCache.open(args.reference_cache, reference_key(source))
-    return runner_specs(names, source, runtime_options(args), log, reference=False), cache
+    names = list(options.runtimes)
+    cache_dir = options.engine.reference_cache
+    if cache_dir is None:
+        return runner_specs(names, source, options.runtime, log), None
+    cache = ReferenceCache.open(cache_dir, reference_key(source))
+    return runner_specs(names, source, options.runtime, log, reference=False), cache

@@ -20,14 +20,12 @@ Everything is seeded, so a run on the same machine and library versions writes
 the same file; the committed `validation/assets/digits_lvvit.safetensors` is
 its output.
 
-    python -m validation.datasets.digits --out DIR        # write the image folders
-    python -m validation.datasets.digits train            # retrain, rewrite the committed weights
+    python -m validation digits --out DIR        # write the image folders
+    python -m validation digits train            # retrain, rewrite the committed weights
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -193,31 +191,3 @@ def train(
         f"train top-1 {result.train_top1:.2f}%, {result.seconds:.0f}s"
     )
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m validation.datasets.digits",
-        description="scikit-learn's handwritten digits as an ImageNet-layout image folder, and the tiny LV-ViT "
-        "trained on them (see the module docstring).",
-    )
-    parser.add_argument("--out", type=Path, default=None, help="write the image folders here")
-    sub = parser.add_subparsers(dest="command")
-    trainer = sub.add_parser("train", help="retrain the tiny model and write its weights")
-    trainer.add_argument("--output", type=Path, default=WEIGHTS, help=f"weights file (default {WEIGHTS})")
-    trainer.add_argument("--epochs", type=int, default=EPOCHS, help=f"epochs (default {EPOCHS})")
-    trainer.add_argument("--seed", type=int, default=TRAIN_SEED, help=f"seed (default {TRAIN_SEED})")
-    args = parser.parse_args(argv)
-    if args.command == "train":
-        train(args.output, args.epochs, args.seed)
-        return 0
-    if args.out is None:
-        parser.error("give --out DIR (write the images) or the train command")
-    folder = write_folder(args.out)
-    command = ["python", "-m", "validation", "accuracy", str(folder.root), *cli_model_args(), "--runtime", "ort"]
-    print("evaluate with:\n  " + " ".join(command))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

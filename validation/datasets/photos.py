@@ -3,7 +3,7 @@
 scikit-image bundles a few public-domain / CC photographs in its wheel (no
 download). The kit uses them where real images matter and no data set is at
 hand: int8 calibration and agreement checks, benchmarks, examples.
-`python -m validation.datasets.photos DIR [--variants N]` writes them; each variant is a
+`python -m validation photos DIR [--variants N]` writes them; each variant is a
 deterministic crop (and mirror) of a photo, so more images can be had than photos.
 scikit-image comes with the `photos` extra (the `test` extra includes it); without
 it the command says how to install it.
@@ -11,8 +11,6 @@ it the command says how to install it.
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -74,25 +72,3 @@ def write_sample_photos(folder: str | Path, variants: int = 1) -> list[Path]:
             _variant(img, index).save(path, quality=92)
             written.append(path)
     return written
-
-
-def main(argv: list[str] | None = None) -> int:
-    from validation.cli.options import at_most
-
-    parser = argparse.ArgumentParser(prog="python -m validation.datasets.photos", description=__doc__.split("\n\n")[0])
-    parser.add_argument("folder", type=Path, help="where to write the JPEG files")
-    parser.add_argument(
-        "--variants", type=at_most(64), default=1, help="images per photo: the photo plus crops, 1..64 (default 1)"
-    )
-    args = parser.parse_args(argv)
-    try:
-        paths = write_sample_photos(args.folder, args.variants)
-    except PhotosUnavailableError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {len(paths)} images to {args.folder}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,7 +14,7 @@ import contextlib
 import json
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,7 +32,6 @@ from validation.errors import EngineError
 if TYPE_CHECKING:
     from validation.engines.reference_cache import ReferenceCache
 
-ENGINES = ("local", "ray")
 DEFAULT_SHARD_SIZE = 1000  # images per shard: what an interrupted run can lose, and one file each
 
 
@@ -165,21 +164,68 @@ def _engine(
     workers: int,
     prefetch: int,
 ) -> Iterator[tuple[list[Participant], Engine]]:
-    if kind == "local":
-        first, others = open_runners(specs)
-        runners = [first, *others]
-        try:
-            everyone = {r.name: r for r in runners}
-            config = first.preprocess_config
-            yield list(runners), LocalEngine(everyone, config, batch_size, workers, prefetch)
-        finally:
-            for runner in runners:
-                runner.close()
-        return
-    if kind == "ray":
-        from validation.engines.ray import RayEngine
+    if kind not in ENGINES:
+        raise EngineError(f"unknown engine {kind!r}; valid: {', '.join(ENGINES)}")
+    with ENGINES[kind].open(specs, EngineSettings(ray_address, batch_size, workers, prefetch)) as opened:
+        yield opened
 
-        with RayEngine.start(specs, ray_address, batch_size=batch_size) as engine:
-            yield engine.participants(), engine
-        return
-    raise EngineError(f"unknown engine {kind!r}; valid: {', '.join(ENGINES)}")
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """What an engine is opened with: the Ray cluster to join, and how images are batched and read."""
+
+    ray_address: str | None = None
+    batch_size: int = 16
+    workers: int = 4
+    prefetch: int = 2
+
+
+OpenEngine = Callable[
+    [Mapping[str, PredictorSpec], EngineSettings], contextlib.AbstractContextManager[tuple[list[Participant], Engine]]
+]
+
+
+@dataclass(frozen=True)
+class EngineKind:
+    """A row of the engine registry: its name (`--engine NAME`), a line of help, and how it opens."""
+
+    name: str
+    help: str
+    open: OpenEngine
+
+
+@contextlib.contextmanager
+def _open_local(
+    specs: Mapping[str, PredictorSpec], settings: EngineSettings
+) -> Iterator[tuple[list[Participant], Engine]]:
+    first, others = open_runners(specs)
+    runners = [first, *others]
+    try:
+        everyone = {r.name: r for r in runners}
+        config = first.preprocess_config
+        yield list(runners), LocalEngine(everyone, config, settings.batch_size, settings.workers, settings.prefetch)
+    finally:
+        for runner in runners:
+            runner.close()
+
+
+@contextlib.contextmanager
+def _open_ray(
+    specs: Mapping[str, PredictorSpec], settings: EngineSettings
+) -> Iterator[tuple[list[Participant], Engine]]:
+    from validation.engines.ray import RayEngine
+
+    with RayEngine.start(specs, settings.ray_address, batch_size=settings.batch_size) as engine:
+        yield engine.participants(), engine
+
+
+# The engine registry: `--engine` offers these names. A new engine is a module with its `open` and a row here.
+ENGINES: dict[str, EngineKind] = {
+    "local": EngineKind("local", "threads in this process", _open_local),
+    "ray": EngineKind(
+        "ray",
+        "Ray Data with an actor pool per runtime (pip install 'lvvit-deploy[ray]'), embedded on this machine "
+        "unless --ray-address",
+        _open_ray,
+    ),
+}

@@ -54,7 +54,7 @@ ACTOR_CPUS = 0.5  # per runtime actor: two runtimes and the readers fit on a 2-c
 READ_CPUS = 0.25
 READ_RESTARTS = 2  # a reader that died is restarted this often (Ray Data's default: forever)
 CONNECT_TIMEOUT_S = 15.0  # how long --ray-address may take to answer
-KIT_ROOT = str(Path(__file__).resolve().parents[1])
+KIT_ROOT = str(Path(__file__).resolve().parents[2])  # validation/engines/ray.py -> the checkout
 
 
 def check_address(address: str | None) -> None:

@@ -1,8 +1,8 @@
 """A stored reference: native Paddle's logits for a data set, computed once, reused by every runtime's drift/accuracy.
 
-    python -m validation reference DATA --preset lvvit_s --weights W --cache CACHE
+    python -m validation reference --images DATA --preset lvvit_s --weights W --cache CACHE
     python -m validation drift --images DATA --onnx lvvit_s.onnx --weights W --reference-cache CACHE
-    python -m validation accuracy DATA --onnx lvvit_s.onnx --weights W --reference-cache CACHE
+    python -m validation accuracy --images DATA --onnx lvvit_s.onnx --weights W --reference-cache CACHE
 
 The cache folder holds `reference.json` (what made the logits: the weights'
 SHA-256, the preset, resolution, architecture, preprocessing, kit version, and
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,15 +123,21 @@ class ReferenceCache:
             tmp.write_text(json_text(sealed({"key": key, "classes": classes})), encoding="utf-8")
         return cls(folder, key, classes)
 
-    def build(self, samples: Sequence[Sample], shard_size: int, engine: Engine) -> int:
+    def build(self, samples: Sequence[Sample], shard_size: int, engine: Engine, progress: bool = False) -> int:
         """Compute the shards not yet stored with `engine` (running the reference); returns how many it computed.
 
         A stored shard of other images (another --limit or shard size, images changed on disk) is computed again.
+        `progress`: a bar of the images on stderr.
         """
+        from tqdm import tqdm
+
         ranges = shard_ranges(len(samples), shard_size)
         pending = [(i, list(samples[a:b])) for i, (a, b) in enumerate(ranges) if not self._current(i, samples[a:b])]
-        for shard in engine(pending):
-            self._save(shard, dict(pending)[shard.index])
+        todo = sum(len(s) for _, s in pending)
+        with tqdm(total=todo, unit="img", desc="reference", file=sys.stderr, disable=not progress, leave=False) as bar:
+            for shard in engine(pending):
+                self._save(shard, dict(pending)[shard.index])
+                bar.update(len(dict(pending)[shard.index]))
         self._index = None
         return len(pending)
 

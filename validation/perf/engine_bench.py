@@ -1,6 +1,6 @@
 """Local against Ray, side by side: images/s of the same accuracy run on each engine, and per-runtime throughput.
 
-    python -m validation.perf.engine_bench --preset lvvit_s --images 64 --batch-size 8
+    python -m validation engine-bench --preset lvvit_s --count 64 --batch-size 8
 
 Both engines run the same shards of the same images (scikit-image's sample
 photographs and crops, random labels: throughput does not depend on them) with
@@ -13,10 +13,7 @@ printed and written as JSON.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -81,27 +78,3 @@ def run_engine_bench(
         "engines": results,
         "ray_over_local": results["ray"]["images_per_second"] / results["local"]["images_per_second"],
     }
-
-
-def main(argv: list[str] | None = None) -> int:
-    from validation.cli.options import positive
-
-    parser = argparse.ArgumentParser(
-        prog="python -m validation.perf.engine_bench", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--preset", default="lvvit_s", help="model (random weights; default lvvit_s)")
-    parser.add_argument("--images", type=positive, default=64, help="images per engine (default 64)")
-    parser.add_argument("--batch-size", type=positive, default=8, help="images per predictor call (default 8)")
-    parser.add_argument("--shard-size", type=positive, default=32, help="images per shard (default 32)")
-    parser.add_argument("--threads", type=positive, default=None, help="ONNX Runtime threads (default: its own)")
-    parser.add_argument("--workdir", type=Path, default=Path("build/engine_bench"), help="default build/engine_bench")
-    args = parser.parse_args(argv)
-    result = run_engine_bench(args.preset, args.images, args.batch_size, args.shard_size, args.workdir, args.threads)
-    text = json.dumps(result, indent=2)
-    (args.workdir / "engine_bench.json").write_text(text + "\n")
-    print(text)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""`python -m validation.perf.export_memory`: the exporter's peak memory and time per preset, against a baseline.
+"""`python -m validation export-memory`: the exporter's peak memory and time per preset, against a baseline.
 
 Each preset is exported by `python -m exporters.onnx` in a child process, verification included, while
 the peak RSS of the child's process tree (the exporter and its converter child) is sampled from outside
@@ -9,7 +9,6 @@ the same machine. Prints a Markdown table; `--json` keeps the numbers.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -23,9 +22,9 @@ import psutil
 
 from exporters.onnx.preflight import BASE, FACTOR, MEMORY_KEY, weight_bytes
 from lvvit.common.memory import PeakSampler, format_size
-from lvvit.presets import get_preset, list_presets
+from lvvit.presets import get_preset
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the kit's checkout
 
 
 @dataclass(frozen=True)
@@ -100,36 +99,24 @@ def table(new: list[Run], old: dict[str, Run]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m validation.perf.export_memory", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--presets", default=",".join(list_presets()), help="comma-separated (default: all)")
-    parser.add_argument("--baseline", type=Path, default=None, help="another checkout of the kit to compare with")
-    parser.add_argument("--work", type=Path, default=None, help="where the exports go (deleted after each)")
-    parser.add_argument("--timeout-s", type=float, default=1800, help="per export (default 1800)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the runs as JSON here")
-    args = parser.parse_args(argv)
-    presets = [name.strip() for name in args.presets.split(",") if name.strip()]
+def measure(
+    presets: list[str], baseline: Path | None, work: Path, timeout: float, json_file: Path | None
+) -> tuple[list[Run], dict[str, Run]]:
+    """Export each preset with this checkout (and before it, with `baseline`'s), measuring each; `json_file` is
+    rewritten after each preset, so that a long run that is stopped keeps what it measured."""
     for name in presets:
         get_preset(name)  # an unknown name fails here, listing the valid ones
-    work = args.work or Path(tempfile.gettempdir())
     work.mkdir(parents=True, exist_ok=True)
     new: list[Run] = []
     old: dict[str, Run] = {}
     for name in presets:
-        if args.baseline is not None:
-            old[name] = export_once(args.baseline.resolve(), name, work, args.timeout_s)
+        if baseline is not None:
+            old[name] = export_once(baseline.resolve(), name, work, timeout)
             print(f"{name} before: {format_size(old[name].peak)}, {old[name].seconds:.0f} s", file=sys.stderr)
-        new.append(export_once(ROOT, name, work, args.timeout_s))
+        new.append(export_once(ROOT, name, work, timeout))
         print(f"{name}: {format_size(new[-1].peak)}, {new[-1].seconds:.0f} s", file=sys.stderr, flush=True)
-        if args.json is not None:  # after each preset: a long run that is stopped keeps what it measured
+        if json_file is not None:
             record = {"new": [asdict(r) for r in new], "baseline": {k: asdict(r) for k, r in old.items()},
                       "factor": FACTOR, "base": BASE}  # fmt: skip
-            args.json.write_text(json.dumps(record, indent=2))
-    print(table(new, old))
-    return 0 if all(r.returncode == 0 for r in [*new, *old.values()]) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+            json_file.write_text(json.dumps(record, indent=2))
+    return new, old

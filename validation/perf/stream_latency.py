@@ -1,4 +1,4 @@
-"""`python -m validation.perf.stream_latency MODEL.onnx`: a predictor opened with streams=N against one with streams=1.
+"""`python -m validation stream-latency MODEL.onnx`: a predictor opened with streams=N against one with streams=1.
 
 A predictor opened for throughput (`streams=N`) splits a batch into N parts,
 each on threads/N. A batch too small to split runs whole on a second session
@@ -12,7 +12,6 @@ Timed runs are interleaved, as in the bench.
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 from typing import Any
@@ -98,41 +97,3 @@ def render(report: dict[str, Any]) -> str:
             f"| {throughput:.2f}x | {p['open_mib']:.0f} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def main(argv: list[str] | None = None) -> int:
-    import json
-
-    from runtimes import registry
-    from validation.cli.options import positive
-
-    parser = argparse.ArgumentParser(prog="python -m validation.perf.stream_latency", description=__doc__)
-    parser.add_argument("model", type=Path, help="an exported .onnx file (e.g. build/lvvit_s.onnx from `make run`)")
-    onnx_runtimes = registry.with_model_files(["onnx"])
-    parser.add_argument(
-        "--runtimes",
-        default="ort,openvino",
-        help=f"comma-separated: {', '.join(onnx_runtimes)} (default ort,openvino)",
-    )
-    parser.add_argument("--threads", type=positive, default=None, help="threads in all (default: all cores)")
-    parser.add_argument("--streams", type=positive, default=None, help="N (default: the thread count)")
-    parser.add_argument("--repeats", type=positive, default=15, help="timed runs per predictor and batch (default 15)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
-    args = parser.parse_args(argv)
-    runtimes = [registry.canonical(name) for name in args.runtimes.split(",")]  # onnxruntime: ort's older name
-    unknown = set(runtimes) - set(onnx_runtimes)
-    if unknown:
-        parser.error(f"--runtimes: unknown {sorted(unknown)}; valid: {', '.join(onnx_runtimes)}")
-    threads = args.threads or len(os.sched_getaffinity(0))
-    streams = args.streams or threads
-    if streams < 2:
-        parser.error(f"--streams must be at least 2 to compare with streams=1 (got {streams} on {threads} threads)")
-    report = compare_streams(args.model, runtimes, threads, streams, repeats=args.repeats)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
-    print(render(report))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
