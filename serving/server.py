@@ -88,7 +88,7 @@ def serve(
     try:
         metrics = Metrics()
         model = ServedModel(name, predictor, spec, limits.max_batch)
-        batcher = DynamicBatcher(predictor.logits, limits, metrics.observe_batch, metrics.queued.set)
+        batcher = DynamicBatcher(metrics.timed(predictor.logits), limits, metrics.observe_batch, metrics.queued.set)
         app = create_app(model, batcher, limits, metrics)
         _log_requests(endpoint.log_level)
         config = uvicorn.Config(
