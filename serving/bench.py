@@ -10,6 +10,8 @@
    errors, and the batch sizes the server ran (from its /metrics); the server's RSS before and after.
 3. Ratios: server throughput / the predictor's best batched throughput (goal >= 0.9), and the p50 at
    concurrency 1 minus the predictor's batch-1 latency (goal <= 5 ms).
+4. The in-process measurement of step 1 again, after the server has stopped: not in the ratios (they keep step
+   1's), it shows how much the machine itself drifted between the two phases.
 
 The clients are threads of this process, on the same cores as the server: on a small machine they take a share
 of the CPU that a remote client would not. So they cost as little as a client can (one kept-alive connection
@@ -77,6 +79,10 @@ class BenchResult:
     rss_before_mb: float = 0.0
     rss_after_mb: float = 0.0
     server_exit: int | None = None
+    # the same in-process measurement repeated once the server has stopped: not used in the ratios, it shows how
+    # far the machine drifted over the run (on a shared machine the goals' ratios compare two different minutes)
+    predictor_after_batch1_ms: float | None = None
+    predictor_after_throughput: dict[str, float] = field(default_factory=dict)
 
     def ratios(self) -> dict[str, float]:
         best = max((level.images_per_s for level in self.levels), default=0.0)
@@ -275,6 +281,7 @@ def run_bench(
     requests: int,
     seconds: float,
     log: Log = to_stderr,
+    repeat_predictor: bool = True,
 ) -> BenchResult:
     batch1, throughput, config = measure_predictor(spec, limits.max_batch, min(seconds, 10.0), log)
     result = BenchResult(name, spec.runtime, asdict(limits), batch1, throughput, max(throughput.values()))
@@ -294,7 +301,21 @@ def run_bench(
             result.levels.append(level)
         result.rss_after_mb = server.rss_bytes() / 2**20
         result.server_exit = server.stop()
+    if repeat_predictor:
+        after, after_throughput, _ = measure_predictor(spec, limits.max_batch, min(seconds, 10.0), log)
+        result.predictor_after_batch1_ms, result.predictor_after_throughput = after, after_throughput
     return result
+
+
+def _repeated_predictor(result: BenchResult) -> list[str]:
+    if result.predictor_after_batch1_ms is None:
+        return []
+    sizes = ", ".join(f"batch {n} {v:.1f}" for n, v in result.predictor_after_throughput.items())
+    return [
+        "",
+        f"in process again after the server (drift, not in the ratios): batch-1 "
+        f"{result.predictor_after_batch1_ms:.2f} ms; img/s {sizes}",
+    ]
 
 
 def markdown(result: BenchResult) -> str:
@@ -306,6 +327,7 @@ def markdown(result: BenchResult) -> str:
         "|---|---|",
         f"| batch-1 latency (median) | {result.predictor_batch1_ms:.2f} ms |",
         *(f"| batch {n} | {v:.1f} img/s |" for n, v in result.predictor_throughput.items()),
+        *_repeated_predictor(result),
         "",
         "| concurrency | img/s | p50 ms | p95 ms | p99 ms | errors | mean batch | batch sizes (bucket: calls) "
         "| server: request / predictor call ms | client CPU |",
