@@ -112,10 +112,14 @@ def _error_response(exc: ServingError | PredictorError, metrics: Metrics) -> JSO
     return JSONResponse({"error": str(exc)}, status_code=status, headers=headers)
 
 
-def create_app(model: ServedModel, runner: Runner, limits: Limits, metrics: Metrics | None = None) -> FastAPI:
-    metrics = metrics or Metrics()
-    state = {"ready": False}
+def _model_for(model: ServedModel, name: str, version: str | None = None) -> ServedModel:
+    if name != model.name or version not in (None, VERSION):
+        asked = name if version is None else f"{name} version {version}"
+        raise UnknownModelError(f"unknown model {asked!r}; this server serves {model.name!r} version {VERSION}")
+    return model
 
+
+def _lifespan(runner: Runner, state: dict[str, bool]) -> Any:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await runner.start()
@@ -126,10 +130,10 @@ def create_app(model: ServedModel, runner: Runner, limits: Limits, metrics: Metr
             state["ready"] = False  # draining: /v2/health/ready says so while the requests in flight finish
             await runner.stop()
 
-    app = FastAPI(title=f"LV-ViT kit: {model.name}", lifespan=lifespan, docs_url=None, redoc_url=None)
+    return lifespan
 
-    app.add_middleware(ObserveMiddleware, metrics=metrics)
 
+def _add_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     @app.exception_handler(ServingError)
     async def serving_error(_: Request, exc: ServingError) -> JSONResponse:
         return _error_response(exc, metrics)
@@ -143,11 +147,9 @@ def create_app(model: ServedModel, runner: Runner, limits: Limits, metrics: Metr
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         return _error_response(BadRequestError(problems), metrics)
 
-    def model_for(name: str, version: str | None = None) -> ServedModel:
-        if name != model.name or version not in (None, VERSION):
-            asked = name if version is None else f"{name} version {version}"
-            raise UnknownModelError(f"unknown model {asked!r}; this server serves {model.name!r} version {VERSION}")
-        return model
+
+def _add_metadata_routes(app: FastAPI, model: ServedModel, state: dict[str, bool], metrics: Metrics) -> None:
+    """Health, server and model metadata, and /metrics."""
 
     @app.get("/v2/health/live")
     async def live() -> dict[str, bool]:
@@ -170,59 +172,72 @@ def create_app(model: ServedModel, runner: Runner, limits: Limits, metrics: Metr
     @app.get("/v2/models/{name}")
     @app.get("/v2/models/{name}/versions/{version}")
     async def model_metadata(name: str, version: str | None = None) -> dict[str, Any]:
-        return model_for(name, version).metadata()
+        return _model_for(model, name, version).metadata()
 
     @app.get("/v2/models/{name}/ready")
     @app.get("/v2/models/{name}/versions/{version}/ready")
     async def model_ready(name: str, version: str | None = None) -> dict[str, Any]:
         await ready()
-        return {"name": model_for(name, version).name, "ready": True}
-
-    @app.post("/v2/models/{name}/infer")
-    @app.post("/v2/models/{name}/versions/{version}/infer")
-    async def infer(name: str, request: Request, version: str | None = None) -> Response:
-        served = model_for(name, version)
-        with runner.announced():
-            body = await read_body(request, limits.max_body_bytes)
-            header_length = request.headers.get(HEADER_LENGTH)
-            # CPU work off the event loop when it is large (tensor data as JSON, images to decode); a binary
-            # tensor's header is small and its data a buffer, cheaper to take here than to hand to a thread
-            if header_length is None and len(body) > INLINE_JSON_BYTES:
-                parsed = await run_in_threadpool(parse_infer_request, body, header_length)
-            else:
-                parsed = parse_infer_request(body, header_length)
-            requested, topk = served.check_outputs(parsed), served.topk_of(parsed)
-            if served.has_images(parsed):
-                batch = await run_in_threadpool(served.batch_of, parsed)
-            else:
-                batch = served.batch_of(parsed)
-            logits = await runner.infer(batch)
-        payload, headers = encode_infer_response(
-            served.name, VERSION, parsed.id, served.outputs(logits, requested, topk)
-        )
-        return Response(payload, headers=headers)
-
-    @app.post("/predict")
-    async def predict(request: Request, topk: int = DEFAULT_TOPK) -> dict[str, Any]:
-        """One encoded image as the whole body (`curl --data-binary @cat.jpg`): its top-k as JSON."""
-        served = model_for(model.name)
-        topk = served.check_topk(topk)
-        with runner.announced():
-            body = await read_body(request, limits.max_body_bytes)
-            if not body:
-                raise BadRequestError(f"the body is empty; {CURL_HINT}", "image")
-            batch = await run_in_threadpool(served.preprocess_images, [body])
-            logits = await runner.infer(batch)
-        prediction = served.predictor.top_k(logits, topk)[0]
-        return {
-            "model": served.name,
-            "class_ids": list(prediction.class_ids),
-            "labels": list(prediction.labels),
-            "probabilities": list(prediction.probs),
-        }
+        return {"name": _model_for(model, name, version).name, "ready": True}
 
     @app.get("/metrics")
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+
+async def _infer_response(served: ServedModel, runner: Runner, request: Request, limits: Limits) -> Response:
+    """One OIP infer request: read and parse the body, run it through the runner's batches, encode the answer."""
+    with runner.announced():
+        body = await read_body(request, limits.max_body_bytes)
+        header_length = request.headers.get(HEADER_LENGTH)
+        # CPU work off the event loop when it is large (tensor data as JSON, images to decode); a binary
+        # tensor's header is small and its data a buffer, cheaper to take here than to hand to a thread
+        if header_length is None and len(body) > INLINE_JSON_BYTES:
+            parsed = await run_in_threadpool(parse_infer_request, body, header_length)
+        else:
+            parsed = parse_infer_request(body, header_length)
+        requested, topk = served.check_outputs(parsed), served.topk_of(parsed)
+        if served.has_images(parsed):
+            batch = await run_in_threadpool(served.batch_of, parsed)
+        else:
+            batch = served.batch_of(parsed)
+        logits = await runner.infer(batch)
+    payload, headers = encode_infer_response(served.name, VERSION, parsed.id, served.outputs(logits, requested, topk))
+    return Response(payload, headers=headers)
+
+
+def _add_inference_routes(app: FastAPI, model: ServedModel, runner: Runner, limits: Limits) -> None:
+    @app.post("/v2/models/{name}/infer")
+    @app.post("/v2/models/{name}/versions/{version}/infer")
+    async def infer(name: str, request: Request, version: str | None = None) -> Response:
+        return await _infer_response(_model_for(model, name, version), runner, request, limits)
+
+    @app.post("/predict")
+    async def predict(request: Request, topk: int = DEFAULT_TOPK) -> dict[str, Any]:
+        """One encoded image as the whole body (`curl --data-binary @cat.jpg`): its top-k as JSON."""
+        topk = model.check_topk(topk)
+        with runner.announced():
+            body = await read_body(request, limits.max_body_bytes)
+            if not body:
+                raise BadRequestError(f"the body is empty; {CURL_HINT}", "image")
+            batch = await run_in_threadpool(model.preprocess_images, [body])
+            logits = await runner.infer(batch)
+        prediction = model.predictor.top_k(logits, topk)[0]
+        return {
+            "model": model.name,
+            "class_ids": list(prediction.class_ids),
+            "labels": list(prediction.labels),
+            "probabilities": list(prediction.probs),
+        }
+
+
+def create_app(model: ServedModel, runner: Runner, limits: Limits, metrics: Metrics | None = None) -> FastAPI:
+    """The app, for either host: `runner` batches (and its `start`/`stop` run with the app's lifespan)."""
+    metrics = metrics or Metrics()
+    state = {"ready": False}
+    app = FastAPI(title=f"LV-ViT kit: {model.name}", lifespan=_lifespan(runner, state), docs_url=None, redoc_url=None)
+    app.add_middleware(ObserveMiddleware, metrics=metrics)
+    _add_error_handlers(app, metrics)
+    _add_metadata_routes(app, model, state, metrics)
+    _add_inference_routes(app, model, runner, limits)
     return app

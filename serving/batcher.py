@@ -4,7 +4,8 @@ predictor call of at most `max_batch` images.
 A batch waits only when there is a sign of company: requests already announced (being read or decoded by
 their handlers), or fewer requests than the last batch held (clients that were answered together come back
 together). A lone client's request runs at once instead of paying the wait; under load, the requests that
-arrive while a batch runs form the next one.
+arrive while a batch runs form the next one. The wait counts from when the predictor became free (or from the
+first request's arrival, if later): a request that queued behind a running batch does not spend its wait there.
 
 The queue holds at most `max_queue` images; a request that would not fit is refused at once (`QueueFullError`:
 503 + Retry-After) instead of waiting without bound. One worker task forms batches and runs them on one
@@ -103,11 +104,15 @@ class DynamicBatcher:
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
         limits = self._limits
+        free_at = loop.time()  # when the predictor was last free
         while True:
             while not self._pending:  # the event also fires for requests that left before they queued
                 self._arrival.clear()
                 await self._arrival.wait()
-            deadline = self._pending[0].arrived + limits.max_wait_ms / 1000
+            # the wait counts from when the batch could first run: a request that arrived while the last batch
+            # ran has waited for the predictor, not for company (the clients answered with that batch come
+            # back only after it ends; counting from its arrival, a wait shorter than a batch never saw them)
+            deadline = max(self._pending[0].arrived, free_at) + limits.max_wait_ms / 1000
             while (
                 self._queued < limits.max_batch
                 and (self._announced > len(self._pending) or len(self._pending) < self._last_requests)
@@ -139,6 +144,8 @@ class DynamicBatcher:
                     if not item.future.done():
                         item.future.set_exception(exc)
                 continue
+            finally:
+                free_at = loop.time()
             start = 0
             for item in live:
                 end = start + len(item.batch)

@@ -142,23 +142,36 @@ def _triton_parser(sub: Any) -> None:
 def _predict(args: argparse.Namespace) -> int:
     from .folder import predict_folder
 
+    if (args.images is None) == (args.source is None):
+        args.parser.error("name the images once: --images DIR (a folder, or a text file listing image paths)")
+    source = args.images if args.images is not None else args.source
     with spec_from(args, batch_size=args.batch_size).open() as predictor:
         summary = predict_folder(
-            predictor, args.source, args.out, topk=args.topk, resume=args.resume, progress=not args.no_progress
+            predictor,
+            source,
+            args.out,
+            topk=args.topk,
+            resume=args.resume,
+            limit=args.limit,
+            progress=not args.no_progress,
         )
     return 1 if summary.failed and len(summary.failed) == summary.written else 0
 
 
 def _predict_parser(sub: Any) -> None:
     parser = sub.add_parser("predict", help="predict a folder (or a list of images) into JSON Lines or CSV")
-    parser.add_argument("source", type=Path, help="a folder of images (recursive), or a text file of image paths")
+    parser.add_argument(
+        "--images", type=Path, help="a folder of images (recursive), or a text file listing image paths"
+    )
+    parser.add_argument("source", type=Path, nargs="?", help=argparse.SUPPRESS)  # the old spelling of --images
     add_model_arguments(parser, positional=False)
     parser.add_argument("--out", type=Path, required=True, help="preds.jsonl or preds.csv")
     parser.add_argument("--topk", type=_positive, default=5, help="classes per image (default 5)")
     parser.add_argument("--batch-size", type=_positive, default=8, help="images per predictor call (default 8)")
     parser.add_argument("--resume", action="store_true", help="continue an existing output, skipping its images")
+    parser.add_argument("--limit", type=_positive, help="only the first N images (in path order)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(run=_predict)
+    parser.set_defaults(run=_predict, parser=parser)
 
 
 def _bench(args: argparse.Namespace) -> int:

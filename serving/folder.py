@@ -1,6 +1,6 @@
 """Predict a whole folder (or a list of images) into JSON Lines or CSV: the first thing one does with an export.
 
-    python -m serving predict photos/ --model lvvit_s.onnx --out preds.jsonl [--resume]
+    python -m serving predict --images photos/ --model lvvit_s.onnx --out preds.jsonl [--resume] [--limit N]
 
 One record per image, in path order: its top-k, or the error that kept it from one (unreadable, truncated,
 too large: the run goes on). Files that are no regular file (FIFOs, devices, broken links) are listed on stderr
@@ -130,18 +130,8 @@ def _batches(items: Sequence[Item], size: int) -> Iterator[list[Item]]:
         yield list(items[start : start + size])
 
 
-def predict_folder(
-    predictor: Predictor,
-    source: str | Path,
-    out: str | Path,
-    *,
-    topk: int = 5,
-    resume: bool = False,
-    progress: bool = True,
-    log: Log = to_stderr,
-) -> FolderSummary:
-    """Predict every image of `source` (a folder or a list file) into `out` (.jsonl or .csv)."""
-    source, out = Path(source), Path(out)
+def _check_output(out: Path, resume: bool) -> str:
+    """The output's kind (".jsonl" or ".csv"); an existing output is continued only with `resume`."""
     kind = out.suffix.lower()
     if kind not in FORMATS:
         raise ServingSetupError(f"{out}: write .jsonl or .csv")
@@ -149,7 +139,63 @@ def predict_folder(
         raise ServingSetupError(f"{out} exists: pass --resume to continue it, or remove it")
     if out.exists() and not out.is_file():
         raise ServingSetupError(f"{out}: not a regular file")
+    return kind
+
+
+def _write_batches(
+    predictor: Predictor, todo: Sequence[Item], writer: _Writer, topk: int, summary: FolderSummary, bar: Any
+) -> None:
+    """Predict `todo` a batch at a time, each record written (and flushed with its batch) in order."""
+    for batch in _batches(todo, predictor.batch_size):
+        readable = [item for item in batch if item.path is not None]
+        results = dict(
+            zip(
+                [item.name for item in readable],
+                predictor.predict_each([item.path for item in readable], topk),
+                strict=True,
+            )
+        )
+        for item in batch:
+            result = results.get(item.name) or ImageResult(item.name, None, item.problem)
+            writer.write(item.name, result)
+            if result.error is not None:
+                summary.failed.append((item.name, result.error))
+        writer.file.flush()
+        summary.written += len(batch)
+        bar.update(len(batch))
+
+
+def _log_summary(out: Path, summary: FolderSummary, log: Log) -> None:
+    for path, why in summary.skipped:
+        log(f"skipped {path}: {why}")
+    for name, error in summary.failed[:20]:
+        log(f"failed {name}: {error}")
+    if len(summary.failed) > 20:
+        log(f"... and {len(summary.failed) - 20} more failed images (their records say why)")
+    log(
+        f"{out}: {summary.written} images written ({len(summary.failed)} failed), {summary.resumed} resumed, "
+        f"{len(summary.skipped)} paths skipped"
+    )
+
+
+def predict_folder(
+    predictor: Predictor,
+    source: str | Path,
+    out: str | Path,
+    *,
+    topk: int = 5,
+    resume: bool = False,
+    limit: int | None = None,
+    progress: bool = True,
+    log: Log = to_stderr,
+) -> FolderSummary:
+    """Predict every image of `source` (a folder or a list file; only its first `limit` ones, in path order,
+    when given) into `out` (.jsonl or .csv)."""
+    source, out = Path(source), Path(out)
+    kind = _check_output(out, resume)
     items, skipped = list_images(source)
+    if limit is not None:
+        items = items[:limit]
     summary = FolderSummary(skipped=skipped)
     done = (_done_jsonl(out) if kind == ".jsonl" else _done_csv(out)) if out.exists() else set()
     todo = [item for item in items if item.name not in done]
@@ -163,32 +209,6 @@ def predict_folder(
         open(out, "a", newline="" if kind == ".csv" else None, encoding="utf-8") as file,
         tqdm(total=len(todo), unit="img", disable=not progress) as bar,
     ):
-        writer = _Writer(file, kind, new)
-        for batch in _batches(todo, predictor.batch_size):
-            readable = [item for item in batch if item.path is not None]
-            results = dict(
-                zip(
-                    [item.name for item in readable],
-                    predictor.predict_each([item.path for item in readable], topk),
-                    strict=True,
-                )
-            )
-            for item in batch:
-                result = results.get(item.name) or ImageResult(item.name, None, item.problem)
-                writer.write(item.name, result)
-                if result.error is not None:
-                    summary.failed.append((item.name, result.error))
-            file.flush()
-            summary.written += len(batch)
-            bar.update(len(batch))
-    for path, why in summary.skipped:
-        log(f"skipped {path}: {why}")
-    for name, error in summary.failed[:20]:
-        log(f"failed {name}: {error}")
-    if len(summary.failed) > 20:
-        log(f"... and {len(summary.failed) - 20} more failed images (their records say why)")
-    log(
-        f"{out}: {summary.written} images written ({len(summary.failed)} failed), {summary.resumed} resumed, "
-        f"{len(summary.skipped)} paths skipped"
-    )
+        _write_batches(predictor, todo, _Writer(file, kind, new), topk, summary, bar)
+    _log_summary(out, summary, log)
     return summary

@@ -8,8 +8,10 @@ checking their SHA-256 (`PredictorSpec.materialize`), so a replica on another no
 
 What differs from the uvicorn host, and why: batching is Ray's `@serve.batch` (its batch counts requests, each
 at most `max_batch` images, and it waits `max_wait_ms` for a full batch); the queue bound is Ray's
-`max_queued_requests`, answered by Ray's own backpressure response (not tested here); `/metrics` answers for the
-replica that took the request. SIGTERM shuts Serve down (replicas finish their requests) and exits 0.
+`max_queued_requests` (requests, per proxy), answered by Ray's own backpressure response: 503 with `Retry-After`
+(its `backpressure_config`), its body Ray's message rather than the app's JSON; `/metrics` answers for the
+replica that took the request, each replica counting only its own requests. SIGTERM shuts Serve down (replicas
+finish their requests) and exits 0.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 import numpy as np
 import ray
 from ray import serve
+from ray.serve.config import BackpressureConfig
 
 from lvvit.common.progress import Log, to_stderr
 from runtimes import PredictorSpec
@@ -75,7 +78,7 @@ class KitDeployment:
     async def run_batch(self, batches: list[np.ndarray]) -> list[np.ndarray]:
         x = np.concatenate(batches)
         self.metrics.observe_batch(len(x))
-        logits = await asyncio.to_thread(self.predictor.logits, x)
+        logits = await asyncio.to_thread(self.metrics.timed(self.predictor.logits), x)
         bounds = np.cumsum([len(b) for b in batches])[:-1]
         return np.split(logits, bounds)
 
@@ -102,6 +105,31 @@ def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def deployment_options(limits: Limits, options: RayOptions) -> dict[str, Any]:
+    """The deployment's replicas (or autoscaling), concurrency and queue bound.
+
+    A replica takes up to `2 * max_batch` requests at once (a batch running and the next one forming); the
+    requests beyond wait in Ray's queue, at most `max_queue` of them per proxy; past that Ray itself answers 503,
+    and `backpressure_config` makes that answer carry `Retry-After` as the uvicorn host's does.
+    """
+    scaling: dict[str, Any] = {"num_replicas": options.replicas}
+    if options.max_replicas is not None:
+        scaling = {
+            "autoscaling_config": {
+                "min_replicas": options.replicas,
+                "max_replicas": max(options.max_replicas, options.replicas),
+                "target_ongoing_requests": limits.max_batch,
+            }
+        }
+    return {
+        "max_ongoing_requests": 2 * limits.max_batch,
+        "max_queued_requests": limits.max_queue,
+        "backpressure_config": BackpressureConfig(status_code=503, retry_after_s=limits.retry_after_s),
+        "ray_actor_options": {"num_cpus": options.replica_cpus},
+        **scaling,
+    }
 
 
 def _start_ray(address: str | None) -> bool:
@@ -142,22 +170,7 @@ def serve_on_ray(
     try:
         serve.start(http_options={"host": endpoint.host, "port": port})
         blobs = {f: ray.put(b) for f, b in spec.read_files().items()}
-        scaling: dict[str, Any] = {"num_replicas": options.replicas}
-        if options.max_replicas is not None:
-            scaling = {
-                "autoscaling_config": {
-                    "min_replicas": options.replicas,
-                    "max_replicas": max(options.max_replicas, options.replicas),
-                    "target_ongoing_requests": limits.max_batch,
-                }
-            }
-        deployment = KitDeployment.options(
-            name=name,
-            max_ongoing_requests=2 * limits.max_batch,
-            max_queued_requests=limits.max_queue,
-            ray_actor_options={"num_cpus": options.replica_cpus},
-            **scaling,
-        )
+        deployment = KitDeployment.options(name=name, **deployment_options(limits, options))
         serve.run(deployment.bind(spec, blobs, name, limits), name=name, route_prefix="/")
         where = options.address or "embedded"
         log(f"{name}: {spec.runtime} on Ray Serve ({where}), {options.replicas} replica(s), batch {limits.max_batch}")

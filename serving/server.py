@@ -7,6 +7,7 @@ it is done; the handler installed here takes it, so the exit status stays 0 rath
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import signal
 import socket
@@ -62,6 +63,14 @@ def _log_requests(level: str) -> None:
         logger.addHandler(handler)
 
 
+def http_stack() -> tuple[str, str]:
+    """uvicorn's event loop and HTTP parser: uvloop and httptools (`pip install uvloop httptools`, both in
+    `uvicorn[standard]`) when installed, since they take less of the cores the model needs; else asyncio and h11."""
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    return loop, http
+
+
 def print_url(url: str) -> None:
     """The first line on stdout once the server listens (`serving.child` waits for it)."""
     print(f"serving on {url}", flush=True)
@@ -88,11 +97,14 @@ def serve(
     try:
         metrics = Metrics()
         model = ServedModel(name, predictor, spec, limits.max_batch)
-        batcher = DynamicBatcher(predictor.logits, limits, metrics.observe_batch, metrics.queued.set)
+        batcher = DynamicBatcher(metrics.timed(predictor.logits), limits, metrics.observe_batch, metrics.queued.set)
         app = create_app(model, batcher, limits, metrics)
         _log_requests(endpoint.log_level)
+        loop, http = http_stack()
         config = uvicorn.Config(
             app,
+            loop=loop,
+            http=http,
             log_level=endpoint.log_level,
             timeout_graceful_shutdown=limits.drain_timeout_s,
             access_log=False,  # the app logs each request itself, with its latency (at debug level)
@@ -104,7 +116,7 @@ def serve(
             previous[sig] = signal.signal(sig, lambda signum, frame: caught.append(signum))
         log(
             f"{name}: {spec.runtime} on {model.metadata()['parameters']['device']}, max batch {limits.max_batch}, "
-            f"wait {limits.max_wait_ms} ms, queue {limits.max_queue} images"
+            f"wait {limits.max_wait_ms} ms, queue {limits.max_queue} images; uvicorn on {loop} and {http}"
         )
         on_listening(url_of(sock))
         server.run(sockets=[sock])

@@ -184,3 +184,24 @@ def test_limits_are_checked():
         Limits(max_batch=8, max_queue=4)
     with pytest.raises(ServingSetupError, match="max_wait_ms=-1"):
         Limits(max_wait_ms=-1)
+
+
+def test_the_wait_counts_from_when_the_predictor_is_free():
+    """A wait shorter than a batch: the request that queued behind the running batch still waits for the clients
+    answered with that batch, since its wait starts when the batch ends (not when it arrived)."""
+    recorder = Recorder(seconds=0.05)
+
+    async def client(batcher: DynamicBatcher, i: int) -> None:
+        for _ in range(6):
+            await asyncio.sleep(0.002 * i)
+            await request(batcher, rows(float(i)))
+
+    async def scenario():
+        batcher = DynamicBatcher(recorder, Limits(max_batch=8, max_wait_ms=20))
+        await batcher.start()
+        await asyncio.gather(*(client(batcher, i) for i in range(4)))
+        await batcher.stop()
+
+    run(scenario())
+    assert sum(recorder.sizes) == 24
+    assert recorder.sizes[0] == 1 and set(recorder.sizes[1:-1]) == {4}, recorder.sizes

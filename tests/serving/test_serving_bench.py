@@ -14,6 +14,7 @@ from tests.conftest import ROOT
 
 pytest.importorskip("fastapi")
 
+
 def test_bench_command(tiny, tmp_path):
     out = tmp_path / "bench.json"
     command = [sys.executable, "-m", "serving", "bench", str(tiny.onnx), "--threads", "1", "--concurrency", "1", "3"]
@@ -27,8 +28,19 @@ def test_bench_command(tiny, tmp_path):
         assert level["requests"] == 30 and level["errors"] == {}
         assert sum(level["batch_sizes"].values()) >= 30 / 4  # every image ran, in batches of at most 4
         assert 0 < level["p50_ms"] <= level["p95_ms"] <= level["p99_ms"]
+        # the server's own clock (its /metrics): a request takes at least its predictor call
+        assert 0 < level["server_predictor_ms"] <= level["server_request_ms"]
+        assert level["client_cpu_share"] > 0
     assert set(report["predictor_throughput"]) == {"1", "2", "4"}
+    # measured again after the server stopped, to show drift (the ratios keep the first measurement)
+    assert report["predictor_after_batch1_ms"] > 0 and set(report["predictor_after_throughput"]) == {"1", "2", "4"}
     assert report["server_exit"] == 0 and report["rss_after_mb"] > 0
-    assert set(report["ratios"]) == {"server_best_over_predictor_best", "p50_c1_minus_predictor_batch1_ms"}
+    assert set(report["ratios"]) == {
+        "server_best_over_predictor_best",
+        "p50_c1_minus_predictor_batch1_ms",
+        "server_overhead_c1_ms",
+    }
     assert "| concurrency | img/s | p50 ms |" in result.stdout
     assert "server best / predictor best:" in result.stdout
+    assert "server overhead at concurrency 1" in result.stdout
+    assert "in process again after the server" in result.stdout

@@ -116,7 +116,8 @@ def test_bad_output_names(predictor, folder, tmp_path):
 
 def test_command(tiny, folder, tmp_path):
     out = tmp_path / "preds.jsonl"
-    command = [sys.executable, "-m", "serving", "predict", str(folder), "--model", str(tiny.onnx), "--out", str(out)]
+    command = [sys.executable, "-m", "serving", "predict", "--images", str(folder), "--model", str(tiny.onnx)]
+    command += ["--out", str(out)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run([*command, "--runtime", "openvino"], capture_output=True, text=True, timeout=180, env=env)
     assert result.returncode == 0, result.stderr
@@ -124,6 +125,24 @@ def test_command(tiny, folder, tmp_path):
     assert "5/5 [" in result.stderr  # the progress bar
     result = subprocess.run(command, capture_output=True, text=True, timeout=180, env=env)
     assert result.returncode == 1 and "exists: pass --resume" in result.stderr
+    # the old positional spelling still works; naming the images twice, or not at all, is a usage error
+    old = [sys.executable, "-m", "serving", "predict", str(folder), "--model", str(tiny.onnx), "--limit", "2"]
+    result = subprocess.run([*old, "--out", str(tmp_path / "two.jsonl"), "--no-progress"], **run_args(env))
+    assert result.returncode == 0, result.stderr
+    assert [r["source"] for r in read_jsonl(tmp_path / "two.jsonl")] == ["a.png", "c.png"]
+    result = subprocess.run([*command[:4], *command[6:], "--resume"], **run_args(env))
+    assert result.returncode == 2 and "--images DIR" in result.stderr
+
+
+def run_args(env):
+    return {"capture_output": True, "text": True, "timeout": 180, "env": env}
+
+
+def test_limit_takes_the_first_images_in_path_order(predictor, folder, tmp_path):
+    out = tmp_path / "preds.jsonl"
+    summary = predict_folder(predictor, folder, out, limit=3, progress=False, log=lambda m: None)
+    assert summary.written == 3
+    assert [r["source"] for r in read_jsonl(out)] == ["a.png", "c.png", "fake.jpg"]
 
 
 def test_runtimes_and_the_serverless_commands_import_no_server_package():
