@@ -19,7 +19,6 @@ after which `PredictorSpec.for_model("mine", path)`, `--runtime mine` and `--min
 
 from __future__ import annotations
 
-import argparse
 import importlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -197,14 +196,14 @@ def add_runtime_arguments(group: Any, only: Iterable[str] | None = None) -> None
             )
 
 
-def options_from(values: argparse.Namespace | Mapping[str, Any], name: str) -> dict[str, Any]:
-    """The options of runtime `name` (predictor keyword -> value) from parsed flags or a mapping keyed by `dest`.
+def options_from(values: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The options of runtime `name` (predictor keyword -> value) from parsed flag values keyed by `dest`
+    (the CLI passes `vars(args)`: no Namespace travels below it).
 
     A value that is missing takes the option's default.
     """
     row = get(name)
-    found = vars(values) if isinstance(values, argparse.Namespace) else dict(values)
-    return {o.name: found.get(row.dest(o), o.default) for o in row.options}
+    return {o.name: values.get(row.dest(o), o.default) for o in row.options}
 
 
 def model_files(name: str, path: str | Path) -> list[Path]:

@@ -78,10 +78,10 @@ def _parser(only=None) -> argparse.ArgumentParser:
 def test_flags_keep_their_spellings_and_fill_the_options():
     args = _parser().parse_args(["--ort-device", "auto", "--openvino-precision", "bf16"])
     assert (args.ort_device, args.openvino_device, args.openvino_precision) == ("auto", "CPU", "bf16")
-    assert registry.options_from(args, "ort") == {"device": "auto"}
-    assert registry.options_from(args, "openvino") == {"device": "CPU", "precision": "bf16"}
+    assert registry.options_from(vars(args), "ort") == {"device": "auto"}
+    assert registry.options_from(vars(args), "openvino") == {"device": "CPU", "precision": "bf16"}
     assert registry.options_from({}, "openvino") == registry.get("openvino").defaults()
-    assert registry.options_from(args, "paddle-inference") == {}
+    assert registry.options_from(vars(args), "paddle-inference") == {}
     with pytest.raises(SystemExit):
         _parser().parse_args(["--ort-device", "tpu"])
 
@@ -91,7 +91,7 @@ def test_a_registered_row_adds_its_flag_and_goes_away_again(standin_row):
     assert runtimes.StandinPredictor is standin.StandinPredictor  # `from runtimes import ...`, as for the kit's
     assert "--ort-standin-flavour" in _parser().format_help()
     args = _parser().parse_args(["--ort-standin-flavour", "spicy"])
-    assert registry.options_from(args, standin.NAME) == {"flavour": "spicy"}
+    assert registry.options_from(vars(args), standin.NAME) == {"flavour": "spicy"}
     assert "--ort-standin-flavour" not in _parser(["ort"]).format_help()
 
 

@@ -469,7 +469,7 @@ def model_source(model: ModelOptions, report_dir: Path) -> ModelSource:
 
 
 def runtime_options(args: argparse.Namespace) -> RuntimeOptions:
-    own = {name: registry.options_from(args, name) for name in registry.names()}
+    own = {name: registry.options_from(vars(args), name) for name in registry.names()}
     return RuntimeOptions(batch_size=args.batch_size, threads=args.threads, own=own)
 
 
