@@ -69,6 +69,22 @@ class ControlledInt8:
         return self.steps[self.chosen].agreement if self.steps else float("nan")
 
 
+def _control_stages(
+    proto: onnx.ModelProto, images: np.ndarray, reference_top1: np.ndarray, fine: bool, runtime: str
+) -> tuple[int, bool, dict[str, list[str]]]:
+    """The checked request's (depth, aux head, stage -> its node names), the head last."""
+    if runtime not in CONTROL_RUNTIMES:
+        raise ExportError(f"--control-runtime must be one of {', '.join(CONTROL_RUNTIMES)}, got {runtime!r}")
+    if len(images) != len(reference_top1) or not len(images):
+        raise ExportError(f"accuracy control needs images with their Paddle classes, got {len(images)} and "
+                          f"{len(reference_top1)}")  # fmt: skip
+    depth, aux_head = graph_depth(proto)
+    try:
+        return depth, aux_head, partition(proto, control_ends(proto, depth, aux_head, fine))
+    except ValueError as exc:
+        raise ExportError(f"accuracy control needs the graph's stages: {exc}") from exc
+
+
 def quantize_until_agreement(
     proto: onnx.ModelProto,
     quantize: Callable[[onnx.ModelProto, list[str]], onnx.ModelProto],
@@ -92,17 +108,8 @@ def quantize_until_agreement(
     among equals), with `reached=False`; the export's gate then decides. `progress`: a bar on
     stderr over each step's runs.
     """
-    if runtime not in CONTROL_RUNTIMES:
-        raise ExportError(f"--control-runtime must be one of {', '.join(CONTROL_RUNTIMES)}, got {runtime!r}")
     say = log or (lambda message: None)
-    if len(images) != len(reference_top1) or not len(images):
-        raise ExportError(f"accuracy control needs images with their Paddle classes, got {len(images)} and "
-                          f"{len(reference_top1)}")  # fmt: skip
-    depth, aux_head = graph_depth(proto)
-    try:
-        parts = partition(proto, control_ends(proto, depth, aux_head, fine))
-    except ValueError as exc:
-        raise ExportError(f"accuracy control needs the graph's stages: {exc}") from exc
+    depth, aux_head, parts = _control_stages(proto, images, reference_top1, fine, runtime)
     order = list(parts)  # in network order, head last
     limit = len(order) if max_float_stages is None else min(max_float_stages, len(order))
     fp32 = _StageRunner(proto, depth, aux_head, "the fp32 graph", fine)
