@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from runtimes.probe import open_probe
+
 from ..errors import ExportError
 from .stage_map import Mapped, control_ends, graph_depth, partition, with_outputs
 
@@ -160,8 +162,6 @@ class _StageRunner:
     def __init__(
         self, proto: onnx.ModelProto, depth: int, aux_head: bool, what: str, fine: bool, cut: bool = False
     ) -> None:
-        import onnxruntime as ort
-
         ends = control_ends(proto, depth, aux_head, fine)
         missing = [s for s, end in ends.items() if not isinstance(end, Mapped)]
         if missing:
@@ -174,15 +174,15 @@ class _StageRunner:
         self.fed = list(inner.values()) if cut else []
         graph = _cut(proto, self.fed) if cut else proto
         self.outputs = {s: t + _LOCAL if t in self.fed else t for s, t in inner.items()}
-        instrumented = with_outputs(graph, self.outputs.values())
-        self.session = ort.InferenceSession(instrumented.SerializeToString(), providers=["CPUExecutionProvider"])
+        # on ONNX Runtime's CPU provider with OrtPredictor's session settings (the export's verification runs so too)
+        self.probe = open_probe(with_outputs(graph, self.outputs.values()), "ort")
 
     def run(self, batch: np.ndarray, fed: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """stage -> value (`head`: the graph's output); `fed`: the stage values the cut graph runs on."""
         fed_values = {self.tensors[s]: v for s, v in (fed or {}).items() if self.tensors.get(s) in self.fed}
         feed = {self.input: batch, **fed_values}
         names = [self.output, *self.outputs.values()]
-        values = dict(zip(names, self.session.run(names, feed), strict=True))
+        values = self.probe.run(feed, names)
         found = {s: values[t] for s, t in self.outputs.items()}
         at_input = {s: batch for s, t in self.tensors.items() if t == self.input}
         return {"head": values[self.output], **{s: at_input.get(s, found.get(s)) for s in self.tensors}}
@@ -234,19 +234,9 @@ def _shipped(proto: onnx.ModelProto, runtime: str) -> Callable[[np.ndarray], np.
     """The graph as it ships (no tensor exposed: that could keep a runtime from fusing, and change the answer), on
     ONNX Runtime's CPU provider as the export's verification runs it, or on OpenVINO's CPU plugin as the kit's
     OpenVINO predictor runs an int8 file (f32 inference precision: int8 where the file quantizes)."""
-    if runtime == "openvino":
-        import openvino as ov
-
-        core = ov.Core()
-        model = core.read_model(proto.SerializeToString(), b"")  # the kit's files hold their weights inline
-        compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": ov.Type.f32})
-        request = compiled.create_infer_request()
-        return lambda batch: np.array(request.infer({0: batch})[compiled.output(0)])
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return lambda batch: session.run(None, {name: batch})[0]
+    probe = open_probe(proto, runtime)  # OpenVINO: f32 inference precision, int8 where the file quantizes
+    output = probe.outputs[0]
+    return lambda batch: probe.run(batch, [output])[output]
 
 
 def _measure(
