@@ -10,12 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from lvvit.errors import LvvitError
-from runtimes import RUNTIMES, PredictorSpec
+from runtimes import PredictorSpec, registry
 
 from .config import Limits
 from .errors import ServingSetupError
-
-MODEL_RUNTIMES = [name for name in RUNTIMES if name != "paddle"]  # the exported ones
 
 
 def _positive(text: str) -> int:
@@ -38,7 +36,10 @@ def add_model_arguments(parser: argparse.ArgumentParser, positional: bool = True
         parser.add_argument("model", type=Path, help=".onnx file, or a Paddle inference artifact's .pdiparams")
     else:
         parser.add_argument("--model", type=Path, required=True, help=".onnx file or Paddle inference .pdiparams")
-    parser.add_argument("--runtime", choices=MODEL_RUNTIMES, default="ort", help="default: ort (ONNX Runtime)")
+    # read when the parser is built, so a runtime registered after import is served too
+    parser.add_argument(
+        "--runtime", choices=registry.with_model_files(), default="ort", help="default: ort (ONNX Runtime)"
+    )
     parser.add_argument("--device", help="the predictor's device (ort: cpu|cuda|tensorrt|auto; openvino: CPU|GPU)")
     parser.add_argument("--threads", type=_positive, help="the predictor's threads (default: the runtime's)")
 

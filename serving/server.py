@@ -64,8 +64,8 @@ def _log_requests(level: str) -> None:
 
 
 def http_stack() -> tuple[str, str]:
-    """uvicorn's event loop and HTTP parser: uvloop and httptools (`pip install uvloop httptools`, both in
-    `uvicorn[standard]`) when installed, since they take less of the cores the model needs; else asyncio and h11."""
+    """uvicorn's event loop and HTTP parser: uvloop and httptools (both in the `[serve]` extra) when
+    installed, since they take less of the cores the model needs; else asyncio and h11."""
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     http = "httptools" if importlib.util.find_spec("httptools") else "h11"
     return loop, http
