@@ -215,10 +215,12 @@ def _add_int8(fast: argparse._ArgumentGroup) -> None:
         "--int8-target",
         choices=INT8_TARGETS,
         default="auto",
-        help="with --quantize int8 (nncf): the CPU the file is for. vnni: every linear layer and convolution in "
+        help="with --quantize int8: the CPU the file is for (nncf). vnni: every linear layer and convolution in "
         "int8 (OpenVINO's int8 linear layers need VNNI / AMX to beat f32); avx2: the convolutions only, the "
         "linear layers in f32 (on AVX2 without VNNI OpenVINO's int8 GEMM is no faster than its f32 one); auto "
-        "(default): the CPU at hand's, printed. Files: <preset>_int8.onnx, or _int8_vnni / _int8_avx2 when given",
+        "(default): the CPU at hand's, printed. With --quantizer ort, avx2 takes 7-bit weights (reduce_range: "
+        "ONNX Runtime's AVX2 int8 kernel saturates with 8-bit ones). Files: <preset>_int8.onnx (_int8_ortq.onnx), "
+        "with _vnni / _avx2 when given",
     )
 
 
@@ -226,9 +228,11 @@ def _add_accuracy_control(fast: argparse._ArgumentGroup) -> None:
     fast.add_argument(
         "--accuracy-control",
         action="store_true",
-        help="with --quantize int8 (nncf): keep stages (stem, a block, the head) in float, the one that adds the "
+        help="with --quantize int8 (either quantizer): keep stages (the input's quantization, stem and block halves, "
+        "the head) in float, the one that adds the "
         "most error by itself first, re-quantizing each time, until top-1 agreement with Paddle fp32 on the "
-        "--images folder reaches --min-int8-agreement; file <preset>_int8_ac.onnx; each step is "
+        "--images folder reaches --min-int8-agreement; file <preset>_int8_ac.onnx (ort: _int8_ortq_ac.onnx); "
+        "each step is "
         "printed, the stages kept in float are recorded in the metadata (lvvit.float_stages) and, with the "
         "layers, in the graph's doc string. A step costs one calibration and three runs over the images "
         "(about 35 s for lvvit_s on 2 cores)",

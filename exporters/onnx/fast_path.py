@@ -58,8 +58,8 @@ class FastPath:
             raise ExportError(f"--calibration-count must be at least 1, got {self.calibration_count}")
         if not 0.0 <= self.min_int8_agreement <= 1.0:  # NaN fails this too
             raise ExportError(f"--min-int8-agreement must be within [0, 1], got {self.min_int8_agreement}")
-        if self.accuracy_control and (self.quantize != "int8" or self.quantizer != "nncf"):
-            raise ExportError("--accuracy-control applies to --quantize int8 with --quantizer nncf")
+        if self.accuracy_control and self.quantize != "int8":
+            raise ExportError("--accuracy-control applies to --quantize int8")
         if self.max_float_stages is not None and (not self.accuracy_control or self.max_float_stages < 1):
             raise ExportError(f"--max-float-stages applies to --accuracy-control and must be at least 1, "
                               f"got {self.max_float_stages}")  # fmt: skip
@@ -76,8 +76,8 @@ class FastPath:
             raise ExportError("--control-stages and --control-runtime apply to --accuracy-control")
         if self.int8_target not in INT8_TARGETS:
             raise ExportError(f"--int8-target must be one of {', '.join(INT8_TARGETS)}, got {self.int8_target!r}")
-        if self.int8_target != "auto" and (self.quantize != "int8" or self.quantizer != "nncf"):
-            raise ExportError("--int8-target applies to --quantize int8 with --quantizer nncf")
+        if self.int8_target != "auto" and self.quantize != "int8":
+            raise ExportError("--int8-target applies to --quantize int8")
         if self.quantize and (self.optimize or self.precision != "fp32"):
             raise ExportError("--quantize int8 applies to the portable fp32 graph; drop --optimize / --precision")
 
@@ -93,13 +93,15 @@ class FastPath:
     def tag(self) -> str:
         """File-name suffix: '', '_ort' (fused), '_fp16', '_int8' (nncf), '_int8_ac' (nncf with accuracy control),
         '_int8_ac_whole' (its whole stages), '_int8_unfolded' (nncf, SmoothQuant's Multiply nodes left), each with
-        '_vnni' / '_avx2' for an explicit --int8-target, '_int8_ortq' (ONNX Runtime's quantizer)."""
+        '_vnni' / '_avx2' for an explicit --int8-target, '_int8_ortq' (ONNX Runtime's quantizer; '_int8_ortq_ac',
+        '_int8_ortq_ac_whole' with accuracy control)."""
         if self.quantize and self.quantizer == "nncf":
             ac = "_int8_ac_whole" if self.control_stages == "whole" else "_int8_ac"
             base = ac if self.accuracy_control else "_int8" if self.fold_smooth_quant else "_int8_unfolded"
             return base if self.int8_target == "auto" else f"{base}_{self.int8_target}"
         if self.quantize:
-            return "_int8_ortq"
+            ac = ("_ac_whole" if self.control_stages == "whole" else "_ac") if self.accuracy_control else ""
+            return f"_int8_ortq{ac}" + ("" if self.int8_target == "auto" else f"_{self.int8_target}")
         return "_fp16" if self.precision == "fp16" else "_ort" if self.optimize else ""
 
 
@@ -167,6 +169,9 @@ def _quantize(
     if fast.quantizer == "nncf":
         linear = "every linear layer" if target == "vnni" else "the convolutions only (linear layers in f32)"
         log(f"      int8 for {target}: {linear} ({why})")
+    else:
+        weights = "8-bit weights" if target == "vnni" else "7-bit weights (no vpmaddubsw saturation)"
+        log(f"      int8 for {target}: the linear layers, {weights} ({why})")
     warning = slower_than_f32_warning(fast.quantizer, target)
     if warning:
         log(f"      {warning}")
@@ -183,7 +188,7 @@ def _quantize(
     return quantize_int8_accuracy_controlled(
         proto, calibration, spec.preprocess, images, reference_top1, fast.min_int8_agreement,
         fast.max_float_stages, indent, fast.progress, target, fast.control_stages == "fine",
-        fast.control_runtime,
+        fast.control_runtime, fast.quantizer,
     )  # fmt: skip
 
 

@@ -14,7 +14,8 @@ through their weights, not through node names that change with every export:
 
 In a quantized graph a weight reaches its Conv/MatMul through a DequantizeLinear
 whose input is the quantized initializer (NNCF names it `q_output_<name>_1`,
-ONNX Runtime `<name>_quantized`); those names are traced back to the state-dict name.
+ONNX Runtime `<name>_quantized`); those names are traced back to the state-dict name, and so is ONNX Runtime's
+`ConvBnFusion_W_<name>` (a convolution with its batch norm folded in, by its quantizer's pre-processing).
 A stage whose tensor is not in the graph (a fused graph's SkipLayerNormalization
 hides the residual stream; LayerNorm decomposed at an old opset) is returned as
 `Unmapped` with the reason, never guessed.
@@ -32,6 +33,8 @@ import onnx
 from ..errors import ExportError
 
 _QUANTIZED_NAME = re.compile(r"^(?:q_output_)?(?P<name>.+?)(?:_quantized|_\d+)?$")
+# ONNX Runtime's Conv+BatchNormalization fusion (run by its quantizer's pre-processing) names the folded weight so
+_FUSED_PREFIXES = ("ConvBnFusion_W_",)
 _PASS_THROUGH = {"Identity"}
 _SIDE_CONSUMERS = {"Shape", "QuantizeLinear"}  # read the tensor without being the next step of the stage
 
@@ -76,7 +79,7 @@ class _Graph:
     def weight_name(self, tensor: str) -> str | None:
         """The state-dict name behind a node input: an initializer, or one dequantized by a DequantizeLinear."""
         if tensor in self.initializers:
-            return tensor
+            return next((tensor[len(p) :] for p in _FUSED_PREFIXES if tensor.startswith(p)), tensor)
         node = self.producer.get(tensor)
         if node is not None and node.op_type == "DequantizeLinear" and node.input[0] in self.initializers:
             match = _QUANTIZED_NAME.match(node.input[0])

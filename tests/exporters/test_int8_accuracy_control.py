@@ -176,14 +176,40 @@ def test_accuracy_control_on_the_trained_digits_model_agrees_on_held_out_images(
     assert (got == expected).mean() >= 0.99
 
 
-def test_accuracy_control_needs_nncf_int8():
+def test_accuracy_control_needs_int8_from_either_quantizer():
     from exporters.errors import ExportError
     from exporters.onnx import FastPath
 
-    with pytest.raises(ExportError, match="--accuracy-control applies to --quantize int8 with --quantizer nncf"):
+    with pytest.raises(ExportError, match="--accuracy-control applies to --quantize int8"):
         FastPath(accuracy_control=True)
-    with pytest.raises(ExportError, match="--accuracy-control applies to --quantize int8 with --quantizer nncf"):
-        FastPath(quantize="int8", calibration=".", quantizer="ort", accuracy_control=True)
+    ort = FastPath(quantize="int8", calibration=".", quantizer="ort", accuracy_control=True)
+    assert ort.tag == "_int8_ortq_ac"
+
+
+def test_onnx_runtimes_quantizer_keeps_the_named_stages_in_float(tiny_fp32, photo_folder):  # noqa: F811
+    """Accuracy control with `--quantizer ort`: the MatMuls of the stages named stay float (found by their weights,
+    since ONNX Runtime's pre-processing renames nodes), every other linear layer is int8; on target avx2 the
+    weights are 7-bit (reduce_range), on vnni 8-bit."""
+    from exporters.onnx.quantize import _quantize_ort, find_calibration_images, float_layers
+    from exporters.onnx.stage_map import control_ends, partition
+    from lvvit import resolve_preset
+
+    proto = tiny_fp32
+    config = resolve_preset("lvvit_s", 32).preprocess
+    calibration = find_calibration_images(photo_folder, config, 2)
+    parts = partition(proto, control_ends(proto, LOOP_ARCH["depth"], fine=True))
+    kept = parts["blocks.1.mlp"]
+    weights_of = {}
+    for target in ("vnni", "avx2"):
+        quantized = _quantize_ort(proto, calibration, config, ignored=kept, target=target)
+        in_float, weighted = float_layers(quantized)
+        assert {"blocks.1.mlp.fc1.weight", "blocks.1.mlp.fc2.weight"} <= set(in_float)
+        assert not any(w.startswith(("blocks.0.", "blocks.1.attn")) for w in in_float), in_float
+        assert weighted > len(in_float)
+        int8 = {i.name: onnx.numpy_helper.to_array(i) for i in quantized.graph.initializer
+                if i.name.endswith("_quantized") and i.data_type == onnx.TensorProto.INT8}  # fmt: skip
+        weights_of[target] = max(int(abs(v.astype(np.int32)).max()) for v in int8.values())
+    assert weights_of["vnni"] == 127 and weights_of["avx2"] <= 64  # reduce_range: 7-bit weights
 
 
 # -- the loop itself, with a stand-in quantizer that damages chosen blocks unless they are kept in float ------------

@@ -60,8 +60,9 @@ def test_int8_target_is_checked():
 
     with pytest.raises(ExportError, match="--int8-target must be one of auto, vnni, avx2, got 'sse'"):
         FastPath(quantize="int8", calibration=".", int8_target="sse")
-    with pytest.raises(ExportError, match="--int8-target applies to --quantize int8 with --quantizer nncf"):
-        FastPath(quantize="int8", calibration=".", quantizer="ort", int8_target="avx2")
+    with pytest.raises(ExportError, match="--int8-target applies to --quantize int8"):
+        FastPath(int8_target="avx2")
+    assert FastPath(quantize="int8", calibration=".", quantizer="ort", int8_target="avx2").tag == "_int8_ortq_avx2"
     assert FastPath(quantize="int8", calibration=".", int8_target="avx2").tag == "_int8_avx2"
     assert FastPath(quantize="int8", calibration=".").tag == "_int8"
 

@@ -123,11 +123,15 @@ def test_the_on_request_int8_rows_and_their_exports_appear_only_when_listed():
 
     default = {s.name for s in bench_paths(threads=2, streams=2, include=None)}
     on_request = {"openvino-int8-ac": "int8_ac", "openvino-int8-ac-whole": "int8_ac_whole",
-                  "openvino-int8-unfolded": "int8_unfolded", "openvino-int8-vnni": "int8_vnni"}  # fmt: skip
-    assert not default & set(on_request)  # minutes of NNCF only when asked for
+                  "openvino-int8-unfolded": "int8_unfolded", "openvino-int8-vnni": "int8_vnni",
+                  "ort-int8-ac": "int8_ort_ac"}  # fmt: skip
+    assert not default & set(on_request)  # minutes of quantization only when asked for
     asked = bench_paths(2, 2, include={*on_request, "openvino-int8"})
     assert {s.name: s.artifact for s in asked} == {"openvino-int8": "int8", **on_request}
     assert {s.artifact for s in asked} - {"int8"} == set(EXTRA_INT8)
+    runtimes = {s.name: s.runtime for s in asked}
+    assert runtimes["ort-int8-ac"] == "ort" and runtimes["openvino-int8-ac"] == "openvino"
+    assert EXTRA_INT8["int8_ort_ac"]["quantizer"] == "ort"  # ONNX Runtime's file, controlled on ONNX Runtime
 
 
 @pytest.mark.parametrize(

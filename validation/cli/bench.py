@@ -77,7 +77,8 @@ def _add_paths(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="comma-separated subset of: paddle-eager, paddle-inference, ort-fp32, ort-fused, "
         "openvino-f32, openvino-bf16, ort-int8, openvino-int8 (default: all), and, exported only when listed "
-        "here, openvino-int8-ac (int8 with accuracy control, fine stages), openvino-int8-ac-whole (whole stages), "
+        "here, ort-int8-ac (ONNX Runtime's int8 with accuracy control, fine stages), openvino-int8-ac (NNCF int8 "
+        "with accuracy control, fine stages), openvino-int8-ac-whole (whole stages), "
         "openvino-int8-unfolded (nncf int8 with SmoothQuant's Multiply nodes left, to compare with the folded "
         "file) and openvino-int8-vnni (every linear layer in int8, whatever this CPU's --int8-target); with --onnx, "
         f"{', '.join(f'file-{name}' for name in onnx_runtimes)}",
@@ -93,7 +94,8 @@ def _add_paths(parser: argparse.ArgumentParser) -> None:
         "--max-float-stages",
         type=positive,
         default=None,
-        help="openvino-int8-ac: the export's --max-float-stages (default: until the target or every stage is float)",
+        help="ort-int8-ac, openvino-int8-ac(-whole): the exports' --max-float-stages (default: until the target "
+        "or every stage is float)",
     )
 
 
@@ -160,6 +162,7 @@ def run(options: BenchOptions) -> int:
         settle_ms=o.settle_ms,
         max_float_stages=o.max_float_stages,
         onnx=o.onnx,
+        progress=o.progress,
     )  # fmt: skip
     from validation.reports.write import write_reports
 

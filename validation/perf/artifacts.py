@@ -23,16 +23,20 @@ class Artifacts:
     int8_unfolded: Path | None = None  # NNCF int8 with SmoothQuant's Multiply nodes left (only when asked for)
     int8_ac_whole: Path | None = None  # accuracy control with whole stages (only when asked for)
     int8_vnni: Path | None = None  # NNCF int8 with every linear layer quantized (only when asked for)
+    int8_ort_ac: Path | None = None  # ONNX Runtime's quantizer with accuracy control (only when asked for)
 
 
 # The exports made only when a bench path asks for them: FastPath options on top of NNCF int8. Accuracy control
-# measures its agreement on OpenVINO, the runtime of its bench row.
+# measures its agreement on the runtime of its bench row (OpenVINO for NNCF's files, ONNX Runtime for its own).
 EXTRA_INT8 = {
+    "int8_ort_ac": {"quantizer": "ort", "accuracy_control": True, "control_runtime": "ort"},
     "int8_ac": {"accuracy_control": True, "control_runtime": "openvino"},
     "int8_ac_whole": {"accuracy_control": True, "control_runtime": "openvino", "control_stages": "whole"},
     "int8_unfolded": {"fold_smooth_quant": False},
     "int8_vnni": {"int8_target": "vnni"},
 }
+
+CONTROLLED = {name for name, options in EXTRA_INT8.items() if options.get("accuracy_control")}
 
 
 def source_fingerprint(*packages: Path) -> str:
@@ -63,6 +67,7 @@ def prepare_artifacts(
     calibration_count: int = 32,
     extras: tuple[str, ...] = (),
     max_float_stages: int | None = None,
+    progress: bool = True,
 ) -> Artifacts:
     """Export every path's file under `workdir` (and the `EXTRA_INT8` files named in `extras`), or reuse them
     when made from the same inputs."""
@@ -84,7 +89,7 @@ def prepare_artifacts(
         "images": str(images),
         "calibration_count": calibration_count,
         "extras": sorted(extras),
-        "max_float_stages": max_float_stages if {"int8_ac", "int8_ac_whole"} & set(extras) else None,
+        "max_float_stages": max_float_stages if CONTROLLED & set(extras) else None,
         "kit": package_version("lvvit-deploy"),
         "exporter_sources": exporter_fingerprint(),
     }
@@ -98,12 +103,14 @@ def prepare_artifacts(
     log("exporting: portable fp32, ONNX Runtime fused fp32, int8 QDQ (nncf and ort quantizers), Paddle inference")
     files = {"onnx": export_onnx(**common).path, "fused": export_onnx(**common, fast=FastPath(optimize=True)).path}
     for name, quantizer in (("int8", "nncf"), ("int8_ort", "ort")):
-        int8 = FastPath(quantize="int8", calibration=images, calibration_count=calibration_count, quantizer=quantizer)
+        int8 = FastPath(quantize="int8", calibration=images, calibration_count=calibration_count, quantizer=quantizer,
+                        progress=progress)  # fmt: skip
         files[name] = export_onnx(**common, fast=int8).path
     for name in sorted(extras):  # accuracy control's images are the calibration folder's, as for the exporter's
         control = EXTRA_INT8[name].get("accuracy_control")
         options = {**EXTRA_INT8[name], **({"max_float_stages": max_float_stages} if control else {})}
-        extra = FastPath(quantize="int8", calibration=images, calibration_count=calibration_count, **options)
+        extra = FastPath(quantize="int8", calibration=images, calibration_count=calibration_count, progress=progress,
+                         **options)  # fmt: skip
         files[name] = export_onnx(**common, fast=extra).path
     del common["verify"]
     files["paddle"] = export_paddle_inference(**common).path

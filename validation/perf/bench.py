@@ -99,6 +99,7 @@ def bench_paths(threads: int, streams: int, include: set[str] | None) -> list[Be
         ),
     ]
     on_request = [  # exported only when listed: accuracy control takes minutes; the others are comparisons
+        ("ort-int8-ac", "ONNX Runtime, int8 QDQ (ort quantizer, accuracy control: fine stages)", "int8_ort_ac"),
         ("openvino-int8-ac", "OpenVINO, int8 QDQ (nncf, accuracy control: fine stages, agreement on OpenVINO)",
          "int8_ac"),
         ("openvino-int8-ac-whole", "OpenVINO, int8 QDQ (nncf, accuracy control: whole stages, agreement on OpenVINO)",
@@ -109,7 +110,8 @@ def bench_paths(threads: int, streams: int, include: set[str] | None) -> list[Be
     ]  # fmt: skip
     for name, what, artifact in on_request:
         if include is not None and name in include:
-            paths.append(BenchPath(name, what, "openvino", artifact, {"precision": "f32", **run}, "int8"))
+            runtime, options = ("ort", run) if name.startswith("ort-") else ("openvino", {"precision": "f32", **run})
+            paths.append(BenchPath(name, what, runtime, artifact, options, "int8"))
     if streams == 1:  # the same as paddle-inference
         paths = [p for p in paths if p.name != "paddle-inference-streams"]
     return [p for p in paths if include is None or p.name in include]
@@ -340,10 +342,12 @@ def run_bench(
     settle_ms: int = DEFAULT_SETTLE_MS,
     max_float_stages: int | None = None,
     onnx: Path | None = None,
+    progress: bool = True,
 ) -> BenchReport:
     """Export the paths' files (or reuse them), time each path per batch size, measure drift; the typed report.
 
-    `onnx`: a user's own file, timed on ONNX Runtime and OpenVINO beside the bench's exports.
+    `onnx`: a user's own file, timed on ONNX Runtime and OpenVINO beside the bench's exports. `progress`: the
+    exports' calibration and accuracy-control bars on stderr.
     """
     from lvvit import resolve_preset
     from lvvit.preprocess import image_files, preprocess_batch
@@ -358,7 +362,7 @@ def run_bench(
         paths += user_file_paths(Path(onnx), spec, weights, threads, streams)
     extras = tuple(p.artifact for p in paths if p.artifact in EXTRA_INT8)
     artifacts = prepare_artifacts(preset, weights, resolution, Path(workdir), images, log, extras=extras,
-                                  max_float_stages=max_float_stages)  # fmt: skip
+                                  max_float_stages=max_float_stages, progress=progress)  # fmt: skip
     real = preprocess_batch(image_files(artifacts.images)[:limit_images], spec.preprocess)
     log(f"opening {len(paths)} paths with {threads} threads ({streams} streams where batched)")
     opened, results = _open_all(paths, artifacts, spec, weights, log)
