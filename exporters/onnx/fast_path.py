@@ -95,13 +95,13 @@ class FastPath:
         '_int8_ac_whole' (its whole stages), '_int8_unfolded' (nncf, SmoothQuant's Multiply nodes left), each with
         '_vnni' / '_avx2' for an explicit --int8-target, '_int8_ortq' (ONNX Runtime's quantizer; '_int8_ortq_ac',
         '_int8_ortq_ac_whole' with accuracy control)."""
-        if self.quantize and self.quantizer == "nncf":
-            ac = "_int8_ac_whole" if self.control_stages == "whole" else "_int8_ac"
-            base = ac if self.accuracy_control else "_int8" if self.fold_smooth_quant else "_int8_unfolded"
-            return base if self.int8_target == "auto" else f"{base}_{self.int8_target}"
         if self.quantize:
             ac = ("_ac_whole" if self.control_stages == "whole" else "_ac") if self.accuracy_control else ""
-            return f"_int8_ortq{ac}" + ("" if self.int8_target == "auto" else f"_{self.int8_target}")
+            if self.quantizer == "nncf":
+                base = "_int8" + (ac or ("" if self.fold_smooth_quant else "_unfolded"))
+            else:
+                base = "_int8_ortq" + ac
+            return base if self.int8_target == "auto" else f"{base}_{self.int8_target}"
         return "_fp16" if self.precision == "fp16" else "_ort" if self.optimize else ""
 
 

@@ -149,7 +149,12 @@ class CalibrationProgress:
 
 
 QUANTIZERS = ("nncf", "ort")
-REDUCED_RANGE_NOTE = "; 7-bit weights (reduce_range: no int16 saturation in AVX2's vpmaddubsw)"
+
+
+def _made_by(quantizer: str, target: str) -> str:
+    """How the graph's doc string names the int8 file's maker: the quantizer, its target, ort's 7-bit weights."""
+    reduced = "; 7-bit weights (reduce_range: no int16 saturation in AVX2's vpmaddubsw)"
+    return f"int8 ({quantizer}) for {target}{reduced if quantizer == 'ort' and target == 'avx2' else ''}"
 
 
 def quantize_int8(
@@ -168,13 +173,13 @@ def quantize_int8(
     if quantizer == "nncf":
         quantized, folded = _quantize_nncf(proto, calibration, config, fold=fold, progress=progress, target=target)
         kept = "" if target == "vnni" else "; linear layers in f32 (no int8 GEMM faster than f32 without VNNI)"
-        quantized.graph.doc_string = f"int8 (nncf) for {target}{kept}"
+        quantized.graph.doc_string = f"{_made_by(quantizer, target)}{kept}"
         if log is not None and folded is not None:
             log(f"folded {folded.describe()}" if fold else "SmoothQuant's Multiply nodes left as NNCF wrote them")
         return quantized
     if quantizer == "ort":
         quantized = _quantize_ort(proto, calibration, config, progress, target=target)
-        quantized.graph.doc_string = f"int8 (ort) for {target}{REDUCED_RANGE_NOTE if target == 'avx2' else ''}"
+        quantized.graph.doc_string = _made_by(quantizer, target)
         return quantized
     raise ExportError(f"--quantizer must be one of {', '.join(QUANTIZERS)}, got {quantizer!r}")
 
@@ -279,11 +284,8 @@ def quantize_int8_accuracy_controlled(
             f"weighted layers: {', '.join(kept) or 'none'}")  # fmt: skip
         if folded is not None:
             log(f"folded {folded.describe()}")
-    made_by = f"int8 ({quantizer}) for {target}"
-    if quantizer == "ort" and target == "avx2":
-        made_by += REDUCED_RANGE_NOTE
     quantized.graph.doc_string = (
-        f"{made_by} with accuracy control ({'fine' if fine else 'whole'} stages, agreement on "
+        f"{_made_by(quantizer, target)} with accuracy control ({'fine' if fine else 'whole'} stages, agreement on "
         f"{runtime}); stages kept in float: {stages}; "
         f"weighted layers kept in float: {', '.join(kept) or 'none'}"
     )
@@ -335,6 +337,7 @@ def _quantize_ort(
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    kept_weights = _read_weights(proto, ignored)
     with tempfile.TemporaryDirectory(prefix="lvvit-int8-") as work, temporary(work):
         source, prepared, written = (Path(work) / name for name in ("fp32.onnx", "pre.onnx", "int8.onnx"))
         onnx.save(proto, str(source))
@@ -343,7 +346,6 @@ def _quantize_ort(
             with bar, contextlib.redirect_stdout(io.StringIO()):
                 quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
                 prepared_proto = onnx.load(str(prepared))
-                kept_weights = _read_weights(proto, ignored)
                 excluded = activation_matmuls(prepared_proto) + [
                     n.name for n in prepared_proto.graph.node if n.op_type == "MatMul" and kept_weights & set(n.input)
                 ]
