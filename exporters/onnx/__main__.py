@@ -14,7 +14,7 @@ from lvvit.common.memory import MemoryBudgetError, parse_size
 from lvvit.errors import LvvitError
 from lvvit.presets import get_preset, list_presets
 
-from .accuracy_control import CONTROL_RUNTIMES
+from .accuracy_control import CONTROL_PRECISIONS, CONTROL_RUNTIMES
 from .export import (
     DEFAULT_ATOL,
     DEFAULT_OPSET,
@@ -229,9 +229,9 @@ def _add_accuracy_control(fast: argparse._ArgumentGroup) -> None:
         "--accuracy-control",
         action="store_true",
         help="with --quantize int8 (either quantizer): keep stages (the input's quantization, stem and block halves, "
-        "the head) in float, the one that adds the "
-        "most error by itself first, re-quantizing each time, until top-1 agreement with Paddle fp32 on the "
-        "--images folder reaches --min-int8-agreement; file <preset>_int8_ac.onnx (ort: _int8_ortq_ac.onnx); "
+        "the head) in float, the one that adds the most error by itself first, re-quantizing each time, until "
+        "top-1 agreement with Paddle fp32 on the --images folder reaches --min-int8-agreement, then tries each "
+        "kept stage back in int8, the costliest first; file <preset>_int8_ac.onnx (ort: _int8_ortq_ac.onnx); "
         "each step is "
         "printed, the stages kept in float are recorded in the metadata (lvvit.float_stages) and, with the "
         "layers, in the graph's doc string. A step costs one calibration and three runs over the images "
@@ -250,6 +250,14 @@ def _add_accuracy_control(fast: argparse._ArgumentGroup) -> None:
         default="ort",
         help="with --accuracy-control: the runtime whose top-1 agreement the loop measures, the int8 graph as "
         "shipped: ort (default; the export's gate runs it too) or openvino (the runtime that ships the nncf file)",
+    )
+    fast.add_argument(
+        "--control-precision",
+        choices=CONTROL_PRECISIONS,
+        default="f32",
+        help="with --control-runtime openvino: the math of the float parts while the loop measures, as you will "
+        "run the file (OpenVinoPredictor's precision): f32 (default) or bf16 (a CPU with avx512_bf16 or amx_bf16; "
+        "bf16 runs what is kept in float, and the ops between the int8 layers, about twice as fast)",
     )
     fast.add_argument(
         "--max-float-stages",
@@ -329,6 +337,7 @@ def _export(args: argparse.Namespace, common: dict):
         progress=not args.no_progress,
         int8_target=args.int8_target,
         control_stages=args.control_stages,
+        control_precision=args.control_precision,
         control_runtime=args.control_runtime,
     )
     return export_onnx(

@@ -8,7 +8,9 @@ The loop, per step:
    values of the stage before it, and its output is compared with the fp32 graph's, per token standardized
    (what the next LayerNorm sees), so the residual stream and the logits compare on one scale;
 3. stop when the agreement reaches the target; otherwise keep in float the stage that adds the most error,
-   and go again.
+   and go again;
+4. once the target is reached, try each kept stage back in int8, the costliest (in multiply-accumulates) first,
+   and leave it there if the agreement stays at the target.
 
 The stages (`stage_map.control_ends`) are fine by default: the input's quantization, the stem's first convolution
 and its other three, each block's attention half and MLP half, the head. Whole stages (the stem, a block, the
@@ -41,10 +43,13 @@ import onnx
 from runtimes.probe import open_probe
 
 from ..errors import ExportError
-from .stage_map import Mapped, control_ends, graph_depth, partition, with_outputs
+from .stage_map import Mapped, control_ends, graph_depth, matrix_tensors, partition, stage_macs, with_outputs
 
 BATCH = 8  # images per run: bounds the memory of the exposed stages (16 blocks x tokens x width per image)
 CONTROL_RUNTIMES = ("ort", "openvino")  # where the loop measures the agreement of the graph as shipped
+# the math of the float parts there: bf16 (OpenVINO's inference precision, on a CPU with native bf16) runs what is
+# kept in float, and every op between the int8 layers, about twice as fast as f32, so it is measured as it will run
+CONTROL_PRECISIONS = ("f32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -72,11 +77,13 @@ class ControlledInt8:
 
 
 def _control_stages(
-    proto: onnx.ModelProto, images: np.ndarray, reference_top1: np.ndarray, fine: bool, runtime: str
+    proto: onnx.ModelProto, images: np.ndarray, reference_top1: np.ndarray, fine: bool, runtime: str, precision: str
 ) -> tuple[int, bool, dict[str, list[str]]]:
     """The checked request's (depth, aux head, stage -> its node names), the head last."""
     if runtime not in CONTROL_RUNTIMES:
         raise ExportError(f"--control-runtime must be one of {', '.join(CONTROL_RUNTIMES)}, got {runtime!r}")
+    if precision not in CONTROL_PRECISIONS or (precision != "f32" and runtime != "openvino"):
+        raise ExportError(f"--control-precision {precision!r}: f32 on any runtime, bf16 on openvino only")
     if len(images) != len(reference_top1) or not len(images):
         raise ExportError(f"accuracy control needs images with their Paddle classes, got {len(images)} and "
                           f"{len(reference_top1)}")  # fmt: skip
@@ -98,57 +105,115 @@ def quantize_until_agreement(
     progress: bool = False,
     fine: bool = True,
     runtime: str = "ort",
+    precision: str = "f32",
 ) -> ControlledInt8:
     """int8 of `proto` with the fewest stages kept in float (greedily) for top-1 agreement >= `min_agreement`.
 
     `quantize(proto, ignored_node_names)` makes the int8 graph; `reference_top1` are Paddle fp32's classes for
     `images`. Stages: `stage_map.control_ends` (`fine`: the input's quantization, the stem's first convolution
     and the rest, each block's attention and MLP halves; else the stem and whole blocks), and the head. The
-    agreement is measured on `runtime` (ONNX Runtime or OpenVINO, the int8 graph as shipped); the error each
-    stage adds, on ONNX Runtime. Stops after `max_float_stages` stages kept (None: until every stage is float).
-    When no step met the target, the result is the step with the best agreement (the fewest stages in float
-    among equals), with `reached=False`; the export's gate then decides. `progress`: a bar on
-    stderr over each step's runs.
+    agreement is measured on `runtime` (ONNX Runtime or OpenVINO, the int8 graph as shipped; on OpenVINO at
+    `precision`, the math of its float parts); the error each stage adds, on ONNX Runtime. Once the target is
+    reached, `_drop_unneeded` puts back in int8 the kept stages it does not need, costliest first.
+    Stops after `max_float_stages` stages kept (None: until every stage is float). When no step met the target,
+    the result is the step with the best agreement (the fewest stages in float among equals), with
+    `reached=False`; the export's gate then decides. `progress`: a bar on stderr over each step's runs.
     """
     say = log or (lambda message: None)
-    depth, aux_head, parts = _control_stages(proto, images, reference_top1, fine, runtime)
+    depth, aux_head, parts = _control_stages(proto, images, reference_top1, fine, runtime, precision)
     order = list(parts)  # in network order, head last
     limit = len(order) if max_float_stages is None else min(max_float_stages, len(order))
     fp32 = _StageRunner(proto, depth, aux_head, "the fp32 graph", fine)
+    macs = _stage_macs(proto, parts, images[:1])
+    total = sum(count for stage, count in macs.items() if stage != "input")
     result = ControlledInt8(proto)
-    kept: list[str] = []
-    while True:
+
+    def step(stages: list[str]) -> onnx.ModelProto:
+        """Quantize with `stages` in float, measure, record and say the step; the int8 graph."""
         started = time.perf_counter()
-        quantized = quantize(proto, [name for stage in kept for name in parts[stage]])
-        if "input" in kept:  # no node of the float graph is the input's quantizer: take NNCF's out
+        quantized = quantize(proto, [name for stage in stages for name in parts[stage]])
+        if "input" in stages:  # no node of the float graph is the input's quantizer: take NNCF's out
             float_input(quantized)
         cut = _StageRunner(quantized, depth, aux_head, "the int8 graph", fine, cut=True)
         desc = f"accuracy control, step {len(result.steps) + 1}: measuring"
-        agreement, errors = _measure(fp32, _shipped(quantized, runtime), cut, images, reference_top1, desc, progress)
-        step = ControlStep(tuple(kept), agreement, errors, time.perf_counter() - started)
-        best = result.agreement
-        result.steps.append(step)
-        if len(result.steps) == 1 or agreement > best:  # a NaN agreement is never better; equals: fewer stages
+        shipped = _shipped(quantized, runtime, precision)
+        agreement, errors = _measure(fp32, shipped, cut, images, reference_top1, desc, progress)
+        result.steps.append(ControlStep(tuple(stages), agreement, errors, time.perf_counter() - started))
+        # a float input costs its first convolution (`stage_macs`): counted once when that is kept too
+        share = sum(macs[s] for s in stages if s != "input" or "stem.conv1" not in stages) / total
+        say(f"step {len(result.steps)}: {', '.join(stages) or 'nothing'} in float ({share:.1%} of the MACs): "
+            f"top-1 agreement {agreement:.1%} ({result.steps[-1].seconds:.0f} s)")  # fmt: skip
+        return quantized
+
+    kept: list[str] = []
+    while True:
+        quantized = step(kept)
+        agreement, errors = result.steps[-1].agreement, result.steps[-1].errors
+        if len(result.steps) == 1 or agreement > result.agreement:  # a NaN is never better; equals: fewer stages
             result.proto, result.chosen = quantized, len(result.steps) - 1
-        float_part = ", ".join(kept) if kept else "nothing"
-        say(f"step {len(result.steps)}: {float_part} in float: top-1 agreement {agreement:.1%} "
-            f"({step.seconds:.0f} s)")  # fmt: skip
         if agreement >= min_agreement:
             result.reached = True
+            _drop_unneeded(result, step, macs, min_agreement, say)
             return result
         if len(kept) >= limit:
             why = "every stage is in float" if limit == len(order) else f"--max-float-stages {limit}"
             say(f"no step reached {min_agreement:.1%} ({why}); the best was step {result.chosen + 1}: "
                 f"{', '.join(result.kept) or 'nothing'} in float, {result.agreement:.1%}")  # fmt: skip
             return result
-        stage = max((s for s in order if s not in kept), key=lambda s: _finite_or_worst(errors[s]))
-        say(f"  keeping {stage} in float next: it adds the most error by itself ({errors[stage]:.4f})")
+        stage = _next_stage([s for s in order if s not in kept], errors)
+        say(f"  keeping {stage} in float next: it adds the most error by itself ({errors[stage]:.4f}; "
+            f"{macs[stage] / total:.1%} of the MACs)")  # fmt: skip
         kept.append(stage)
 
 
-def _finite_or_worst(value: float) -> float:
-    """A NaN or infinite error (an int8 stage that overflowed) ranks above every finite one."""
-    return value if np.isfinite(value) else np.inf
+def _drop_unneeded(
+    result: ControlledInt8,
+    step: Callable[[list[str]], onnx.ModelProto],
+    macs: dict[str, int],
+    min_agreement: float,
+    say: Callable[[str], None],
+) -> None:
+    """The backward pass, once the target is reached: try each kept stage back in int8, the costliest (most
+    multiply-accumulates) first, and leave it there when the agreement stays at the target. The forward pass adds
+    the stage with the most error, which reaches the target in few steps but can keep an expensive stage that a
+    later one made unneeded (on lvvit_s the stem's last three convolutions are 19% of the MACs). A set already
+    measured is not measured again (the forward pass's steps are the kept stages' prefixes)."""
+    kept = list(result.kept)
+    measured = {frozenset(s.kept) for s in result.steps}
+    for stage in sorted(kept, key=lambda s: -macs[s]):
+        trial = [s for s in kept if s != stage]
+        if frozenset(trial) in measured:
+            continue
+        quantized = step(trial)
+        measured.add(frozenset(trial))
+        if result.steps[-1].agreement >= min_agreement:  # a NaN fails this
+            kept = trial
+            result.proto, result.chosen = quantized, len(result.steps) - 1
+            say(f"  {stage} back in int8: the agreement stays at the target")
+        else:
+            say(f"  {stage} stays in float: without it the agreement falls below the target")
+
+
+def _stage_macs(proto: onnx.ModelProto, parts: dict[str, list[str]], image: np.ndarray) -> dict[str, int]:
+    """Each stage's multiply-accumulates per image (`stage_map.stage_macs`, at least 1), with the matrix nodes'
+    shapes from one run of `image` on ONNX Runtime."""
+    tensors = matrix_tensors(proto)
+    values = open_probe(with_outputs(proto, tensors), "ort").run({proto.graph.input[0].name: image}, tensors)
+    try:
+        macs = stage_macs(proto, parts, {name: value.shape for name, value in values.items()})
+    except ValueError as exc:
+        raise ExportError(f"accuracy control needs the graph's matrix shapes: {exc}") from exc
+    return {stage: max(count, 1) for stage, count in macs.items()}
+
+
+def _next_stage(candidates: list[str], errors: dict[str, float]) -> str:
+    """The stage to keep in float next: the one that adds the most error by itself. A NaN or infinite error (an
+    int8 stage that overflowed) ranks above every finite one.
+
+    Not the most error per multiply-accumulate kept in float: that greedy choice keeps cheap stages first, and
+    where the error sits in an expensive one (the tests' tiny model: its stem is 98% of the MACs) it ends with
+    every stage in float. `_drop_unneeded` takes the expensive ones back out instead."""
+    return max(candidates, key=lambda s: errors[s] if np.isfinite(errors[s]) else np.inf)
 
 
 class _StageRunner:
@@ -230,11 +295,13 @@ def _standardized(value: np.ndarray) -> np.ndarray:
     return value / np.maximum(value.std(axis=-1, keepdims=True), 1e-12)
 
 
-def _shipped(proto: onnx.ModelProto, runtime: str) -> Callable[[np.ndarray], np.ndarray]:
+def _shipped(proto: onnx.ModelProto, runtime: str, precision: str = "f32") -> Callable[[np.ndarray], np.ndarray]:
     """The graph as it ships (no tensor exposed: that could keep a runtime from fusing, and change the answer), on
     ONNX Runtime's CPU provider as the export's verification runs it, or on OpenVINO's CPU plugin as the kit's
-    OpenVINO predictor runs an int8 file (f32 inference precision: int8 where the file quantizes)."""
-    probe = open_probe(proto, runtime)  # OpenVINO: f32 inference precision, int8 where the file quantizes
+    OpenVINO predictor runs an int8 file (int8 where the file quantizes, `precision` for the rest; OpenVINO
+    refuses a precision the CPU cannot run natively, `runtimes.ov.compile_checked`)."""
+    options = {"precision": precision} if runtime == "openvino" else {}
+    probe = open_probe(proto, runtime, **options)
     output = probe.outputs[0]
     return lambda batch: probe.run(batch, [output])[output]
 

@@ -10,7 +10,7 @@ from lvvit.common.progress import Log
 from lvvit.presets import PreprocessConfig, Preset
 
 from ..errors import ExportError
-from .accuracy_control import CONTROL_RUNTIMES
+from .accuracy_control import CONTROL_PRECISIONS, CONTROL_RUNTIMES
 from .int8_target import INT8_TARGETS
 from .quantize import QUANTIZERS
 from .verify import Tolerance
@@ -44,6 +44,7 @@ class FastPath:
     int8_target: str = "auto"  # nncf: which CPU's int8 kernels the file is for (see int8_target)
     control_stages: str = "fine"  # accuracy control: "fine" (input, stem halves, block halves) or "whole"
     control_runtime: str = "ort"  # accuracy control: where the loop measures agreement ("ort" or "openvino")
+    control_precision: str = "f32"  # accuracy control on openvino: the math of the float parts ("f32" or "bf16")
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -74,6 +75,11 @@ class FastPath:
             raise ExportError(f"--control-runtime must be one of {runtimes}, got {self.control_runtime!r}")
         if (self.control_stages, self.control_runtime) != ("fine", "ort") and not self.accuracy_control:
             raise ExportError("--control-stages and --control-runtime apply to --accuracy-control")
+        if self.control_precision not in CONTROL_PRECISIONS:
+            precisions = ", ".join(CONTROL_PRECISIONS)
+            raise ExportError(f"--control-precision must be one of {precisions}, got {self.control_precision!r}")
+        if self.control_precision != "f32" and (not self.accuracy_control or self.control_runtime != "openvino"):
+            raise ExportError("--control-precision applies to --accuracy-control with --control-runtime openvino")
         if self.int8_target not in INT8_TARGETS:
             raise ExportError(f"--int8-target must be one of {', '.join(INT8_TARGETS)}, got {self.int8_target!r}")
         if self.int8_target != "auto" and self.quantize != "int8":
@@ -94,9 +100,10 @@ class FastPath:
         """File-name suffix: '', '_ort' (fused), '_fp16', '_int8' (nncf), '_int8_ac' (nncf with accuracy control),
         '_int8_ac_whole' (its whole stages), '_int8_unfolded' (nncf, SmoothQuant's Multiply nodes left), each with
         '_vnni' / '_avx2' for an explicit --int8-target, '_int8_ortq' (ONNX Runtime's quantizer; '_int8_ortq_ac',
-        '_int8_ortq_ac_whole' with accuracy control)."""
+        '_int8_ortq_ac_whole' with accuracy control); '_bf16' after '_ac' when the loop measured OpenVINO at bf16."""
         if self.quantize:
             ac = ("_ac_whole" if self.control_stages == "whole" else "_ac") if self.accuracy_control else ""
+            ac += "_bf16" if self.control_precision == "bf16" else ""
             if self.quantizer == "nncf":
                 base = "_int8" + (ac or ("" if self.fold_smooth_quant else "_unfolded"))
             else:
@@ -182,13 +189,13 @@ def _quantize(
         return proto, ()
     log(
         f"      accuracy control: top-1 agreement >= {fast.min_int8_agreement:.1%} on {len(images)} images "
-        f"({calibration.held_out} of them held out from calibration), measured on {fast.control_runtime}; "
-        f"{fast.control_stages} stages"
+        f"({calibration.held_out} of them held out from calibration), measured on {fast.control_runtime}"
+        f"{' at bf16' if fast.control_precision == 'bf16' else ''}; {fast.control_stages} stages"
     )
     return quantize_int8_accuracy_controlled(
         proto, calibration, spec.preprocess, images, reference_top1, fast.min_int8_agreement,
         fast.max_float_stages, indent, fast.progress, target, fast.control_stages == "fine",
-        fast.control_runtime, fast.quantizer,
+        fast.control_runtime, fast.quantizer, fast.control_precision,
     )  # fmt: skip
 
 

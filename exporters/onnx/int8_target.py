@@ -37,8 +37,9 @@ def resolve_int8_target(target: str) -> tuple[str, str]:
     found = cpu_int8_target()
     if found is None:
         return "avx2", f"--int8-target auto: no CPU flags in {cpuinfo_path()}, so VNNI is unknown; taken as absent"
-    has = "has" if found == "vnni" else "has no"
-    return found, f"--int8-target auto: this CPU {has} VNNI ({', '.join(sorted(VNNI_FLAGS))})"
+    if found == "vnni":  # name the flags this CPU has, not every flag that would have counted
+        return found, f"--int8-target auto: this CPU has VNNI ({', '.join(sorted(VNNI_FLAGS & cpu_flags()))})"
+    return found, f"--int8-target auto: this CPU has no VNNI (none of {', '.join(sorted(VNNI_FLAGS))})"
 
 
 def slower_than_f32_warning(quantizer: str, target: str) -> str | None:

@@ -33,6 +33,7 @@ from lvvit.preprocess import is_image_name, preprocess
 from lvvit.presets import PreprocessConfig
 
 from ..errors import ExportError
+from .stage_map import float_layers
 
 # For ONNX Runtime: the linear layers (MatMuls with a weight) are quantized, with float outputs so
 # that each becomes one MatMulIntegerToFloat kernel. The attention products (q @ k^T, attn @ v: both
@@ -245,10 +246,12 @@ def quantize_int8_accuracy_controlled(
     fine: bool = True,
     runtime: str = "ort",
     quantizer: str = "nncf",
+    precision: str = "f32",
 ) -> tuple[onnx.ModelProto, tuple[str, ...]]:
     """(int8 from `quantizer` that keeps its most sensitive stages in float until top-1 agreement with
     `reference_top1` (Paddle fp32's classes for `images`) reaches `min_agreement`, the stages kept in float)
-    (see `accuracy_control`). `target` applies to nncf."""
+    (see `accuracy_control`). `target` applies to nncf; `precision` ("f32" or "bf16": the math of the float parts)
+    to the agreement measured on openvino."""
     from .accuracy_control import quantize_until_agreement
 
     if quantizer not in QUANTIZERS:
@@ -274,6 +277,7 @@ def quantize_int8_accuracy_controlled(
         progress,
         fine,
         runtime,
+        precision,
     )
     quantized = controlled.proto
     kept, weighted = float_layers(quantized)
@@ -286,19 +290,10 @@ def quantize_int8_accuracy_controlled(
             log(f"folded {folded.describe()}")
     quantized.graph.doc_string = (
         f"{_made_by(quantizer, target)} with accuracy control ({'fine' if fine else 'whole'} stages, agreement on "
-        f"{runtime}); stages kept in float: {stages}; "
+        f"{runtime}{' at bf16' if precision == 'bf16' else ''}); stages kept in float: {stages}; "
         f"weighted layers kept in float: {', '.join(kept) or 'none'}"
     )
     return quantized, controlled.kept
-
-
-def float_layers(proto: onnx.ModelProto) -> tuple[list[str], int]:
-    """(state-dict names of the weights that Conv/MatMul/Gemm nodes read in float, the number of weighted nodes)."""
-    initializers = {init.name for init in proto.graph.initializer}
-    dequantized = {n.output[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"}
-    weighted = [n for n in proto.graph.node if n.op_type in ("Conv", "MatMul", "Gemm") and len(n.input) > 1]
-    kept = [n.input[1] for n in weighted if n.input[1] in initializers]
-    return kept, sum(1 for n in weighted if n.input[1] in initializers or n.input[1] in dequantized)
 
 
 def _fold_every(images: int) -> int:

@@ -23,6 +23,7 @@ hides the residual stream; LayerNorm decomposed at an old opset) is returned as
 
 from __future__ import annotations
 
+import math
 import re
 from collections import defaultdict
 from collections.abc import Iterable
@@ -36,6 +37,7 @@ _QUANTIZED_NAME = re.compile(r"^(?:q_output_)?(?P<name>.+?)(?:_quantized|_\d+)?$
 # ONNX Runtime's Conv+BatchNormalization fusion (run by its quantizer's pre-processing) names the folded weight so
 _FUSED_PREFIXES = ("ConvBnFusion_W_",)
 _PASS_THROUGH = {"Identity"}
+MATRIX_OPS = {"Conv", "MatMul", "Gemm"}  # the nodes whose multiply-accumulates dominate the time, in float or int8
 _SIDE_CONSUMERS = {"Shape", "QuantizeLinear"}  # read the tensor without being the next step of the stage
 
 
@@ -200,6 +202,16 @@ def graph_depth(proto: onnx.ModelProto) -> tuple[int, bool]:
     return depth, "aux_head.weight" in names
 
 
+def float_layers(proto: onnx.ModelProto) -> tuple[list[str], int]:
+    """(state-dict names of the weights that Conv/MatMul/Gemm nodes read in float, the number of weighted nodes:
+    those reading a weight in float or through a DequantizeLinear). ONNX Runtime's fused names are traced back."""
+    graph = _Graph(proto)
+    weighted = [n for n in proto.graph.node if n.op_type in MATRIX_OPS and len(n.input) > 1]
+    named = [(n.input[1], graph.weight_name(n.input[1])) for n in weighted]
+    kept = [name for tensor, name in named if name is not None and tensor in graph.initializers]
+    return kept, sum(1 for _, name in named if name is not None)
+
+
 def with_outputs(proto: onnx.ModelProto, tensors: Iterable[str]) -> onnx.ModelProto:
     """A copy of `proto` that also outputs `tensors` (after its own outputs, in the given order)."""
     copy = onnx.ModelProto()
@@ -294,3 +306,50 @@ def _depends_on(nodes: list[onnx.NodeProto], tensor: str) -> set[int]:
             found.add(index)
             reached.update(node.output)
     return found
+
+
+def matrix_tensors(proto: onnx.ModelProto) -> list[str]:
+    """The tensors `stage_macs` needs the shapes of: every matrix node's data input and output, and a Conv's
+    weight (a quantized graph computes it with a DequantizeLinear)."""
+    tensors = []
+    for node in proto.graph.node:
+        if node.op_type in MATRIX_OPS:
+            tensors += [node.input[0], node.output[0], *(node.input[1:2] if node.op_type == "Conv" else [])]
+    return list(dict.fromkeys(tensors))
+
+
+def stage_macs(
+    proto: onnx.ModelProto, parts: dict[str, list[str]], shapes: dict[str, tuple[int, ...]]
+) -> dict[str, int]:
+    """Per-image multiply-accumulates of each stage's matrix nodes (`partition`'s stages): what keeping the stage
+    in float makes run in float. `shapes`: the `matrix_tensors` at batch 1, as a run gave them (ONNX's shape
+    inference leaves the exported graph's reshapes, computed from the input's shape at run time, unknown).
+
+    The `input` stage holds no matrix node, but keeping the input's quantization in float leaves the convolution
+    that reads the image without an int8 input, so it costs that convolution. Raises ValueError naming a tensor
+    whose shape is missing.
+    """
+    known = {**{init.name: tuple(init.dims) for init in proto.graph.initializer}, **shapes}
+    by_name = {n.name or f"#{i}": n for i, n in enumerate(proto.graph.node)}
+    graph, image = _Graph(proto), proto.graph.input[0].name
+    macs: dict[str, int] = {}
+    for stage, names in parts.items():
+        nodes = [by_name[name] for name in names if by_name[name].op_type in MATRIX_OPS]
+        if stage == "input":
+            readers = (n for n in by_name.values() if n.op_type in MATRIX_OPS)
+            nodes = [n for n in readers if graph.before_quantizer(n.input[0]) == image]
+        macs[stage] = sum(_node_macs(node, known) for node in nodes)
+    return macs
+
+
+def _node_macs(node: onnx.NodeProto, shapes: dict[str, tuple[int, ...]]) -> int:
+    """A Conv's, MatMul's or Gemm's multiply-accumulates: output elements x the length of each dot product."""
+    needed = [node.output[0], node.input[0]] + ([node.input[1]] if node.op_type == "Conv" else [])
+    missing = [t for t in needed if t not in shapes]
+    if missing:
+        raise ValueError(f"{node.op_type} node {node.name!r}: no shape for {', '.join(missing)}")
+    elements = math.prod(shapes[node.output[0]])
+    if node.op_type == "Conv":  # weight [C_out, C_in / group, kH, kW] (a quantized one: its DequantizeLinear's)
+        return elements * math.prod(shapes[node.input[1]][1:])
+    trans_a = next((a.i for a in node.attribute if a.name == "transA"), 0) if node.op_type == "Gemm" else 0
+    return elements * shapes[node.input[0]][0 if trans_a else -1]  # MatMul: [..., M, K] x [..., K, N]

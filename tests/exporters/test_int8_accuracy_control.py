@@ -106,7 +106,7 @@ def test_accuracy_control_reaches_the_gate_plain_int8_misses(photo_folder, tmp_p
     stages = tuple(kept_line.split("in float (")[1].split(")")[0].split(", "))
     assert len(stages) >= 1 and ".weight" in kept_line  # the stages, and the layers kept in float by their names
     steps = [m for m in messages if m.lstrip().startswith("step ")]
-    assert len(steps) == len(stages) + 1 and "nothing in float" in steps[0]  # the first step is plain int8
+    assert len(steps) >= len(stages) + 1 and "nothing in float (0.0% of the MACs)" in steps[0]  # plain int8 first
     assert result.metadata.float_stages == stages
     from runtimes import read_model_metadata
 
@@ -349,10 +349,69 @@ def test_a_graph_whose_stages_cannot_be_found_is_refused_by_name(tiny_fp32):
 
 
 def test_a_nan_stage_is_kept_first():
-    from exporters.onnx.accuracy_control import _finite_or_worst
+    from exporters.onnx.accuracy_control import _next_stage
 
     errors = {"stem": 0.1, "blocks.0": float("nan"), "head": 0.5}
-    assert max(errors, key=lambda s: _finite_or_worst(errors[s])) == "blocks.0"
+    assert _next_stage(list(errors), errors) == "blocks.0"
+    assert _next_stage(["stem", "head"], errors) == "head"
+
+
+def test_the_backward_pass_puts_back_in_int8_what_the_target_does_not_need_costliest_first():
+    from exporters.onnx.accuracy_control import ControlledInt8, ControlStep, _drop_unneeded
+
+    macs = {"stem.rest": 1233, "head": 76, "blocks.5.attn": 146, "blocks.0.mlp": 174}
+
+    def backward(forward: list[tuple[str, ...]], needed: set[str]) -> tuple[ControlledInt8, list, list[str]]:
+        """The forward pass's steps (the last reached the target), then the backward pass over them."""
+        steps = [ControlStep(k, 1.0 if k == forward[-1] else 0.9, {}, 0.0) for k in forward]
+        result = ControlledInt8(onnx.ModelProto(), steps, chosen=len(steps) - 1, reached=True)
+        tried: list[tuple[str, ...]] = []
+
+        def step(stages: list[str]) -> onnx.ModelProto:
+            tried.append(tuple(stages))
+            agreement = float("nan") if "blocks.0.mlp" in stages else 1.0 if needed <= set(stages) else 0.9
+            result.steps.append(ControlStep(tuple(stages), agreement, {}, 0.0))
+            return onnx.ModelProto(doc_string=",".join(stages))
+
+        messages: list[str] = []
+        _drop_unneeded(result, step, macs, 0.99, messages.append)
+        return result, tried, messages
+
+    # the stem first (the costliest): the target holds without it, so it goes back to int8; the other two are needed
+    result, tried, messages = backward([(), ("stem.rest",), ("stem.rest", "blocks.5.attn"),
+                                        ("stem.rest", "blocks.5.attn", "head")], {"head", "blocks.5.attn"})  # fmt: skip
+    assert tried == [("blocks.5.attn", "head"), ("head",), ("blocks.5.attn",)]
+    assert result.kept == ("blocks.5.attn", "head") and result.proto.doc_string == "blocks.5.attn,head"
+    assert result.reached and result.agreement == 1.0
+    assert "stem.rest back in int8" in messages[0] and "blocks.5.attn stays in float" in messages[1]
+    # a set the forward pass measured is not measured again: without the head is its step 2
+    result, tried, _ = backward([(), ("stem.rest",), ("stem.rest", "head")], {"stem.rest", "head"})
+    assert tried == [("head",)] and result.kept == ("stem.rest", "head")
+    # a NaN agreement never passes: nothing is put back
+    result, tried, _ = backward([(), ("head",), ("head", "blocks.0.mlp")], set())
+    assert tried == [("blocks.0.mlp",)] and result.kept == ("head", "blocks.0.mlp")
+
+
+@pytest.mark.parametrize("graph", ["fp32", "int8"])
+def test_each_stage_costs_the_multiply_accumulates_of_its_matrix_products(tiny_fp32, tiny_int8, graph):
+    from dataclasses import replace
+
+    from exporters.onnx.accuracy_control import _stage_macs
+    from exporters.onnx.stage_map import control_ends, partition
+    from lvvit.macs import count_macs
+    from lvvit.presets import get_preset
+
+    proto = tiny_fp32 if graph == "fp32" else tiny_int8
+    image = np.zeros((1, 3, 32, 32), np.float32)
+    fine = _stage_macs(proto, partition(proto, control_ends(proto, 3, fine=True)), image)
+    whole = _stage_macs(proto, partition(proto, control_ends(proto, 3)), image)
+    total = count_macs(replace(get_preset("lvvit_s").arch, **LOOP_ARCH), 32)
+    assert sum(fine.values()) - fine["input"] == sum(whole.values()) == total  # the model's own count, exactly
+    assert fine["input"] == fine["stem.conv1"] > 0  # a float input leaves the first convolution in float
+    assert fine["stem.conv1"] + fine["stem.rest"] == whole["stem"]
+    for i in range(3):
+        assert fine[f"blocks.{i}.attn"] + fine[f"blocks.{i}.mlp"] == whole[f"blocks.{i}"] == whole["blocks.0"]
+    assert fine["head"] == whole["head"] > 0
 
 
 def test_max_float_stages_needs_accuracy_control():
@@ -524,3 +583,37 @@ def test_the_loop_measures_agreement_on_openvino_when_asked(tiny_fp32):
     assert abs(on_openvino.steps[0].agreement - on_ort.steps[0].agreement) <= 2 / len(images)
     with pytest.raises(ExportError, match="--control-runtime must be one of ort, openvino, got 'tensorrt'"):
         quantize_until_agreement(tiny_fp32, _damaging(()), images, classes, 0.99, runtime="tensorrt")
+    with pytest.raises(ExportError, match="--control-precision 'bf16': f32 on any runtime, bf16 on openvino only"):
+        quantize_until_agreement(tiny_fp32, _damaging(()), images, classes, 0.99, precision="bf16")
+
+
+def test_the_loop_measures_openvino_at_bf16_only_where_the_cpu_has_it(tiny_fp32):
+    from exporters.onnx.accuracy_control import quantize_until_agreement
+    from lvvit.common.cpuinfo import cpu_flags
+    from runtimes.errors import DeviceUnavailableError
+
+    pytest.importorskip("openvino")
+    images, classes = _images_and_classes(tiny_fp32)
+    run = lambda: quantize_until_agreement(tiny_fp32, _damaging((1,), half="mlp"), images, classes, 0.99,  # noqa: E731
+                                           runtime="openvino", precision="bf16")  # fmt: skip
+    if {"avx512_bf16", "amx_bf16"} & cpu_flags():
+        result = run()  # the float parts in bf16 cost agreement on near-ties only: the damage still decides
+        assert result.kept[0] == "blocks.1.mlp" and result.steps[0].agreement < result.steps[1].agreement
+    else:  # OpenVINO would compute in f32 and call it bf16: refused, not measured as something else
+        with pytest.raises(DeviceUnavailableError, match="precision='bf16'"):
+            run()
+
+
+def test_control_precision_is_for_openvino_accuracy_control():
+    from exporters.errors import ExportError
+    from exporters.onnx import FastPath
+
+    openvino = {"quantize": "int8", "calibration": ".", "accuracy_control": True, "control_runtime": "openvino"}
+    assert FastPath(**openvino, control_precision="bf16").tag == "_int8_ac_bf16"
+    assert FastPath(**openvino).tag == "_int8_ac"
+    with pytest.raises(ExportError, match="--control-precision must be one of f32, bf16, got 'fp16'"):
+        FastPath(**openvino, control_precision="fp16")
+    for other in ({**openvino, "control_runtime": "ort"}, {"quantize": "int8", "calibration": "."}):
+        with pytest.raises(ExportError, match="--control-precision applies to --accuracy-control with "
+                                              "--control-runtime openvino"):  # fmt: skip
+            FastPath(**other, control_precision="bf16")

@@ -105,16 +105,19 @@ def test_bf16_detection_reads_the_flags():
     assert has_native_bf16({"avx512_bf16"}) and has_native_bf16({"amx_bf16"}) and not has_native_bf16({"avx2"})
 
 
-def test_the_bf16_row_runs_only_where_bf16_is_native(cpu_kind):
+def test_the_bf16_rows_run_only_where_bf16_is_native(cpu_kind):
     from validation.perf.bench import bench_paths
 
-    specs = {s.name: s for s in bench_paths(threads=2, streams=2, include=None)}
-    row = specs["openvino-bf16"]
-    assert row.precision == "bf16"
-    if KINDS[cpu_kind][-1]:
-        assert row.unavailable is None
-    else:
-        assert "no native bf16 (avx512_bf16 / amx_bf16)" in row.unavailable
+    bf16_rows = {"openvino-bf16", "openvino-int8-bf16", "openvino-int8-ac-bf16"}
+    specs = {s.name: s for s in bench_paths(threads=2, streams=2, include=bf16_rows)}
+    assert set(specs) == bf16_rows and specs["openvino-bf16"].precision == "bf16"
+    assert specs["openvino-int8-bf16"].precision == specs["openvino-int8-ac-bf16"].precision == "int8"
+    for row in specs.values():
+        assert row.options["precision"] == "bf16"  # OpenVINO's math for what is not int8
+        if KINDS[cpu_kind][-1]:
+            assert row.unavailable is None
+        else:
+            assert "no native bf16 (avx512_bf16 / amx_bf16)" in row.unavailable
 
 
 def test_the_on_request_int8_rows_and_their_exports_appear_only_when_listed():
@@ -124,7 +127,7 @@ def test_the_on_request_int8_rows_and_their_exports_appear_only_when_listed():
     default = {s.name for s in bench_paths(threads=2, streams=2, include=None)}
     on_request = {"openvino-int8-ac": "int8_ac", "openvino-int8-ac-whole": "int8_ac_whole",
                   "openvino-int8-unfolded": "int8_unfolded", "openvino-int8-vnni": "int8_vnni",
-                  "ort-int8-ac": "int8_ort_ac"}  # fmt: skip
+                  "ort-int8-ac": "int8_ort_ac", "openvino-int8-ac-bf16": "int8_ac_bf16"}  # fmt: skip
     assert not default & set(on_request)  # minutes of quantization only when asked for
     asked = bench_paths(2, 2, include={*on_request, "openvino-int8"})
     assert {s.name: s.artifact for s in asked} == {"openvino-int8": "int8", **on_request}
@@ -132,6 +135,7 @@ def test_the_on_request_int8_rows_and_their_exports_appear_only_when_listed():
     runtimes = {s.name: s.runtime for s in asked}
     assert runtimes["ort-int8-ac"] == "ort" and runtimes["openvino-int8-ac"] == "openvino"
     assert EXTRA_INT8["int8_ort_ac"]["quantizer"] == "ort"  # ONNX Runtime's file, controlled on ONNX Runtime
+    assert EXTRA_INT8["int8_ac_bf16"]["control_precision"] == "bf16"  # measured as its row runs it
 
 
 @pytest.mark.parametrize(

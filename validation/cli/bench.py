@@ -78,7 +78,9 @@ def _add_paths(parser: argparse.ArgumentParser) -> None:
         help="comma-separated subset of: paddle-eager, paddle-inference, ort-fp32, ort-fused, "
         "openvino-f32, openvino-bf16, ort-int8, openvino-int8 (default: all), and, exported only when listed "
         "here, ort-int8-ac (ONNX Runtime's int8 with accuracy control, fine stages), openvino-int8-ac (NNCF int8 "
-        "with accuracy control, fine stages), openvino-int8-ac-whole (whole stages), "
+        "with accuracy control, fine stages), openvino-int8-ac-whole (whole stages), openvino-int8-bf16 (the NNCF "
+        "int8 file with its float parts in bf16), openvino-int8-ac-bf16 (accuracy control measured so: "
+        "--control-precision bf16; both need a CPU with native bf16), "
         "openvino-int8-unfolded (nncf int8 with SmoothQuant's Multiply nodes left, to compare with the folded "
         "file) and openvino-int8-vnni (every linear layer in int8, whatever this CPU's --int8-target); with --onnx, "
         f"{', '.join(f'file-{name}' for name in onnx_runtimes)}",
@@ -94,7 +96,7 @@ def _add_paths(parser: argparse.ArgumentParser) -> None:
         "--max-float-stages",
         type=positive,
         default=None,
-        help="ort-int8-ac, openvino-int8-ac(-whole): the exports' --max-float-stages (default: until the target "
+        help="ort-int8-ac, openvino-int8-ac(-whole, -bf16): the exports' --max-float-stages (default: until the target "
         "or every stage is float)",
     )
 

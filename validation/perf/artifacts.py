@@ -24,6 +24,7 @@ class Artifacts:
     int8_ac_whole: Path | None = None  # accuracy control with whole stages (only when asked for)
     int8_vnni: Path | None = None  # NNCF int8 with every linear layer quantized (only when asked for)
     int8_ort_ac: Path | None = None  # ONNX Runtime's quantizer with accuracy control (only when asked for)
+    int8_ac_bf16: Path | None = None  # accuracy control measured on OpenVINO at bf16 (only when asked for)
 
 
 # The exports made only when a bench path asks for them: FastPath options on top of NNCF int8. Accuracy control
@@ -32,6 +33,7 @@ EXTRA_INT8 = {
     "int8_ort_ac": {"quantizer": "ort", "accuracy_control": True, "control_runtime": "ort"},
     "int8_ac": {"accuracy_control": True, "control_runtime": "openvino"},
     "int8_ac_whole": {"accuracy_control": True, "control_runtime": "openvino", "control_stages": "whole"},
+    "int8_ac_bf16": {"accuracy_control": True, "control_runtime": "openvino", "control_precision": "bf16"},
     "int8_unfolded": {"fold_smooth_quant": False},
     "int8_vnni": {"int8_target": "vnni"},
 }

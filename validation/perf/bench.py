@@ -99,19 +99,26 @@ def bench_paths(threads: int, streams: int, include: set[str] | None) -> list[Be
         ),
     ]
     on_request = [  # exported only when listed: accuracy control takes minutes; the others are comparisons
-        ("ort-int8-ac", "ONNX Runtime, int8 QDQ (ort quantizer, accuracy control: fine stages)", "int8_ort_ac"),
+        # (name, what, artifact, runtime, OpenVINO's precision for the float parts)
+        ("ort-int8-ac", "ONNX Runtime, int8 QDQ (ort quantizer, accuracy control: fine stages)", "int8_ort_ac",
+         "ort", None),
         ("openvino-int8-ac", "OpenVINO, int8 QDQ (nncf, accuracy control: fine stages, agreement on OpenVINO)",
-         "int8_ac"),
+         "int8_ac", "openvino", "f32"),
         ("openvino-int8-ac-whole", "OpenVINO, int8 QDQ (nncf, accuracy control: whole stages, agreement on OpenVINO)",
-         "int8_ac_whole"),
-        ("openvino-int8-unfolded", "OpenVINO, int8 QDQ (nncf, SmoothQuant's Multiply nodes left)", "int8_unfolded"),
+         "int8_ac_whole", "openvino", "f32"),
+        ("openvino-int8-bf16", "OpenVINO, int8 QDQ (nncf), the float parts in bf16", "int8", "openvino", "bf16"),
+        ("openvino-int8-ac-bf16", "OpenVINO, int8 QDQ (nncf, accuracy control: fine stages, agreement on OpenVINO "
+         "at bf16), the float parts in bf16", "int8_ac_bf16", "openvino", "bf16"),
+        ("openvino-int8-unfolded", "OpenVINO, int8 QDQ (nncf, SmoothQuant's Multiply nodes left)", "int8_unfolded",
+         "openvino", "f32"),
         ("openvino-int8-vnni", "OpenVINO, int8 QDQ (nncf, every linear layer in int8: --int8-target vnni)",
-         "int8_vnni"),
+         "int8_vnni", "openvino", "f32"),
     ]  # fmt: skip
-    for name, what, artifact in on_request:
+    for name, what, artifact, runtime, float_math in on_request:
         if include is not None and name in include:
-            runtime, options = ("ort", run) if name.startswith("ort-") else ("openvino", {"precision": "f32", **run})
-            paths.append(BenchPath(name, what, runtime, artifact, options, "int8"))
+            options = run if float_math is None else {"precision": float_math, **run}
+            unavailable = no_bf16 if float_math == "bf16" else None
+            paths.append(BenchPath(name, what, runtime, artifact, options, "int8", unavailable))
     if streams == 1:  # the same as paddle-inference
         paths = [p for p in paths if p.name != "paddle-inference-streams"]
     return [p for p in paths if include is None or p.name in include]
