@@ -57,3 +57,22 @@ def test_the_cli_profiles_both_runtimes_and_writes_every_layer(int8_files, tmp_p
     missing = subprocess.run([sys.executable, "-m", "validation", "ov-layers", str(tmp_path / "nope.onnx")],
                              cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert missing.returncode == 2 and "no such file: " in missing.stderr
+
+
+def test_the_float_parts_of_an_int8_file_run_in_bf16_only_where_the_cpu_has_it(int8_files):
+    """`--openvino-precision bf16`: the linear layers an avx2 file leaves in float run in bf16 kernels, the int8
+    convolutions stay int8; on a CPU without native bf16 OpenVINO's refusal is said, not profiled as f32."""
+    from runtimes.errors import DeviceUnavailableError
+    from validation.checks.ov_layers import profile, render
+    from validation.perf.cpu_floor import has_native_bf16
+
+    if not has_native_bf16():
+        with pytest.raises(DeviceUnavailableError, match="precision='bf16'"):
+            profile([int8_files["avx2"]], batch=2, threads=1, runs=1, openvino_precision="bf16")
+        return
+    summaries, layers = profile([int8_files["avx2"]], batch=2, threads=1, runs=1, openvino_precision="bf16")
+    assert summaries[0].precision == "bf16" and f"{int8_files['avx2'].name} on openvino at bf16:" in render(summaries)
+    found = layers[f"openvino:{int8_files['avx2']}"]
+    linear = {x["exec_type"].rsplit("_", 1)[-1].upper() for x in found if x["node_type"].startswith("FullyConnected")}
+    convolutions = {x["exec_type"].rsplit("_", 1)[-1].upper() for x in found if x["node_type"] == "Convolution"}
+    assert linear == {"BF16"} and convolutions <= {"I8", "U8"}

@@ -43,12 +43,15 @@ class Layer:
         return self.node_type in MATRIX
 
 
-def openvino_layers(path: str | Path, batch: int = 8, threads: int = 2, runs: int = 3) -> list[Layer]:
-    """Every executed node of `path` compiled by OpenVINO for the CPU (f32 inference precision, one stream, so
-    int8 is what the file's QDQ asks for and nothing else), with its kernel and mean time over `runs` runs."""
+def openvino_layers(
+    path: str | Path, batch: int = 8, threads: int = 2, runs: int = 3, precision: str = "f32"
+) -> list[Layer]:
+    """Every executed node of `path` compiled by OpenVINO for the CPU (one stream; `precision` for what the file
+    leaves in float, f32 by default, so int8 is what the file's QDQ asks for and nothing else), with its kernel and
+    mean time over `runs` runs."""
     from runtimes.probe import openvino_probe
 
-    with openvino_probe(str(path), threads=threads, precision="f32", streams=1, perf_counters=True) as probe:
+    with openvino_probe(str(path), threads=threads, precision=precision, streams=1, perf_counters=True) as probe:
         x = _batch(probe, batch)
         probe.run(x)  # warm-up: first-run allocations are no layer's cost
         totals: dict[str, float] = defaultdict(float)
@@ -99,6 +102,7 @@ class Summary:
     by_precision: dict[str, tuple[int, float]]  # matrix layers: precision -> (count, ms)
     by_type: dict[str, tuple[int, float]]  # every node: type -> (count, ms)
     float_matrix: list[str]  # matrix layers that ran in a float kernel
+    precision: str = "f32"  # OpenVINO's inference precision: the math of what the file leaves in float
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -107,7 +111,7 @@ class Summary:
 FLOAT_PRECISIONS = {"FP32", "F32", "BF16", "FP16"}
 
 
-def summarize(file: str, runtime: str, layers: Iterable[Layer]) -> Summary:
+def summarize(file: str, runtime: str, layers: Iterable[Layer], precision: str = "f32") -> Summary:
     layers = list(layers)
     by_precision: dict[str, list[float]] = defaultdict(list)
     by_type: dict[str, list[float]] = defaultdict(list)
@@ -124,6 +128,7 @@ def summarize(file: str, runtime: str, layers: Iterable[Layer]) -> Summary:
         {p: (len(v), sum(v)) for p, v in sorted(by_precision.items())},
         {t: (len(v), sum(v)) for t, v in sorted(by_type.items(), key=lambda kv: -sum(kv[1]))},
         floats,
+        precision,
     )
 
 
@@ -131,7 +136,8 @@ def render(summaries: list[Summary], top: int = 12) -> str:
     """Markdown: per file and runtime, the matrix layers by precision and the node types by time."""
     lines = []
     for s in summaries:
-        lines += [f"### {Path(s.file).name} on {s.runtime}: {s.total_ms:.1f} ms per run", ""]
+        at = f" at {s.precision}" if s.runtime == "openvino" and s.precision != "f32" else ""
+        lines += [f"### {Path(s.file).name} on {s.runtime}{at}: {s.total_ms:.1f} ms per run", ""]
         if s.runtime == "openvino":
             lines += ["| matrix layers' precision | layers | ms |", "|---|---|---|"]
             lines += [f"| {p} | {n} | {ms:.1f} |" for p, (n, ms) in s.by_precision.items()]
@@ -150,13 +156,21 @@ RUNTIMES = {"openvino": openvino_layers, "ort": ort_layers}
 
 
 def profile(
-    files: Iterable[Path], runtimes: Iterable[str] = ("openvino",), batch: int = 8, threads: int = 2, runs: int = 3
+    files: Iterable[Path],
+    runtimes: Iterable[str] = ("openvino",),
+    batch: int = 8,
+    threads: int = 2,
+    runs: int = 3,
+    openvino_precision: str = "f32",
 ) -> tuple[list[Summary], dict[str, list[dict]]]:
-    """Each runtime's layers on each file: the summaries, and every layer as plain data keyed `runtime:file`."""
+    """Each runtime's layers on each file: the summaries, and every layer as plain data keyed `runtime:file`.
+    `openvino_precision`: OpenVINO's math for what a file leaves in float (f32, or bf16 on a CPU that has it)."""
     summaries, layers = [], {}
     for runtime in runtimes:
+        precision = openvino_precision if runtime == "openvino" else "f32"
+        options = {"precision": precision} if runtime == "openvino" else {}
         for path in files:
-            found = RUNTIMES[runtime](path, batch, threads, runs)
+            found = RUNTIMES[runtime](path, batch, threads, runs, **options)
             layers[f"{runtime}:{path}"] = [asdict(layer) for layer in found]
-            summaries.append(summarize(str(path), runtime, found))
+            summaries.append(summarize(str(path), runtime, found, precision))
     return summaries, layers

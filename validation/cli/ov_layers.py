@@ -27,6 +27,9 @@ def add_parser(subparsers: Any) -> None:
         "--repeats", type=positive, default=3, help="profiled runs after one warm-up (default 3)"
     )
     deprecated_alias(parser, "--runs", repeats)
+    parser.add_argument("--openvino-precision", choices=("f32", "bf16"), default="f32",
+                        help="openvino: the math of what a file leaves in float (default f32; bf16 needs a CPU with "
+                        "avx512_bf16 or amx_bf16)")  # fmt: skip
     parser.add_argument("--json", type=Path, default=None, help="also write every layer and the summaries here")
     parser.add_argument("--top", type=positive, default=12, help="node types listed per file (default 12)")
     parser.set_defaults(func=main)
@@ -41,13 +44,15 @@ class LayersOptions:
     repeats: int
     json: Path | None
     top: int
+    openvino_precision: str = "f32"
 
 
 def main(args: Any) -> int:
     runtimes = tuple(args.runtime or ["openvino"])
     options = LayersOptions(
-        tuple(args.files), runtimes, args.batch_size, args.threads, args.repeats, args.json, args.top
-    )
+        tuple(args.files), runtimes, args.batch_size, args.threads, args.repeats, args.json, args.top,
+        args.openvino_precision,
+    )  # fmt: skip
     return run(options)
 
 
@@ -59,7 +64,7 @@ def run(options: LayersOptions) -> int:
     if missing:
         raise DatasetError(f"no such file: {', '.join(missing)}")
     o = options
-    summaries, layers = profile(o.files, o.runtimes, o.batch_size, o.threads, o.repeats)
+    summaries, layers = profile(o.files, o.runtimes, o.batch_size, o.threads, o.repeats, o.openvino_precision)
     print(render(summaries, o.top))
     if o.json is not None:
         o.json.write_text(json.dumps({"summaries": [s.to_dict() for s in summaries], "layers": layers}, indent=1))
