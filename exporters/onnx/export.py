@@ -23,8 +23,8 @@ from ..provenance import tool_versions, weights_provenance
 from .fast_path import FastPath, apply_fast_path, calibration_images, tolerance_for
 from .preflight import (
     MEMORY_KEY,
-    check_dependencies,
     check_memory_budget,
+    check_requirements,
     describe_memory,
     memory_record,
     weight_bytes,
@@ -210,7 +210,7 @@ def export_onnx(
     tolerance = tolerance_for(fast, atol)  # refuses a non-finite or negative atol before any work
     started = time.perf_counter()
     spec = resolve_preset(preset, resolution, **arch_overrides)
-    check_dependencies(fast, verify)
+    check_requirements(fast, verify)
     need = check_memory_budget(spec, fast, max_memory)
     suffix = f"{fast.tag}.onnx"
     target = resolve_output(output, spec.name, spec.resolution, resolve_preset(preset).resolution, suffix)

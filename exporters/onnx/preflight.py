@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 
+from lvvit.common.cpuinfo import cpuinfo_path, has_native_bf16
 from lvvit.common.install import install_command
 from lvvit.common.memory import MemoryBudgetError, PeakSampler, format_size
 from lvvit.macs import count_weights
@@ -65,8 +66,9 @@ def _missing(module: str) -> bool:
     return importlib.util.find_spec(module) is None
 
 
-def check_dependencies(fast: FastPath, verify: bool) -> None:
-    """Every optional package the options use is importable; else `ExportError` naming the install command."""
+def check_requirements(fast: FastPath, verify: bool) -> None:
+    """Every optional package the options use is importable, and the CPU has what they ask for; else `ExportError`
+    naming the install command or the flag, before anything is started."""
     needs: dict[str, tuple[str, str]] = {}  # module -> (extra, what needs it and what else would do)
     if verify:
         needs["onnxruntime"] = ("cpu", "the verification; or --no-verify")
@@ -76,10 +78,18 @@ def check_dependencies(fast: FastPath, verify: bool) -> None:
         needs["onnxruntime"] = ("cpu", "--quantize int8, its calibration and agreement gate")
         if fast.quantizer == "nncf":
             needs["nncf"] = ("int8", "--quantize int8 --quantizer nncf; or use --quantizer ort")
+        if fast.accuracy_control and fast.control_runtime == "openvino":
+            needs["openvino"] = ("openvino", "--control-runtime openvino; or --control-runtime ort")
     missing = [(module, extra, why) for module, (extra, why) in needs.items() if _missing(module)]
     if missing:
         lines = [f"{module}: {install_command(extra)}  ({why})" for module, extra, why in missing]
         raise ExportError("missing packages, nothing was started:\n  " + "\n  ".join(lines))
+    if fast.control_precision == "bf16" and not has_native_bf16():
+        raise ExportError(
+            f"--control-precision bf16 needs a CPU with native bf16 (avx512_bf16 or amx_bf16), and {cpuinfo_path()} "
+            "lists neither (OpenVINO would refuse bf16 here); nothing was started. Use --control-precision f32, or "
+            "export on a CPU with bf16"
+        )
 
 
 def memory_record(memory: PeakSampler, weights: int, estimate: int | None) -> dict:

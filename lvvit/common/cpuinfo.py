@@ -52,3 +52,9 @@ def cpu_flags() -> set[str]:
     """The first processor's flags (empty when the file lists none)."""
     flags = cpuinfo_field(read_cpuinfo()[0], "flags")
     return set(flags.split()) if flags else set()
+
+
+def has_native_bf16(flags: set[str] | None = None) -> bool:
+    """AVX512-BF16 or AMX-BF16 (of `flags`, or of the CPU at hand): without them OpenVINO emulates bf16, slower than
+    f32, or refuses it."""
+    return bool({"avx512_bf16", "amx_bf16"} & (cpu_flags() if flags is None else flags))

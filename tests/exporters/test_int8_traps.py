@@ -44,9 +44,9 @@ def test_missing_nncf_is_named_before_any_work(tmp_path):
 
 def test_the_ort_quantizer_does_not_need_nncf(tmp_path):
     code = (
-        "from exporters.onnx.preflight import check_dependencies\n"
+        "from exporters.onnx.preflight import check_requirements\n"
         "from exporters.onnx import FastPath\n"
-        f"check_dependencies(FastPath(quantize='int8', calibration={str(tmp_path)!r}, quantizer='ort'), True)\n"
+        f"check_requirements(FastPath(quantize='int8', calibration={str(tmp_path)!r}, quantizer='ort'), True)\n"
         "print('ok')"
     )
     run = subprocess.run(_hidden("nncf", code), capture_output=True, text=True, cwd=ROOT)
@@ -115,3 +115,36 @@ def test_sample_photos_without_scikit_image_name_the_extra(tmp_path):
     assert run.returncode == 2
     assert f"install -e {shlex.quote(f'{ROOT}[photos]')}" in run.stderr
     assert "error: the sample photographs ship in scikit-image's wheel, which is not installed" in run.stderr
+
+
+def test_accuracy_control_on_openvino_needs_openvino_before_any_work(tmp_path):
+    code = (
+        "from exporters.onnx.preflight import check_requirements\n"
+        "from exporters.onnx import FastPath\n"
+        f"fast = FastPath(quantize='int8', calibration={str(tmp_path)!r}, quantizer='ort', accuracy_control=True, "
+        "control_runtime='openvino')\n"
+        "check_requirements(fast, True)\n"
+    )
+    run = subprocess.run(_hidden("openvino", code), capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode != 0 and "missing packages, nothing was started" in run.stderr
+    assert "openvino: " in run.stderr and "(--control-runtime openvino; or --control-runtime ort)" in run.stderr
+
+
+@pytest.mark.parametrize("kind", ["zen3", "skylake_sp", "zen4", "sapphire_rapids"])
+def test_accuracy_control_at_bf16_is_refused_up_front_on_a_cpu_without_bf16(kind, tmp_path, monkeypatch):
+    """Every branch on every CPU: the CPU is read from stored cpuinfo files (Zen 3 and Skylake-SP have no bf16)."""
+    from exporters.errors import ExportError
+    from exporters.onnx.preflight import check_requirements
+    from tests.conftest import CPUINFO_DIR
+
+    pytest.importorskip("openvino")
+    monkeypatch.setenv("LVVIT_CPUINFO", str(CPUINFO_DIR / f"{kind}.txt"))
+    fast = FastPath(quantize="int8", calibration=tmp_path, quantizer="ort", accuracy_control=True,
+                    control_runtime="openvino", control_precision="bf16")  # fmt: skip
+    if kind in ("zen3", "skylake_sp"):
+        with pytest.raises(ExportError, match=r"--control-precision bf16 needs a CPU with native bf16 \(avx512_bf16 "
+                                              rf"or amx_bf16\), and .*{kind}\.txt lists neither"):  # fmt: skip
+            check_requirements(fast, True)
+    else:
+        check_requirements(fast, True)  # nothing to refuse
+    check_requirements(FastPath(quantize="int8", calibration=tmp_path, quantizer="ort"), True)  # f32: any CPU

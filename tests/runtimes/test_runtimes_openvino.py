@@ -7,10 +7,10 @@ import re
 import numpy as np
 import pytest
 
+from lvvit.common.cpuinfo import has_native_bf16
 from lvvit.metadata import MetadataError
 from lvvit.synthetic import synthetic_batch
 from runtimes import ConfigurationError, DeviceUnavailableError, ModelFileError, OrtPredictor
-from validation.perf.cpu_floor import has_native_bf16
 
 ov = pytest.importorskip("openvino", reason="OpenVINO is an optional extra: pip install 'lvvit-deploy[openvino]'")
 from runtimes import OpenVinoPredictor  # noqa: E402

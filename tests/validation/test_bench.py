@@ -9,9 +9,10 @@ import sys
 import pytest
 
 from lvvit import get_preset
+from lvvit.common.cpuinfo import has_native_bf16
 from lvvit.macs import count_macs
 from tests.conftest import CPU_KINDS, CPUINFO_DIR, ROOT
-from validation.perf.cpu_floor import detect_cpu, has_native_bf16
+from validation.perf.cpu_floor import detect_cpu
 
 
 def test_lvvit_s_is_about_6_5_gmac():

@@ -62,9 +62,9 @@ def test_the_cli_profiles_both_runtimes_and_writes_every_layer(int8_files, tmp_p
 def test_the_float_parts_of_an_int8_file_run_in_bf16_only_where_the_cpu_has_it(int8_files):
     """`--openvino-precision bf16`: the linear layers an avx2 file leaves in float run in bf16 kernels, the int8
     convolutions stay int8; on a CPU without native bf16 OpenVINO's refusal is said, not profiled as f32."""
+    from lvvit.common.cpuinfo import has_native_bf16
     from runtimes.errors import DeviceUnavailableError
     from validation.checks.ov_layers import profile, render
-    from validation.perf.cpu_floor import has_native_bf16
 
     if not has_native_bf16():
         with pytest.raises(DeviceUnavailableError, match="precision='bf16'"):

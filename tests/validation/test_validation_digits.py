@@ -9,13 +9,13 @@ import sys
 
 import pytest
 
+from lvvit.common.cpuinfo import has_native_bf16
 from tests.conftest import ROOT
 from tests.validation.test_validation import write_odd_images
 from validation import DriftInputs, ModelSource, RuntimeOptions, build_runners, run_accuracy, run_drift, write_reports
 from validation.core.data import image_folder, labelled_folder
 from validation.datasets import digits
 from validation.errors import ModelSourceError
-from validation.perf.cpu_floor import has_native_bf16
 
 QUIET = {"log": lambda message: None}
 

@@ -71,7 +71,7 @@ class PathResult:
 
 def bench_paths(threads: int, streams: int, include: set[str] | None) -> list[BenchPath]:
     """Every path as data; those this CPU cannot run carry the reason instead."""
-    from validation.perf.cpu_floor import has_native_bf16
+    from lvvit.common.cpuinfo import has_native_bf16
 
     run = {"threads": threads, "streams": streams}
     no_bf16 = (

@@ -31,7 +31,7 @@ import os
 import re
 from dataclasses import asdict, dataclass, replace
 
-from lvvit.common.cpuinfo import PROC_CPUINFO, cpu_flags, cpuinfo_field
+from lvvit.common.cpuinfo import PROC_CPUINFO, cpuinfo_field
 from lvvit.common.cpuinfo import read_cpuinfo as _read_cpuinfo
 
 # AMX-TMUL per core per cycle (Intel's figures for Sapphire Rapids: 1024 bf16 FLOP = 512 bf16 MACs,
@@ -208,11 +208,6 @@ def _int8_path(flags: set[str]) -> str | None:
         if flag in flags:
             return name
     return None
-
-
-def has_native_bf16(flags: set[str] | None = None) -> bool:
-    """AVX512-BF16 or AMX-BF16: without them OpenVINO emulates bf16, slower than f32."""
-    return bool({"avx512_bf16", "amx_bf16"} & (cpu_flags() if flags is None else flags))
 
 
 def _int(value: str | None) -> int | None:
