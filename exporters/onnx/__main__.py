@@ -235,7 +235,7 @@ def _add_accuracy_control(fast: argparse._ArgumentGroup) -> None:
         "each step is "
         "printed, the stages kept in float are recorded in the metadata (lvvit.float_stages) and, with the "
         "layers, in the graph's doc string. A step costs one calibration and three runs over the images "
-        "(about 35 s for lvvit_s on 2 cores)",
+        "(about 35 s for lvvit_s on 2 cores); the backward pass takes at most one step per kept stage",
     )
     fast.add_argument(
         "--control-stages",

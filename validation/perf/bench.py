@@ -124,6 +124,14 @@ def bench_paths(threads: int, streams: int, include: set[str] | None) -> list[Be
     return [p for p in paths if include is None or p.name in include]
 
 
+def extra_exports(paths: list[BenchPath]) -> tuple[str, ...]:
+    """The on-request files (`EXTRA_INT8`) of the paths that can run here: a row this CPU cannot run (the bf16
+    rows without native bf16) is reported as not run, and its file, which could not be made here, is not asked for."""
+    from validation.perf.artifacts import EXTRA_INT8
+
+    return tuple(p.artifact for p in paths if p.artifact in EXTRA_INT8 and p.unavailable is None)
+
+
 def user_file_paths(onnx: Path, preset: Preset, weights: Path | None, threads: int, streams: int) -> list[BenchPath]:
     """`--onnx FILE`: the user's file on every registered runtime that loads an `.onnx` (rows `file-<runtime>`),
     checked to be the bench's model first."""
@@ -358,7 +366,7 @@ def run_bench(
     """
     from lvvit import resolve_preset
     from lvvit.preprocess import image_files, preprocess_batch
-    from validation.perf.artifacts import EXTRA_INT8, prepare_artifacts
+    from validation.perf.artifacts import prepare_artifacts
     from validation.perf.cpu_floor import SgemmProbe
 
     threads = threads or len(os.sched_getaffinity(0))
@@ -367,7 +375,7 @@ def run_bench(
     paths = bench_paths(threads, streams, include)
     if onnx is not None:  # checked before the minutes of exports
         paths += user_file_paths(Path(onnx), spec, weights, threads, streams)
-    extras = tuple(p.artifact for p in paths if p.artifact in EXTRA_INT8)
+    extras = extra_exports(paths)
     artifacts = prepare_artifacts(preset, weights, resolution, Path(workdir), images, log, extras=extras,
                                   max_float_stages=max_float_stages, progress=progress)  # fmt: skip
     real = preprocess_batch(image_files(artifacts.images)[:limit_images], spec.preprocess)
