@@ -125,26 +125,10 @@ def quantize_until_agreement(
     limit = len(order) if max_float_stages is None else min(max_float_stages, len(order))
     fp32 = _StageRunner(proto, depth, aux_head, "the fp32 graph", fine)
     macs = _stage_macs(proto, parts, images[:1])
-    total = sum(count for stage, count in macs.items() if stage != "input")
     result = ControlledInt8(proto)
-
-    def step(stages: list[str]) -> onnx.ModelProto:
-        """Quantize with `stages` in float, measure, record and say the step; the int8 graph."""
-        started = time.perf_counter()
-        quantized = quantize(proto, [name for stage in stages for name in parts[stage]])
-        if "input" in stages:  # no node of the float graph is the input's quantizer: take NNCF's out
-            float_input(quantized)
-        cut = _StageRunner(quantized, depth, aux_head, "the int8 graph", fine, cut=True)
-        desc = f"accuracy control, step {len(result.steps) + 1}: measuring"
-        shipped = _shipped(quantized, runtime, precision)
-        agreement, errors = _measure(fp32, shipped, cut, images, reference_top1, desc, progress)
-        result.steps.append(ControlStep(tuple(stages), agreement, errors, time.perf_counter() - started))
-        # a float input costs its first convolution (`stage_macs`): counted once when that is kept too
-        share = sum(macs[s] for s in stages if s != "input" or "stem.conv1" not in stages) / total
-        say(f"step {len(result.steps)}: {', '.join(stages) or 'nothing'} in float ({share:.1%} of the MACs): "
-            f"top-1 agreement {agreement:.1%} ({result.steps[-1].seconds:.0f} s)")  # fmt: skip
-        return quantized
-
+    measured = _Measured(proto, quantize, parts, fp32, depth, aux_head, fine, images, reference_top1, runtime,
+                         precision, macs, progress, say, result)  # fmt: skip
+    step = measured.step
     kept: list[str] = []
     while True:
         quantized = step(kept)
@@ -162,8 +146,50 @@ def quantize_until_agreement(
             return result
         stage = _next_stage([s for s in order if s not in kept], errors)
         say(f"  keeping {stage} in float next: it adds the most error by itself ({errors[stage]:.4f}; "
-            f"{macs[stage] / total:.1%} of the MACs)")  # fmt: skip
+            f"{measured.share([stage]):.1%} of the MACs)")  # fmt: skip
         kept.append(stage)
+
+
+@dataclass
+class _Measured:
+    """One step of the loop: quantize with some stages in float, measure, record the step in `result`, say it."""
+
+    proto: onnx.ModelProto
+    quantize: Callable[[onnx.ModelProto, list[str]], onnx.ModelProto]
+    parts: dict[str, list[str]]  # stage -> its node names
+    fp32: _StageRunner
+    depth: int
+    aux_head: bool
+    fine: bool
+    images: np.ndarray
+    reference_top1: np.ndarray
+    runtime: str
+    precision: str
+    macs: dict[str, int]  # stage -> multiply-accumulates per image
+    progress: bool
+    say: Callable[[str], None]
+    result: ControlledInt8
+
+    def step(self, stages: list[str]) -> onnx.ModelProto:
+        """The int8 graph with `stages` in float, its agreement and stage errors recorded as a new step."""
+        started, result = time.perf_counter(), self.result
+        quantized = self.quantize(self.proto, [name for stage in stages for name in self.parts[stage]])
+        if "input" in stages:  # no node of the float graph is the input's quantizer: take NNCF's out
+            float_input(quantized)
+        cut = _StageRunner(quantized, self.depth, self.aux_head, "the int8 graph", self.fine, cut=True)
+        desc = f"accuracy control, step {len(result.steps) + 1}: measuring"
+        shipped = _shipped(quantized, self.runtime, self.precision)
+        agreement, errors = _measure(self.fp32, shipped, cut, self.images, self.reference_top1, desc, self.progress)
+        result.steps.append(ControlStep(tuple(stages), agreement, errors, time.perf_counter() - started))
+        self.say(f"step {len(result.steps)}: {', '.join(stages) or 'nothing'} in float ({self.share(stages):.1%} of "
+                 f"the MACs): top-1 agreement {agreement:.1%} ({result.steps[-1].seconds:.0f} s)")  # fmt: skip
+        return quantized
+
+    def share(self, stages: list[str]) -> float:
+        """The share of the MACs in float. A float input costs its first convolution (`stage_macs`): counted once
+        when that is kept too."""
+        total = sum(count for stage, count in self.macs.items() if stage != "input")
+        return sum(self.macs[s] for s in stages if s != "input" or "stem.conv1" not in stages) / total
 
 
 def _drop_unneeded(

@@ -266,19 +266,8 @@ def quantize_int8_accuracy_controlled(
         folds.append(folded)
         return quantized
 
-    controlled = quantize_until_agreement(
-        proto,
-        quantize,
-        images,
-        reference_top1,
-        min_agreement,
-        max_float_stages,
-        log,
-        progress,
-        fine,
-        runtime,
-        precision,
-    )
+    controlled = quantize_until_agreement(proto, quantize, images, reference_top1, min_agreement, max_float_stages,
+                                          log, progress, fine, runtime, precision)  # fmt: skip
     quantized = controlled.proto
     kept, weighted = float_layers(quantized)
     folded = folds[controlled.chosen]  # the chosen step need not be the last
