@@ -169,7 +169,7 @@ def _quantize(
     proto, spec: Preset, fast: FastPath, log: Log, calibration: CalibrationSet, images: np.ndarray, reference_top1
 ) -> tuple[object, tuple[str, ...]]:
     """int8 for the CPU at hand (`--int8-target`), plain or under accuracy control; the stages kept in float."""
-    from .int8_target import resolve_int8_target, slower_than_f32_warning
+    from .int8_target import bf16_float_parts_hint, resolve_int8_target, slower_than_f32_warning
     from .quantize import quantize_int8, quantize_int8_accuracy_controlled
 
     target, why = resolve_int8_target(fast.int8_target)
@@ -182,6 +182,9 @@ def _quantize(
     warning = slower_than_f32_warning(fast.quantizer, target)
     if warning:
         log(f"      {warning}")
+    hint = bf16_float_parts_hint(fast.quantizer, fast.control_precision)
+    if hint:
+        log(f"      {hint}")
     indent = lambda m: log("      " + m)  # noqa: E731
     if not fast.accuracy_control:
         proto = quantize_int8(proto, calibration, spec.preprocess, fast.quantizer, indent,

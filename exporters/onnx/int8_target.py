@@ -14,7 +14,7 @@ convolutions (and the input they read) only, and keeps the linear layers in f32;
 
 from __future__ import annotations
 
-from lvvit.common.cpuinfo import cpu_flags, cpuinfo_path
+from lvvit.common.cpuinfo import cpu_flags, cpuinfo_path, has_native_bf16
 
 INT8_TARGETS = ("auto", "vnni", "avx2")
 VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}  # /proc/cpuinfo's names of int8 dot-product instructions
@@ -40,6 +40,22 @@ def resolve_int8_target(target: str) -> tuple[str, str]:
     if found == "vnni":  # name the flags this CPU has, not every flag that would have counted
         return found, f"--int8-target auto: this CPU has VNNI ({', '.join(sorted(VNNI_FLAGS & cpu_flags()))})"
     return found, f"--int8-target auto: this CPU has no VNNI (none of {', '.join(sorted(VNNI_FLAGS))})"
+
+
+def bf16_float_parts_hint(quantizer: str, control_precision: str = "f32") -> str | None:
+    """On a CPU with native bf16, how to run what an NNCF int8 file leaves in float (attention products, softmax,
+    norms, the stages accuracy control kept) at bf16 on OpenVINO; None elsewhere, or when the file was already
+    controlled at bf16. Measured on lvvit_s, Zen 5: 3.57x Paddle Inference against 3.37x
+    (docs/results/zen5-2026-12-04-int8.md)."""
+    if quantizer != "nncf" or control_precision == "bf16" or not has_native_bf16():
+        return None
+    return (
+        "this CPU has native bf16: OpenVINO can run what this int8 file leaves in float (attention products, "
+        "softmax, norms) in bf16, faster: OpenVinoPredictor(path, precision='bf16') or --openvino-precision bf16. "
+        "Its agreement is then not this export's: measure it (python -m validation drift ... --runtime openvino "
+        "--openvino-precision bf16), or export with --accuracy-control --control-runtime openvino "
+        "--control-precision bf16"
+    )
 
 
 def slower_than_f32_warning(quantizer: str, target: str) -> str | None:

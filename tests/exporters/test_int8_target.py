@@ -48,6 +48,11 @@ def test_each_cpu_kind_gets_its_int8_target_and_the_warning_only_without_vnni(ki
         assert warning is None
     assert slower_than_f32_warning("nncf", "avx2") is None  # the linear layers stay f32: nothing slower
     assert slower_than_f32_warning("ort", "vnni") is None  # ONNX Runtime's int8 is ~2x its f32 on AVX2
+    from exporters.onnx.int8_target import bf16_float_parts_hint
+    from lvvit.common.cpuinfo import has_native_bf16
+
+    assert (bf16_float_parts_hint("nncf") is not None) == has_native_bf16()  # stored: zen4, zen5, sapphire_rapids
+    assert bf16_float_parts_hint("ort") is None and bf16_float_parts_hint("nncf", "bf16") is None
 
 
 def test_an_unreadable_cpuinfo_is_said_not_guessed(tmp_path, monkeypatch):
@@ -111,6 +116,8 @@ def test_the_export_quantizes_for_the_cpu_at_hand_and_warns_on_the_slower_branch
         assert quantized == {"Conv", "MatMul"} and not in_float
     assert f"int8 (nncf) for {target}" in onnx.load(str(result.path)).graph.doc_string
     assert not any("WARNING: this CPU has no VNNI" in m for m in messages)  # auto never picks the slower scheme
+    hint = [m for m in messages if "this CPU has native bf16: OpenVINO can run what this int8 file leaves" in m]
+    assert len(hint) == (1 if stored == "zen4" else 0)  # Zen 4 has avx512_bf16, Zen 3 not
     if target == "avx2":  # asked for every linear layer in int8 on a CPU without VNNI: the export says so
         messages.clear()
         vnni = FastPath(quantize="int8", calibration=photo_folder, calibration_count=4, min_int8_agreement=0.0,
