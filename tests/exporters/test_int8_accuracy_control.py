@@ -589,14 +589,14 @@ def test_the_loop_measures_agreement_on_openvino_when_asked(tiny_fp32):
 
 def test_the_loop_measures_openvino_at_bf16_only_where_the_cpu_has_it(tiny_fp32):
     from exporters.onnx.accuracy_control import quantize_until_agreement
-    from lvvit.common.cpuinfo import cpu_flags
+    from lvvit.common.cpuinfo import has_native_bf16
     from runtimes.errors import DeviceUnavailableError
 
     pytest.importorskip("openvino")
     images, classes = _images_and_classes(tiny_fp32)
     run = lambda: quantize_until_agreement(tiny_fp32, _damaging((1,), half="mlp"), images, classes, 0.99,  # noqa: E731
                                            runtime="openvino", precision="bf16")  # fmt: skip
-    if {"avx512_bf16", "amx_bf16"} & cpu_flags():
+    if has_native_bf16():
         result = run()  # the float parts in bf16 cost agreement on near-ties only: the damage still decides
         assert result.kept[0] == "blocks.1.mlp" and result.steps[0].agreement < result.steps[1].agreement
     else:  # OpenVINO would compute in f32 and call it bf16: refused, not measured as something else

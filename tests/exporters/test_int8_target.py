@@ -10,13 +10,8 @@ import onnx
 import pytest
 
 from exporters.onnx.int8_target import cpu_int8_target, resolve_int8_target, slower_than_f32_warning
+from lvvit.common.cpuinfo import cpu_flags
 from tests.conftest import CPUINFO_DIR
-
-
-def cpu_flags_of(path) -> set[str]:
-    line = next(line for line in path.read_text().splitlines() if line.startswith("flags"))
-    return set(line.split(":", 1)[1].split())
-
 
 KINDS = {
     "skylake_sp": "avx2",  # AVX-512 without VNNI: OpenVINO's int8 GEMM has no dot-product instruction either
@@ -39,7 +34,7 @@ def test_each_cpu_kind_gets_its_int8_target_and_the_warning_only_without_vnni(ki
     assert target == KINDS[kind] and why.startswith(f"--int8-target auto: this CPU {has} VNNI")
     if target == "vnni":  # the reason names the flags this CPU has, and only those
         named = set(why.split("(")[1].rstrip(")").split(", "))
-        assert named and named <= cpu_flags_of(CPUINFO_DIR / f"{kind}.txt")
+        assert named and named <= cpu_flags()  # the stored file's, through LVVIT_CPUINFO
     warning = slower_than_f32_warning("nncf", "vnni")  # every linear layer in int8, for OpenVINO
     if KINDS[kind] == "avx2":
         assert warning is not None and "no VNNI: OpenVINO runs int8 linear layers no faster than f32 here" in warning
