@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from lvvit.common.flags import deprecated_alias
-from lvvit.common.interrupt import interrupts_exit
+from lvvit.common.interrupt import interrupts_exit, written
 from lvvit.common.memory import MemoryBudgetError, parse_size
 from lvvit.errors import LvvitError
 from lvvit.presets import get_preset, list_presets
@@ -289,6 +289,12 @@ def _print_presets() -> None:
 _KEPT = "stopped; temporary files removed, nothing written, any older file at the target untouched"
 
 
+def _kept() -> str:
+    """The interrupt's line: what the export had put in place when it came (the result is renamed in last)."""
+    done = written()
+    return f"stopped after the export was written ({', '.join(map(str, done))})" if done else _KEPT
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GLOG_minloglevel", "2")  # Paddle's C++ info logs drown the progress lines
     parser = build_parser()
@@ -309,14 +315,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         check_options(args.batch, args.opset, args.resolution)  # before Paddle is imported and the model built
-        with interrupts_exit(lambda: _KEPT):
+        with interrupts_exit(_kept):  # to the last line: an interrupt after the rename says the file is there
             result = _export(args, common)
+            for path in result.files:
+                print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+            print(f"done in {result.seconds:.1f}s")
     except LvvitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    for path in result.files:
-        print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
-    print(f"done in {result.seconds:.1f}s")
     return 0
 
 

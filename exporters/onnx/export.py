@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lvvit.common.atomic import atomic_files, atomic_output
-from lvvit.common.interrupt import temporary
+from lvvit.common.interrupt import temporary_folder
 from lvvit.common.memory import PeakSampler
 from lvvit.common.progress import Log, to_stderr
 from lvvit.metadata import ModelMetadata
@@ -217,12 +216,11 @@ def export_onnx(
     with (
         PeakSampler() as memory,
         atomic_output(target) as tmp,  # fails early, before any work, when the folder is not writable
-        tempfile.TemporaryDirectory(prefix="lvvit-export-") as workdir,
-        temporary(workdir),
+        temporary_folder("lvvit-export-") as workdir,
     ):
         log(f"[1/3] building {spec.name} at {spec.resolution}px")
         staged = _paddle_side(preset, weights, resolution, checkpoint_key, seed, arch_overrides, verify, batch, opset,
-                              fast, Path(workdir), tmp, memory, log)  # fmt: skip
+                              fast, workdir, tmp, memory, log)  # fmt: skip
         metadata = _apply_fast(tmp, staged, spec, fast, memory, log) if fast.rewrite else staged.metadata
         checks = _verify(tmp, target, staged, tolerance, fast, memory, spec, need, log) if verify else []
         if not verify:

@@ -15,7 +15,6 @@ import contextlib
 import io
 import logging
 import sys
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ import onnx
 from onnx import numpy_helper
 
 from lvvit.common.install import install_command
-from lvvit.common.interrupt import temporary
+from lvvit.common.interrupt import temporary_folder
 from lvvit.common.regular_files import walk_regular_files
 from lvvit.errors import ImageError
 from lvvit.metadata import INPUT_NAME
@@ -322,8 +321,8 @@ def _quantize_ort(
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     kept_weights = _read_weights(proto, ignored)
-    with tempfile.TemporaryDirectory(prefix="lvvit-int8-") as work, temporary(work):
-        source, prepared, written = (Path(work) / name for name in ("fp32.onnx", "pre.onnx", "int8.onnx"))
+    with temporary_folder("lvvit-int8-") as work:
+        source, prepared, written = (work / name for name in ("fp32.onnx", "pre.onnx", "int8.onnx"))
         onnx.save(proto, str(source))
         bar = CalibrationProgress(len(calibration.used), "ort", progress)
         try:

@@ -13,14 +13,12 @@ import errno
 import os
 import re
 import shutil
-import signal
 import stat
 import tempfile
-import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from lvvit.common.interrupt import temporary
+from lvvit.common.interrupt import note_written, signals_deferred, temporary
 from lvvit.errors import LvvitError
 
 # Errors of a writer that concern the disk rather than the data (an unwritable folder fails earlier, at mkstemp;
@@ -134,25 +132,13 @@ def atomic_output(target: str | Path) -> Iterator[Path]:
             if not tmp.exists() or tmp.stat().st_size == 0:
                 raise OutputPathError(f"{target}: the writer produced an empty file; nothing was written")
             try:
-                os.replace(tmp, target)
+                with signals_deferred():  # an interrupt's line then knows whether the result is in place
+                    os.replace(tmp, target)
+                    note_written(target)
             except OSError as exc:
                 raise _write_error(target, exc) from exc
         finally:
             tmp.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM during a few renames, so that a set is never left half-replaced by an interrupt."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _commit(staging: Path, folder: Path, stale: Iterable[str]) -> None:
@@ -172,6 +158,8 @@ def _commit(staging: Path, folder: Path, stale: Iterable[str]) -> None:
         for name in new:
             os.replace(staging / name, folder / name)
             placed.append(name)
+        for name in placed:
+            note_written(folder / name)
     except BaseException as exc:
         for name in placed:
             (folder / name).unlink(missing_ok=True)
@@ -200,7 +188,7 @@ def atomic_files(folder: str | Path, stale: Iterable[str] = ()) -> Iterator[Path
         try:
             with _write_errors_named(folder):
                 yield staging
-            with _signals_deferred():
+            with signals_deferred():
                 _commit(staging, folder, stale)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ HANDLED = (signal.SIGINT, signal.SIGTERM)
 _temporary: dict[Path, None] = {}  # files and folders to remove on an interrupt (insertion-ordered)
 _children: dict[subprocess.Popen, None] = {}  # child processes to stop on an interrupt
 _stoppers: dict[Callable[[], None], None] = {}  # services to stop on an interrupt (an embedded Ray)
+_written: list[Path] = []  # results put in place so far: an interrupt must not say "nothing written" after them
 
 
 @contextlib.contextmanager
@@ -52,6 +54,44 @@ def child_process(process: subprocess.Popen) -> Iterator[subprocess.Popen]:
     """Within the block, `process` is killed if the run is interrupted."""
     with _registered(_children, process):
         yield process
+
+
+@contextlib.contextmanager
+def temporary_folder(prefix: str) -> Iterator[Path]:
+    """A new temporary folder, removed on leaving the block, and by an interrupt until it is gone.
+
+    Removing it inside the registration matters: `TemporaryDirectory` followed by `temporary` unregisters the
+    folder first, so an interrupt during the removal would leave the rest of it behind.
+    """
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    with _registered(_temporary, path):
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM for a few steps that must not be cut in two (renames, and noting them)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, set(HANDLED))
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def note_written(path: Path) -> None:
+    """Record that `path` was put in place; call it inside `signals_deferred` with the rename itself."""
+    _written.append(path)
+
+
+def written() -> list[Path]:
+    """The results put in place so far in this process (for the line an interrupt prints)."""
+    return list(_written)
 
 
 def stopped_on_interrupt(stop: Callable[[], None]) -> contextlib.AbstractContextManager[None]:

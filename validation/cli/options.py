@@ -499,13 +499,15 @@ def interruptible(run: Callable[[Kept], int], report_dir: Path, work_dir: Path |
     `run` fills `kept.written` once the report set is in place (it is written as a unit, so it is all there or not)
     and `kept.shards` once it runs in shards.
     """
-    from lvvit.common.interrupt import interrupts_exit
+    from lvvit.common.interrupt import interrupts_exit, written
 
     kept = Kept()
 
     def line() -> str:
-        if kept.written:
-            return f"the reports were written ({kept.written['json']})"
+        # the set is renamed in before `run` can note it: the renames themselves are noted, with signals held
+        placed = [path for path in written() if path.parent == report_dir and path.suffix == ".json"]
+        if kept.written or placed:
+            return f"the reports were written ({kept.written.get('json') or placed[0]})"
         shards = kept.shards
         return (
             f"no report written (older reports in {report_dir} are untouched); "
