@@ -32,6 +32,7 @@ from lvvit.preprocess import is_image_name, preprocess
 from lvvit.presets import PreprocessConfig
 
 from ..errors import ExportError
+from .optimize import split_key_transposes
 from .stage_map import float_layers
 
 # For ONNX Runtime: the linear layers (MatMuls with a weight) are quantized, with float outputs so
@@ -228,6 +229,7 @@ def _quantize_nncf(
         raise ExportError(f"int8 quantization (nncf) failed: {type(exc).__name__}: {exc}") from exc
     finally:
         quiet.setLevel(level)
+    split_key_transposes(quantized)  # exact; OpenVINO's attention kernel then takes the key's transpose in
     return quantized, fold_smooth_quant_scales(quantized) if fold and not linear_in_float else None
 
 

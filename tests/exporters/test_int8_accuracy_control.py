@@ -125,6 +125,8 @@ def test_accuracy_control_reaches_the_gate_plain_int8_misses(photo_folder, tmp_p
     assert dequantized_into or len(stages) == len(parts)  # some int8 is left unless every stage is float
     assert not dequantized_into & in_float  # no layer kept in float reads an int8 tensor
     assert {n.name for n in layers} & in_float  # and the stages kept hold layers
+    # NNCF's files ship each key transpose split, as OpenVINO's attention kernel takes it (see split_key_transposes)
+    assert _key_transposes(proto) == [] and len(_key_transposes(proto, (0, 1, 3, 2))) == TINY["depth"]
 
 
 def test_the_smooth_quant_multiplies_can_be_kept_for_comparison(photo_folder, tmp_path):  # noqa: F811
@@ -617,3 +619,56 @@ def test_control_precision_is_for_openvino_accuracy_control():
         with pytest.raises(ExportError, match="--control-precision applies to --accuracy-control with "
                                               "--control-runtime openvino"):  # fmt: skip
             FastPath(**other, control_precision="bf16")
+
+
+def _key_transposes(proto: onnx.ModelProto, perm: tuple[int, ...] | None = None) -> list[onnx.NodeProto]:
+    from exporters.onnx.optimize import KEY_PERM
+
+    perm = perm or KEY_PERM
+    return [n for n in proto.graph.node if n.op_type == "Transpose" and tuple(n.attribute[0].ints) == perm]
+
+
+def _attention_scores(key_reader: str = "MatMul") -> onnx.ModelProto:
+    """scores = q @ transpose(k, (0, 2, 3, 1)), k given as (batch, tokens, heads, head_dim), as the export spells it."""
+    nodes = [
+        helper.make_node("Transpose", ["k"], ["kt"], name="Transpose.2", perm=[0, 2, 3, 1]),
+        helper.make_node(key_reader, ["q", "kt"] if key_reader == "MatMul" else ["kt"], ["y"]),
+    ]
+    scores = [1, 2, 5, 5] if key_reader == "MatMul" else [1, 2, 4, 5]  # or the transposed key itself
+    graph = helper.make_graph(
+        nodes, "scores",
+        [helper.make_tensor_value_info("q", TensorProto.FLOAT, [1, 2, 5, 4]),
+         helper.make_tensor_value_info("k", TensorProto.FLOAT, [1, 5, 2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, scores)],
+    )  # fmt: skip
+    if key_reader != "MatMul":
+        graph.input.pop(0)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_the_key_transpose_is_split_exactly_into_the_two_openvinos_attention_takes():
+    import onnxruntime as ort
+
+    from exporters.onnx.optimize import split_key_transposes
+
+    proto = _attention_scores()
+    rng = np.random.default_rng(0)
+    feeds = {
+        "q": rng.standard_normal((1, 2, 5, 4), dtype=np.float32),
+        "k": rng.standard_normal((1, 5, 2, 4), dtype=np.float32),
+    }
+    before = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    assert split_key_transposes(proto) == 1
+    onnx.checker.check_model(proto)
+    assert [(n.name, tuple(n.attribute[0].ints)) for n in proto.graph.node if n.op_type == "Transpose"] == [
+        ("Transpose.2/heads_first", (0, 2, 1, 3)), ("Transpose.2/last_two", (0, 1, 3, 2))
+    ]  # fmt: skip
+    after = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_array_equal(after, before)
+
+
+def test_a_key_like_transpose_read_by_anything_but_a_matmul_is_left_alone():
+    from exporters.onnx.optimize import split_key_transposes
+
+    proto = _attention_scores(key_reader="Relu")
+    assert split_key_transposes(proto) == 0 and len(_key_transposes(proto)) == 1
