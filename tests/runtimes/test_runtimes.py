@@ -301,4 +301,3 @@ def test_the_whole_batch_session_has_all_the_threads(tiny):
     with OrtPredictor(tiny.onnx, threads=2, streams=2) as two:
         assert two._session.get_session_options().intra_op_num_threads == 1  # each stream's share
         assert two._whole_session.get_session_options().intra_op_num_threads == 2
-

@@ -105,4 +105,3 @@ def test_bad_arguments(tiny, tmp_path):
     (tmp_path / "cut.onnx").write_bytes(data[: len(data) // 3])
     with pytest.raises(ModelFileError, match=r"cut\.onnx: truncated ONNX file"):
         OpenVinoPredictor(tmp_path / "cut.onnx")
-
