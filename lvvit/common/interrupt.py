@@ -30,6 +30,7 @@ _temporary: dict[Path, None] = {}  # files and folders to remove on an interrupt
 _children: dict[subprocess.Popen, None] = {}  # child processes to stop on an interrupt
 _stoppers: dict[Callable[[], None], None] = {}  # services to stop on an interrupt (an embedded Ray)
 _written: list[Path] = []  # results put in place so far: an interrupt must not say "nothing written" after them
+_held: list[int] | None = None  # inside `signals_deferred` (main thread): the signals that came, handled at its end
 
 
 @contextlib.contextmanager
@@ -73,15 +74,26 @@ def temporary_folder(prefix: str) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM for a few steps that must not be cut in two (renames, and noting them)."""
-    if threading.current_thread() is not threading.main_thread():
+    """Hold SIGINT/SIGTERM for a few steps that must not be cut in two (renames, and noting them).
+
+    The mask holds them for the main thread. Another thread may still take the signal, and then Python runs the
+    handler in the main thread all the same. So `interrupts_exit`'s handler also holds what comes in here, and
+    acts on it when the block ends.
+    """
+    global _held
+    if threading.current_thread() is not threading.main_thread() or _held is not None:
         yield
         return
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, set(HANDLED))
+    _held = []
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # one held by the mask arrives here, into _held
+        held, _held = _held, None
+        handler = signal.getsignal(held[0]) if held else None
+        if callable(handler):
+            handler(held[0], None)
 
 
 def note_written(path: Path) -> None:
@@ -130,6 +142,9 @@ def interrupts_exit(kept: Callable[[], str]) -> Iterator[None]:
     previous = {sig: signal.getsignal(sig) for sig in HANDLED}
 
     def _stop(signum: int, frame: object) -> None:
+        if _held is not None:  # inside `signals_deferred`: acted on at its end
+            _held.append(signum)
+            return
         for sig in HANDLED:
             signal.signal(sig, signal.SIG_IGN)  # a second signal must not cut the clean-up short
         _clean_up()

@@ -401,3 +401,31 @@ with interrupts_exit(_kept):
     said = run.stderr.splitlines()[-1]
     assert said == f"interrupted by SIGINT: stopped after the export was written ({tmp_path / 'm.onnx'})"
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+
+
+def test_a_signal_another_thread_takes_during_the_rename_is_acted_on_after_it(tmp_path):
+    """The mask holds a signal for the main thread only; one delivered to another thread waits all the same."""
+    script = f"""
+import os, signal, threading, time
+from exporters.onnx.__main__ import _kept
+from lvvit.common.interrupt import interrupts_exit, note_written, signals_deferred
+from pathlib import Path
+target = Path({str(tmp_path / "m.onnx")!r})
+go = threading.Event()
+def send():  # a thread started before the block: the signal mask it inherited lets SIGTERM in, and it takes it
+    go.wait()
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(60)
+threading.Thread(target=send, daemon=True).start()
+with interrupts_exit(_kept):
+    with signals_deferred():
+        go.set()
+        time.sleep(0.5)  # Python runs the handler in the main thread meanwhile, inside the block
+        target.write_bytes(b"model")
+        note_written(target)
+    time.sleep(60)
+"""
+    run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 128 + signal.SIGTERM, run.stderr
+    said = run.stderr.splitlines()[-1]
+    assert said == f"interrupted by SIGTERM: stopped after the export was written ({tmp_path / 'm.onnx'})"
