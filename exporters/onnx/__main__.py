@@ -140,7 +140,9 @@ def _add_output(parser: argparse.ArgumentParser) -> None:
         help="onnx (default), or paddle: paddle.jit.save inference files + .lvvit.json metadata",
     )
     parser.add_argument(
-        "--no-verify", action="store_true", help="skip onnx.checker and the ONNX Runtime vs Paddle drift check"
+        "--no-verify",
+        action="store_true",
+        help="skip onnx.checker and the drift check against Paddle (ONNX Runtime, or --control-runtime's)",
     )
     parser.add_argument(
         "--atol",

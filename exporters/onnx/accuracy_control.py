@@ -44,6 +44,7 @@ from runtimes.probe import open_probe
 
 from ..errors import ExportError
 from .stage_map import Mapped, control_ends, graph_depth, matrix_tensors, partition, stage_macs, with_outputs
+from .verify import shipped_probe
 
 BATCH = 8  # images per run: bounds the memory of the exposed stages (16 blocks x tokens x width per image)
 CONTROL_RUNTIMES = ("ort", "openvino")  # where the loop measures the agreement of the graph as shipped
@@ -323,11 +324,8 @@ def _standardized(value: np.ndarray) -> np.ndarray:
 
 def _shipped(proto: onnx.ModelProto, runtime: str, precision: str = "f32") -> Callable[[np.ndarray], np.ndarray]:
     """The graph as it ships (no tensor exposed: that could keep a runtime from fusing, and change the answer), on
-    ONNX Runtime's CPU provider as the export's verification runs it, or on OpenVINO's CPU plugin as the kit's
-    OpenVINO predictor runs an int8 file (int8 where the file quantizes, `precision` for the rest; OpenVINO
-    refuses a precision the CPU cannot run natively, `runtimes.ov.compile_checked`)."""
-    options = {"precision": precision} if runtime == "openvino" else {}
-    probe = open_probe(proto, runtime, **options)
+    the runtime the export's verification then measures it on (`verify.shipped_probe`)."""
+    probe = shipped_probe(proto, runtime, precision)
     output = probe.outputs[0]
     return lambda batch: probe.run(batch, [output])[output]
 

@@ -29,7 +29,7 @@ from .preflight import (
     weight_bytes,
 )
 from .stream import append_metadata
-from .verify import DriftCheck, Reference, Tolerance, reference_logits, verify_export
+from .verify import DriftCheck, Reference, Tolerance, reference_logits, runtime_label, verify_export
 
 if TYPE_CHECKING:
     import numpy as np
@@ -257,11 +257,14 @@ def _verify(
     need: int,
     log: Log,
 ) -> list[DriftCheck]:
-    """onnx.checker, then ONNX Runtime against Paddle; an int8 file under the gate is kept aside as `.rejected`."""
+    """onnx.checker, then the file against Paddle on ONNX Runtime, or where accuracy control measured it (OpenVINO,
+    at its precision): the gate must judge what the loop chose for. An int8 file under the gate is kept aside as
+    `.rejected`."""
     memory.phase("verify")
-    log(f"[3/3] verifying: onnx.checker, then ONNX Runtime vs Paddle ({tolerance.describe()})")
+    runtime, precision = (fast.control_runtime, fast.control_precision) if fast.accuracy_control else ("ort", "f32")
+    log(f"[3/3] verifying: onnx.checker, then {runtime_label(runtime, precision)} vs Paddle ({tolerance.describe()})")
     try:
-        checks = verify_export(tmp, staged.references, tolerance, name=str(target))
+        checks = verify_export(tmp, staged.references, tolerance, str(target), runtime, precision)
     except VerificationError as exc:
         if not (fast.quantize and exc.checks):
             raise

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from lvvit.common.gate import DRIFT_LIMITS, check_gate
 from lvvit.common.metrics import DriftStats, drift_stats
@@ -130,31 +131,54 @@ def compare(probe: Probe, reference: Reference, tolerance: Tolerance) -> DriftCh
     return DriftCheck.of(drift_stats(expected, got, tie_abs=tolerance.atol), reference.kind)
 
 
+RUNTIME_NAMES = {"ort": "ONNX Runtime", "openvino": "OpenVINO"}
+
+
+def shipped_probe(graph: Path | onnx.ModelProto, runtime: str = "ort", precision: str = "f32") -> Probe:
+    """`graph` as it ships, on ONNX Runtime's CPU provider with OrtPredictor's session settings, or on OpenVINO's
+    CPU plugin as OpenVinoPredictor runs it (int8 where the file quantizes, `precision` for the rest; OpenVINO
+    refuses a precision the CPU cannot run natively, `runtimes.ov.compile_checked`)."""
+    return open_probe(graph, runtime, **({"precision": precision} if runtime == "openvino" else {}))
+
+
+def runtime_label(runtime: str, precision: str = "f32") -> str:
+    """How messages name where a file was measured: "ONNX Runtime", "OpenVINO at bf16"."""
+    return RUNTIME_NAMES[runtime] + (f" at {precision}" if runtime == "openvino" and precision != "f32" else "")
+
+
 def verify_export(
-    path: Path, references: list[Reference], tolerance: Tolerance, name: str | None = None
+    path: Path,
+    references: list[Reference],
+    tolerance: Tolerance,
+    name: str | None = None,
+    runtime: str = "ort",
+    precision: str = "f32",
 ) -> list[DriftCheck]:
-    """Check the file, then compare ORT (CPU) with Paddle's logits per reference; raise when outside `tolerance`.
+    """Check the file, then compare it on `runtime` (ONNX Runtime by default; OpenVINO, at `precision`, for an
+    int8 file whose accuracy control measured there) with Paddle's logits per reference; raise when outside
+    `tolerance`.
 
     `name` is what messages call the file (the target, while `path` is still its temporary copy). Paddle's
-    model is not needed here: its logits come with the references, so the model can be gone before ONNX
-    Runtime loads its own copy of the weights.
+    model is not needed here: its logits come with the references, so the model can be gone before the
+    runtime loads its own copy of the weights.
     """
-    try:
-        import onnxruntime  # noqa: F401  (checked here: the message names the export's own way out)
-    except ImportError as exc:  # the base install leaves the choice of ONNX Runtime wheel to the extras
-        raise ExportError(
-            f"verifying {name or path.name} needs ONNX Runtime: pip install 'lvvit-deploy[cpu]' (or [gpu], not both), "
-            f"or export with --no-verify ({exc})"
-        ) from exc
+    if runtime == "ort":
+        try:
+            import onnxruntime  # noqa: F401  (checked here: the message names the export's own way out)
+        except ImportError as exc:  # the base install leaves the choice of ONNX Runtime wheel to the extras
+            raise ExportError(
+                f"verifying {name or path.name} needs ONNX Runtime: pip install 'lvvit-deploy[cpu]' (or [gpu], not "
+                f"both), or export with --no-verify ({exc})"
+            ) from exc
 
     name = name or path.name
     check_onnx_file(path, name)
-    with open_probe(path, "ort") as probe:  # the session settings OrtPredictor runs the file with
+    with shipped_probe(path, runtime, precision) as probe:
         checks = [compare(probe, reference, tolerance) for reference in references]
     failed = [c for c in checks if not c.passes(tolerance)]
     if failed:
         raise VerificationError(
-            f"{name}: ONNX Runtime disagrees with Paddle beyond {tolerance.describe()}:\n  "
+            f"{name}: {runtime_label(runtime, precision)} disagrees with Paddle beyond {tolerance.describe()}:\n  "
             + "\n  ".join(c.line() for c in failed),
             failed,
         )

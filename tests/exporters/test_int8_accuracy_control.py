@@ -410,7 +410,8 @@ def test_each_stage_costs_the_multiply_accumulates_of_its_matrix_products(tiny_f
     total = count_macs(replace(get_preset("lvvit_s").arch, **LOOP_ARCH), 32)
     assert sum(fine.values()) - fine["input"] == sum(whole.values()) == total  # the model's own count, exactly
     assert fine["input"] == fine["stem.conv1"] > 0  # a float input leaves the first convolution in float
-    assert fine["stem.conv1"] + fine["stem.rest"] == whole["stem"]
+    assert sum(fine[f"stem.{part}"] for part in ("conv1", "conv2", "conv3", "proj")) == whole["stem"]
+    assert fine["stem.conv2"] == fine["stem.conv3"] > fine["stem.conv1"]  # two 3x3 convolutions of the same width
     for i in range(3):
         assert fine[f"blocks.{i}.attn"] + fine[f"blocks.{i}.mlp"] == whole[f"blocks.{i}"] == whole["blocks.0"]
     assert fine["head"] == whole["head"] > 0
@@ -475,17 +476,17 @@ def test_accuracy_control_says_how_many_images_were_held_out(photo_folder, tmp_p
     assert calibration.held_out >= 16
 
 
-# -- finer stages: the input's quantization, the stem's first convolution and the rest, each block's two halves ------
+# -- finer stages: the input's quantization, each convolution of the stem, each block's two halves ------------------
 
-FINE = ["input", "stem.conv1", "stem.rest", *(f"blocks.{i}.{h}" for i in range(3) for h in ("attn", "mlp")), "head"]
+STEM = ["stem.conv1", "stem.conv2", "stem.conv3", "stem.proj"]
+FINE = ["input", *STEM, *(f"blocks.{i}.{h}" for i in range(3) for h in ("attn", "mlp")), "head"]
 
 
 def _owner(weight: str) -> str:
     """The fine stage a state-dict weight belongs to."""
-    if weight.startswith(("patch_embed.conv1.", "patch_embed.bn1.")):
-        return "stem.conv1"
     if weight.startswith("patch_embed."):
-        return "stem.rest"
+        layer = weight.split(".")[1]  # conv1..3, bn1..3, proj
+        return f"stem.{'proj' if layer == 'proj' else 'conv' + layer[-1]}"
     if weight.startswith("blocks."):
         block, layer = weight.split(".")[1:3]
         return f"blocks.{block}.{'attn' if layer in ('norm1', 'attn') else 'mlp'}"
