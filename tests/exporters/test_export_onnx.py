@@ -245,3 +245,18 @@ def test_killed_export_leaves_no_file_at_the_target(tmp_path):
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL
     assert target.read_bytes() == b"older"
+
+
+def test_verification_runs_where_accuracy_control_measured(tiny_onnx):
+    """`--control-runtime openvino` chooses the stages on OpenVINO: the gate judges the file there, and says so."""
+    pytest.importorskip("openvino")
+    from exporters.onnx.verify import Reference, Tolerance, verify_export
+
+    x = synthetic_batch(3, create_model("lvvit_s", resolution=RES, **TINY).preset.preprocess)
+    session = ort.InferenceSession(str(tiny_onnx.path), providers=["CPUExecutionProvider"])
+    reference = Reference(x, session.run(None, {"image": x})[0])
+    checks = verify_export(tiny_onnx.path, [reference], Tolerance(atol=1e-4), runtime="openvino")
+    assert checks[0].top1_agreement == 1.0 and checks[0].max_abs < 1e-4  # OpenVINO f32 ran it
+    shifted = Reference(x, reference.logits + np.eye(reference.logits.shape[1], dtype=np.float32)[[0, 1, 2]] * 0.5)
+    with pytest.raises(VerificationError, match=r"tiny\.onnx: OpenVINO disagrees with Paddle beyond max abs"):
+        verify_export(tiny_onnx.path, [shifted], Tolerance(atol=1e-4), runtime="openvino")
