@@ -13,6 +13,7 @@ from lvvit.common.gate import DRIFT_LIMITS, check_gate
 from lvvit.common.metrics import DriftStats, drift_stats
 from lvvit.metadata import INPUT_NAME
 from lvvit.synthetic import synthetic_batch
+from runtimes import registry
 from runtimes.probe import Probe, open_probe
 
 from ..errors import ConversionError, ExportError, VerificationError
@@ -131,9 +132,6 @@ def compare(probe: Probe, reference: Reference, tolerance: Tolerance) -> DriftCh
     return DriftCheck.of(drift_stats(expected, got, tie_abs=tolerance.atol), reference.kind)
 
 
-RUNTIME_NAMES = {"ort": "ONNX Runtime", "openvino": "OpenVINO"}
-
-
 def shipped_probe(graph: Path | onnx.ModelProto, runtime: str = "ort", precision: str = "f32") -> Probe:
     """`graph` as it ships, on ONNX Runtime's CPU provider with OrtPredictor's session settings, or on OpenVINO's
     CPU plugin as OpenVinoPredictor runs it (int8 where the file quantizes, `precision` for the rest; OpenVINO
@@ -142,8 +140,9 @@ def shipped_probe(graph: Path | onnx.ModelProto, runtime: str = "ort", precision
 
 
 def runtime_label(runtime: str, precision: str = "f32") -> str:
-    """How messages name where a file was measured: "ONNX Runtime", "OpenVINO at bf16"."""
-    return RUNTIME_NAMES[runtime] + (f" at {precision}" if runtime == "openvino" and precision != "f32" else "")
+    """How messages name where a file was measured: the registry's title ("ONNX Runtime"), with OpenVINO's
+    precision when not f32 ("OpenVINO at bf16")."""
+    return registry.get(runtime).label + (f" at {precision}" if runtime == "openvino" and precision != "f32" else "")
 
 
 def verify_export(
