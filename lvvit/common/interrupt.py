@@ -68,8 +68,10 @@ def temporary_folder(prefix: str) -> Iterator[Path]:
     with _registered(_temporary, path):
         try:
             yield path
-        finally:
-            shutil.rmtree(path, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)  # the block's own error is the one to report
+            raise
+        shutil.rmtree(path)  # a folder that cannot be removed is an error, as with TemporaryDirectory
 
 
 @contextlib.contextmanager
