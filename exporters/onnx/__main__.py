@@ -243,15 +243,15 @@ def _add_accuracy_control(fast: argparse._ArgumentGroup) -> None:
         "--control-stages",
         choices=CONTROL_STAGES,
         default="fine",
-        help="with --accuracy-control: fine (default): the input's quantization, the stem's first convolution and "
-        "the rest, each block's attention and MLP halves, the head; whole: the stem, each block, the head",
+        help="with --accuracy-control: fine (default): the input's quantization, each convolution of the stem "
+        "and its projection, each block's attention and MLP halves, the head; whole: the stem, each block, the head",
     )
     fast.add_argument(
         "--control-runtime",
         choices=CONTROL_RUNTIMES,
         default="ort",
         help="with --accuracy-control: the runtime whose top-1 agreement the loop measures, the int8 graph as "
-        "shipped: ort (default; the export's gate runs it too) or openvino (the runtime that ships the nncf file)",
+        "shipped: ort (default) or openvino (the runtime that ships the nncf file); the export's gate runs the same",
     )
     fast.add_argument(
         "--control-precision",

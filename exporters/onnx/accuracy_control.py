@@ -12,8 +12,8 @@ The loop, per step:
 4. once the target is reached, try each kept stage back in int8, the costliest (in multiply-accumulates) first,
    and leave it there if the agreement stays at the target.
 
-The stages (`stage_map.control_ends`) are fine by default: the input's quantization, the stem's first convolution
-and its other three, each block's attention half and MLP half, the head. Whole stages (the stem, a block, the
+The stages (`stage_map.control_ends`) are fine by default: the input's quantization, each convolution of the stem
+and its patch projection, each block's attention half and MLP half, the head. Whole stages (the stem, a block, the
 head) kept the stem's four convolutions in float, about a fifth of lvvit_s's MACs, where one of them, or the
 input's quantization, held the error. The agreement can be measured on OpenVINO, the runtime that ships the file.
 
@@ -111,8 +111,8 @@ def quantize_until_agreement(
     """int8 of `proto` with the fewest stages kept in float (greedily) for top-1 agreement >= `min_agreement`.
 
     `quantize(proto, ignored_node_names)` makes the int8 graph; `reference_top1` are Paddle fp32's classes for
-    `images`. Stages: `stage_map.control_ends` (`fine`: the input's quantization, the stem's first convolution
-    and the rest, each block's attention and MLP halves; else the stem and whole blocks), and the head. The
+    `images`. Stages: `stage_map.control_ends` (`fine`: the input's quantization, each convolution of the
+    stem and its projection, each block's attention and MLP halves; else the stem and whole blocks), and the head. The
     agreement is measured on `runtime` (ONNX Runtime or OpenVINO, the int8 graph as shipped; on OpenVINO at
     `precision`, the math of its float parts); the error each stage adds, on ONNX Runtime. Once the target is
     reached, `_drop_unneeded` puts back in int8 the kept stages it does not need, costliest first.
@@ -203,7 +203,7 @@ def _drop_unneeded(
     """The backward pass, once the target is reached: try each kept stage back in int8, the costliest (most
     multiply-accumulates) first, and leave it there when the agreement stays at the target. The forward pass adds
     the stage with the most error, which reaches the target in few steps but can keep an expensive stage that a
-    later one made unneeded (on lvvit_s the stem's last three convolutions are 19% of the MACs). A set already
+    later one made unneeded (on lvvit_s the stem's second convolution alone is 7% of the MACs). A set already
     measured is not measured again (the forward pass's steps are the kept stages' prefixes)."""
     kept = list(result.kept)
     measured = {frozenset(s.kept) for s in result.steps}

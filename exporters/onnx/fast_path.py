@@ -42,7 +42,7 @@ class FastPath:
     fold_smooth_quant: bool = True  # nncf: fold SmoothQuant's Multiply nodes into the LayerNorm before them (exact)
     progress: bool = True  # int8: progress bars on stderr over calibration and accuracy control's runs
     int8_target: str = "auto"  # nncf: which CPU's int8 kernels the file is for (see int8_target)
-    control_stages: str = "fine"  # accuracy control: "fine" (input, stem halves, block halves) or "whole"
+    control_stages: str = "fine"  # accuracy control: "fine" (input, stem convolutions, block halves) or "whole"
     control_runtime: str = "ort"  # accuracy control: where the loop measures agreement ("ort" or "openvino")
     control_precision: str = "f32"  # accuracy control on openvino: the math of the float parts ("f32" or "bf16")
 
