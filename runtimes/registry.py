@@ -137,6 +137,12 @@ def get(name: object) -> Runtime:
     raise ConfigurationError(f"unknown runtime {str(name)[:80]!r}; valid: {', '.join(_ROWS)}")
 
 
+def precision_note(name: str, precision: str = "f32") -> str:
+    """How messages add a precision to a runtime's name: " at bf16" on OpenVINO, whose float parts run at the
+    precision asked for; "" at f32 and on the runtimes that have no such option."""
+    return f" at {precision}" if canonical(name) == "openvino" and precision != "f32" else ""
+
+
 def described() -> dict[str, str]:
     """name -> description, now."""
     return {row.name: row.description for row in _ROWS.values()}

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from lvvit.common.progress import Log
 from lvvit.presets import PreprocessConfig, Preset
+from runtimes.registry import precision_note
 
 from ..errors import ExportError
 from .accuracy_control import CONTROL_PRECISIONS, CONTROL_RUNTIMES
@@ -193,7 +194,7 @@ def _quantize(
     log(
         f"      accuracy control: top-1 agreement >= {fast.min_int8_agreement:.1%} on {len(images)} images "
         f"({calibration.held_out} of them held out from calibration), measured on {fast.control_runtime}"
-        f"{' at bf16' if fast.control_precision == 'bf16' else ''}; {fast.control_stages} stages"
+        f"{precision_note(fast.control_runtime, fast.control_precision)}; {fast.control_stages} stages"
     )
     return quantize_int8_accuracy_controlled(
         proto, calibration, spec.preprocess, images, reference_top1, fast.min_int8_agreement,

@@ -30,6 +30,7 @@ from lvvit.errors import ImageError
 from lvvit.metadata import INPUT_NAME
 from lvvit.preprocess import is_image_name, preprocess
 from lvvit.presets import PreprocessConfig
+from runtimes.registry import precision_note
 
 from ..errors import ExportError
 from .optimize import split_key_transposes
@@ -280,7 +281,7 @@ def quantize_int8_accuracy_controlled(
             log(f"folded {folded.describe()}")
     quantized.graph.doc_string = (
         f"{_made_by(quantizer, target)} with accuracy control ({'fine' if fine else 'whole'} stages, agreement on "
-        f"{runtime}{' at bf16' if precision == 'bf16' else ''}); stages kept in float: {stages}; "
+        f"{runtime}{precision_note(runtime, precision)}); stages kept in float: {stages}; "
         f"weighted layers kept in float: {', '.join(kept) or 'none'}"
     )
     return quantized, controlled.kept

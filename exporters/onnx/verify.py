@@ -142,7 +142,7 @@ def shipped_probe(graph: Path | onnx.ModelProto, runtime: str = "ort", precision
 def runtime_label(runtime: str, precision: str = "f32") -> str:
     """How messages name where a file was measured: the registry's title ("ONNX Runtime"), with OpenVINO's
     precision when not f32 ("OpenVINO at bf16")."""
-    return registry.get(runtime).label + (f" at {precision}" if runtime == "openvino" and precision != "f32" else "")
+    return registry.get(runtime).label + registry.precision_note(runtime, precision)
 
 
 def verify_export(

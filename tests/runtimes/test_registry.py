@@ -54,6 +54,14 @@ def test_one_name_per_runtime_and_the_old_one_still_reads():
     assert runtimes.OrtPredictor.runtime == "ort"
 
 
+def test_messages_name_a_precision_only_where_it_ran():
+    """OpenVINO's float parts run at the precision asked for, so its messages say so; f32 (every runtime's
+    default) goes unsaid, and no message claims bf16 for ONNX Runtime, which has no such option."""
+    assert registry.precision_note("openvino", "bf16") == " at bf16"
+    assert registry.precision_note("openvino", "f32") == ""
+    assert registry.precision_note("ort", "bf16") == ""
+
+
 def test_importing_the_registry_imports_no_runtime():
     import subprocess
     import sys

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from runtimes.registry import precision_note
+
 # OpenVINO's matrix layers (after its transformations; a quantized linear layer is `FullyConnectedQuantized...`,
 # attention's products `MatMul`): where int8 pays or not
 MATRIX = {"Convolution", "GroupConvolution", "FullyConnected", "FullyConnectedQuantized",
@@ -136,8 +138,8 @@ def render(summaries: list[Summary], top: int = 12) -> str:
     """Markdown: per file and runtime, the matrix layers by precision and the node types by time."""
     lines = []
     for s in summaries:
-        at = f" at {s.precision}" if s.runtime == "openvino" and s.precision != "f32" else ""
-        lines += [f"### {Path(s.file).name} on {s.runtime}{at}: {s.total_ms:.1f} ms per run", ""]
+        where = f"{s.runtime}{precision_note(s.runtime, s.precision)}"
+        lines += [f"### {Path(s.file).name} on {where}: {s.total_ms:.1f} ms per run", ""]
         if s.runtime == "openvino":
             lines += ["| matrix layers' precision | layers | ms |", "|---|---|---|"]
             lines += [f"| {p} | {n} | {ms:.1f} |" for p, (n, ms) in s.by_precision.items()]
