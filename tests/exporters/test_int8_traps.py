@@ -148,3 +148,33 @@ def test_accuracy_control_at_bf16_is_refused_up_front_on_a_cpu_without_bf16(kind
     else:
         check_requirements(fast, True)  # nothing to refuse
     check_requirements(FastPath(quantize="int8", calibration=tmp_path, quantizer="ort"), True)  # f32: any CPU
+
+
+def test_calibration_spreads_over_a_folder_sorted_by_class(tmp_path):
+    """ImageNet's layout is one folder per class, sorted: the first images by path are one class. Calibration and
+    the gate must see every class, and an unreadable pick is replaced, not lost."""
+    import numpy as np
+    from PIL import Image
+
+    from exporters.onnx.quantize import EVALUATION_LIMIT, find_calibration_images
+    from lvvit import resolve_preset
+
+    classes, per_class = 8, 40  # 320 images: more than the gate's EVALUATION_LIMIT
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (tmp_path / f"n{c:08d}").mkdir()
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / f"n{c:08d}" / f"{i:03d}.png")
+    broken = tmp_path / "n00000000" / "000.png"  # the first pick of every spread
+    broken.write_bytes(b"not a png")
+
+    found = find_calibration_images(tmp_path, resolve_preset("lvvit_s").preprocess, limit=classes)
+    assert sorted(path.parent.name for path in found.used) == [f"n{c:08d}" for c in range(classes)]
+    assert len(found.evaluation) == EVALUATION_LIMIT and set(found.used) <= set(found.evaluation)
+    counts = {f"n{c:08d}": 0 for c in range(classes)}
+    for path in found.evaluation:
+        counts[path.parent.name] += 1
+    assert min(counts.values()) >= EVALUATION_LIMIT // classes - 1, counts
+    assert found.evaluation == sorted(found.evaluation)
+    assert [path for path, _ in found.skipped] == [broken]
