@@ -26,6 +26,7 @@ from onnx import numpy_helper
 from lvvit.common.install import install_command
 from lvvit.common.interrupt import temporary_folder
 from lvvit.common.regular_files import walk_regular_files
+from lvvit.common.sampling import evenly_spaced
 from lvvit.errors import ImageError
 from lvvit.metadata import INPUT_NAME
 from lvvit.preprocess import is_image_name, preprocess
@@ -85,10 +86,10 @@ def find_calibration_images(folder: str | Path, config: PreprocessConfig, limit:
     recursive listing evaluate, and `limit` of them spread evenly over those calibrate; unreadable ones, and image
     names that are no regular file (a FIFO, a device, a broken link or a loop), are listed, not fatal.
 
-    Spread, not the first ones by path: a folder sorted by class (ImageNet's layout) would otherwise calibrate on
-    its first class alone. On lvvit_s and the 76 photographs and crops (four of each photograph, side by side) the
-    first 32 are 8 of the 19 photographs; calibrated on 32 spread over all 19, int8's mean logit error on
-    OpenVINO fell by 39% (random weights).
+    Spread (`lvvit.common.sampling`), not the first ones by path: a folder sorted by class (ImageNet's layout)
+    would otherwise calibrate on its first class alone. On lvvit_s and the 76 photographs and crops (four of each
+    photograph, side by side) the first 32 are 8 of the 19 photographs; calibrated on 32 spread over all 19,
+    int8's mean logit error on OpenVINO fell by 39% (random weights).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -98,7 +99,7 @@ def find_calibration_images(folder: str | Path, config: PreprocessConfig, limit:
     files, odd = walk_regular_files(folder)
     candidates = [p for p in files if is_image_name(p)]
     wanted = max(limit, EVALUATION_LIMIT)
-    spread = _spread(candidates, wanted)
+    spread = evenly_spaced(candidates, wanted)
     chosen = set(spread)
     readable: list[Path] = []
     skipped: list[tuple[Path, str]] = [(s.path, s.reason) for s in odd if is_image_name(s.path)]
@@ -116,14 +117,7 @@ def find_calibration_images(folder: str | Path, config: PreprocessConfig, limit:
         raise ExportError(f"--images {folder}: no readable images found ({len(skipped)} unreadable)")
     position = {path: index for index, path in enumerate(candidates)}
     readable.sort(key=position.__getitem__)
-    return CalibrationSet(folder, _spread(readable, limit), readable, skipped)
-
-
-def _spread(items: list[Path], count: int) -> list[Path]:
-    """`count` of `items` evenly spaced over them, in their order (all of them when there are no more)."""
-    if len(items) <= count:
-        return list(items)
-    return [items[k * len(items) // count] for k in range(count)]
+    return CalibrationSet(folder, evenly_spaced(readable, limit), readable, skipped)
 
 
 class _Reader:

@@ -123,6 +123,19 @@ def test_class_folders_are_numbered_in_sorted_order_and_non_images_listed(tmp_pa
         dataset.limited(0)
 
 
+def test_limit_keeps_every_class_of_a_folder_sorted_by_class(tmp_path):
+    """`--limit N` on class folders: its first N images would be the first class, and the accuracy report would
+    stand for one class."""
+    for name in ("ant", "bee", "cat"):
+        (tmp_path / name).mkdir()
+        for i in range(5):
+            _digit_like().save(tmp_path / name / f"{i}.png")
+    dataset = labelled_folder(tmp_path)
+    assert [s.name for s in dataset.limited(3).samples] == ["ant/0.png", "bee/0.png", "cat/0.png"]
+    assert sorted({s.label for s in dataset.limited(6).samples}) == [0, 1, 2]
+    assert dataset.limited(99).samples == dataset.samples
+
+
 # -- the stream ----------------------------------------------------------------------------------------------------
 
 

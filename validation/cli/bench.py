@@ -38,7 +38,10 @@ def _add_inputs(parser: argparse.ArgumentParser) -> None:
         help="folder of real images for int8 calibration and drift "
         "(default: scikit-image's sample photographs and crops)",
     )
-    limit = add_limit(parser, "measure drift on the first N images only (the large presets run Paddle eager slowly)")
+    limit = add_limit(
+        parser,
+        "measure drift on N images only, spread evenly over the folder (the large presets run Paddle eager slowly)",
+    )
     deprecated_alias(parser, "--limit-images", limit)
 
 

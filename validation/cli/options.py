@@ -101,7 +101,11 @@ def add_image_inputs(parser: argparse.ArgumentParser, default_synthetic: int) ->
     source.add_argument("--images", type=Path, default=None, help="a folder of images (searched recursively)")
     synthetic_help = f"N synthetic images (default {default_synthetic})"
     source.add_argument("--synthetic", type=positive, default=None, metavar="N", help=synthetic_help)
-    add_limit(inputs, "only the first N images of --images")
+    add_limit(
+        inputs,
+        "only N images of --images, spread evenly over it in path (or label-file) order: a folder sorted by "
+        "class keeps every class",
+    )
     add_workers(inputs)
 
 
@@ -124,7 +128,7 @@ def images_folder(args: argparse.Namespace) -> Path:
     return args.images
 
 
-def add_limit(group: Any, what: str = "only the first N images") -> argparse.Action:
+def add_limit(group: Any, what: str = "only N images, spread evenly over the folder") -> argparse.Action:
     return group.add_argument("--limit", type=positive, default=None, metavar="N", help=what)
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from lvvit.common.regular_files import classify, read_regular, walk_regular_files
+from lvvit.common.sampling import evenly_spaced
 from lvvit.errors import ImageError
 from lvvit.preprocess import IMAGE_SUFFIXES, is_image_name, preprocess
 from lvvit.presets import PreprocessConfig
@@ -84,7 +85,8 @@ class Dataset:
     label_file_sha256: str | None = None  # of the bytes that were parsed
 
     def limited(self, limit: int | None) -> Dataset:
-        """The first `limit` samples (all when None)."""
+        """`limit` samples spread evenly over the folder, in its order (all when None): the first ones of a folder
+        sorted by class would be its first classes, and their accuracy would stand for the whole set's."""
         if limit is None:
             return self
         if limit < 1:
@@ -92,7 +94,7 @@ class Dataset:
         return Dataset(
             self.root,
             self.kind,
-            self.samples[:limit],
+            evenly_spaced(self.samples, limit),
             self.label_file,
             self.classes,
             self.bad_lines,
