@@ -100,7 +100,9 @@ def test_a_failed_gate_keeps_the_file_as_rejected_and_says_what_next(tmp_path, p
             ">= 99.0% (--min-int8-agreement); not written there") in message  # fmt: skip
     assert f"The rejected file is kept as {rejected}" in message
     assert "--accuracy-control: keeps the stages that lose the most in float" in message
-    assert "--min-int8-agreement " in message.splitlines()[-1]
+    *_, accept, note = message.splitlines()
+    assert "--min-int8-agreement " in accept
+    assert "random initialisation (no --weights)" in note and "median gap" in note  # why it failed: no trained weights
     kept = onnx.load(str(rejected))  # the int8 graph that was measured, with its metadata and memory record
     props = {p.key for p in kept.metadata_props}
     assert {"lvvit.precision", "lvvit.export_memory"} <= props
@@ -148,6 +150,19 @@ def test_accuracy_control_at_bf16_is_refused_up_front_on_a_cpu_without_bf16(kind
     else:
         check_requirements(fast, True)  # nothing to refuse
     check_requirements(FastPath(quantize="int8", calibration=tmp_path, quantizer="ort"), True)  # f32: any CPU
+
+
+def test_a_failed_gate_on_trained_weights_blames_no_random_initialisation(tmp_path, photo_folder, monkeypatch):  # noqa: F811
+    import exporters.onnx.quantize as quantize
+    from exporters.onnx import export_onnx
+    from validation.datasets import digits
+
+    monkeypatch.setattr(quantize, "quantize_int8", _negated(quantize.quantize_int8))
+    fast = FastPath(quantize="int8", calibration=photo_folder, calibration_count=6)
+    with pytest.raises(Int8GateError) as failure:
+        export_onnx(digits.digits_spec(), weights=digits.WEIGHTS, output=tmp_path / "m/", fast=fast, log=lambda m: None)
+    assert "--min-int8-agreement " in str(failure.value).splitlines()[-1]
+    assert "random initialisation" not in str(failure.value)
 
 
 def test_calibration_spreads_over_a_folder_sorted_by_class(tmp_path):
