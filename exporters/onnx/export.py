@@ -290,11 +290,12 @@ def _random_weights_note(staged: _Staged) -> str:
     int8 recipe on five calibration sets flipped 1-7 of 76 photographs, whatever its error."""
     import numpy as np
 
+    from lvvit.common.metrics import top2_margin
+
     if staged.metadata.weights.get("source") != "random-init":
         return ""
     real = [r.logits for r in staged.references if r.kind != "synthetic"] or [r.logits for r in staged.references]
-    ordered = np.sort(np.concatenate(real), axis=1)
-    gap = float(np.median(ordered[:, -1] - ordered[:, -2]))
+    gap = float(np.median(top2_margin(np.concatenate(real))))
     return (f"\n  note: these weights are a random initialisation (no --weights): Paddle's top two logits are "
             f"close (median gap {gap:.3g}), so int8's rounding flips some images whatever stays in float: measure "
             f"int8 with the trained weights")  # fmt: skip

@@ -138,6 +138,14 @@ class ImageErrors:
         return cls(parts[0].classes, **merged, histogram=np.sum([p.histogram for p in parts], axis=0))
 
 
+def top2_margin(logits: np.ndarray) -> np.ndarray:
+    """Per image, the top-1 minus the top-2 logit: how far an error must move it to flip (inf with one class)."""
+    if logits.shape[1] < 2:
+        return np.full(len(logits), np.inf)
+    ordered = np.sort(logits, axis=1)
+    return ordered[:, -1] - ordered[:, -2]
+
+
 def image_errors(reference: np.ndarray, other: np.ndarray) -> ImageErrors:
     """Compare `other` with `reference`, both [N, classes] logits of the same inputs, image by image."""
     if reference.shape != other.shape or reference.ndim != 2 or reference.shape[0] == 0:
@@ -151,11 +159,6 @@ def image_errors(reference: np.ndarray, other: np.ndarray) -> ImageErrors:
         log_p, log_q = log_softmax(r), log_softmax(x)
         kl = np.maximum((np.exp(log_p) * (log_p - log_q)).sum(axis=1), 0.0)
         kl[np.isnan(log_q).any(axis=1) | np.isnan(log_p).any(axis=1)] = np.nan
-    if r.shape[1] >= 2:
-        ordered = np.sort(r, axis=1)
-        margin = ordered[:, -1] - ordered[:, -2]
-    else:
-        margin = np.full(len(r), np.inf)
     return ImageErrors(
         classes=int(r.shape[1]),
         max_abs=d.max(axis=1),
@@ -164,7 +167,7 @@ def image_errors(reference: np.ndarray, other: np.ndarray) -> ImageErrors:
         ref_sum_abs=np.abs(r).sum(axis=1),
         cosine=cosine,
         kl=kl,
-        ref_margin=margin,
+        ref_margin=top2_margin(r),
         ref_top5=topk(r, TOPK),
         top5=topk(x, TOPK),
         histogram=error_histogram(d),
