@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -104,7 +105,7 @@ def find_calibration_images(folder: str | Path, config: PreprocessConfig, limit:
     readable: list[Path] = []
     skipped: list[tuple[Path, str]] = [(s.path, s.reason) for s in odd if is_image_name(s.path)]
     # the spread picks first; an unreadable one is replaced by the next readable image left out
-    for path in [*spread, *(p for p in candidates if p not in chosen)]:
+    for path in itertools.chain(spread, (p for p in candidates if p not in chosen)):  # lazily: a folder may be huge
         if len(readable) == wanted:
             break
         try:
